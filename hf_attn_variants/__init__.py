@@ -1,0 +1,80 @@
+"""hf-attn-variants: the self-attention of BERT- and GPT-2-style models replaced by the variants
+of Guo et al. 2019 (low-rank, band), Bahdanau et al. 2015 (additive) and Cheng et al. 2016
+(LSTMN intra-attention), as registered ``transformers`` model families.
+
+Importing the package registers the configs and models with the Auto* classes, and marks them
+so that ``save_pretrained`` writes an ``auto_map`` and copies the (flat) Hub code.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .configuration_variants import BAND_COMBINES, VARIANTS, VariantBertConfig, VariantGPT2Config
+from .convert import convert_from_dense, low_rank_factors
+from .modeling_bert_variants import (
+    VariantBertForMaskedLM,
+    VariantBertForSequenceClassification,
+    VariantBertForTokenClassification,
+    VariantBertModel,
+    VariantBertPreTrainedModel,
+)
+from .modeling_gpt2_variants import (
+    VariantGPT2ForSequenceClassification,
+    VariantGPT2LMHeadModel,
+    VariantGPT2Model,
+    VariantGPT2PreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AUTO_CLASSES = {
+    VariantBertConfig: {
+        AutoModel: VariantBertModel,
+        AutoModelForMaskedLM: VariantBertForMaskedLM,
+        AutoModelForSequenceClassification: VariantBertForSequenceClassification,
+        AutoModelForTokenClassification: VariantBertForTokenClassification,
+    },
+    VariantGPT2Config: {
+        AutoModel: VariantGPT2Model,
+        AutoModelForCausalLM: VariantGPT2LMHeadModel,
+        AutoModelForSequenceClassification: VariantGPT2ForSequenceClassification,
+    },
+}
+
+
+def _register() -> None:
+    for config_class, models in AUTO_CLASSES.items():
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        for auto_class, model_class in models.items():
+            auto_class.register(config_class, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_class.__name__)
+
+
+_register()
+
+__all__ = [
+    "BAND_COMBINES",
+    "VARIANTS",
+    "VariantBertConfig",
+    "VariantBertForMaskedLM",
+    "VariantBertForSequenceClassification",
+    "VariantBertForTokenClassification",
+    "VariantBertModel",
+    "VariantBertPreTrainedModel",
+    "VariantGPT2Config",
+    "VariantGPT2ForSequenceClassification",
+    "VariantGPT2LMHeadModel",
+    "VariantGPT2Model",
+    "VariantGPT2PreTrainedModel",
+    "convert_from_dense",
+    "low_rank_factors",
+]

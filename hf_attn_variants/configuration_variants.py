@@ -1,0 +1,130 @@
+"""Configs of the variant model families: a ``BertConfig`` and a ``GPT2Config`` with the
+attention-variant fields, validated in one place (``VariantFields.validate_variant_fields``).
+
+Hub code: imports only transformers and the standard library's dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import BertConfig, GPT2Config
+
+VARIANTS = ("dense", "low_rank", "band", "low_rank_band", "additive", "lstmn")
+BAND_COMBINES = ("sum", "gate", "heads", "sequential")
+LSTMN_DIRECTIONS = ("forward", "bidirectional")
+
+
+def _bad(field: str, value, expected: str) -> ValueError:
+    return ValueError(f"{field}={value!r} is invalid: expected {expected}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(kw_only=True)
+class VariantFields:
+    """The attention-variant fields shared by both families (DESIGN.md, "Variants").
+
+    attention_variant: one of VARIANTS, for every layer.
+    layer_variants:    optional list, one variant per layer (overrides attention_variant).
+    attention_rank:    r, query/key size of the low-rank module, 1..head size (default head size // 4).
+    attention_window:  w >= 0, band half-width (bidirectional) or look-back (causal).
+    band_combine:      how low_rank_band joins its two modules: sum, gate, heads, sequential.
+    additive_dim:      a, hidden size of the additive scorer per head (default head size).
+    lstmn_direction:   forward or bidirectional (BERT default bidirectional; GPT-2 forward only).
+    """
+
+    attention_variant: str = "dense"
+    layer_variants: list[str] | None = None
+    attention_rank: int | None = None
+    attention_window: int = 16
+    band_combine: str = "sum"
+    additive_dim: int | None = None
+    lstmn_direction: str | None = None
+
+    @property
+    def is_causal(self) -> bool:
+        raise NotImplementedError
+
+    def variant_for_layer(self, layer_idx: int) -> str:
+        return self.layer_variants[layer_idx] if self.layer_variants else self.attention_variant
+
+    def validate_variant_fields(self) -> None:
+        """Check every variant field; raise ValueError naming the field and the value.
+
+        Fills in the defaults that depend on the model size (attention_rank, additive_dim,
+        lstmn_direction), so that a saved config states the numbers it was built with.
+        """
+        hidden, heads, layers = self.hidden_size, self.num_attention_heads, self.num_hidden_layers
+        if not _is_int(heads) or heads < 1:
+            raise _bad("num_attention_heads", heads, "a positive integer")
+        if not _is_int(hidden) or hidden < 1 or hidden % heads:
+            raise _bad("hidden_size", hidden, f"a positive multiple of num_attention_heads={heads}")
+        if self.attention_variant not in VARIANTS:
+            raise _bad("attention_variant", self.attention_variant, f"one of {VARIANTS}")
+        if self.layer_variants is not None:
+            if not isinstance(self.layer_variants, (list, tuple)) or len(self.layer_variants) != layers:
+                raise _bad("layer_variants", self.layer_variants,
+                           f"a list of {layers} variant names (one per layer, num_hidden_layers={layers})")
+            for name in self.layer_variants:
+                if name not in VARIANTS:
+                    raise _bad("layer_variants", self.layer_variants, f"names from {VARIANTS}, not {name!r}")
+            self.layer_variants = list(self.layer_variants)
+        head_dim = hidden // heads
+        if self.attention_rank is None:
+            self.attention_rank = max(1, head_dim // 4)
+        if not _is_int(self.attention_rank) or not 1 <= self.attention_rank <= head_dim:
+            raise _bad("attention_rank", self.attention_rank, f"an integer in [1, head size={head_dim}]")
+        if not _is_int(self.attention_window) or self.attention_window < 0:
+            raise _bad("attention_window", self.attention_window, "an integer >= 0")
+        if self.band_combine not in BAND_COMBINES:
+            raise _bad("band_combine", self.band_combine, f"one of {BAND_COMBINES}")
+        used = set(self.layer_variants or [self.attention_variant])
+        if "low_rank_band" in used and self.band_combine == "heads" and heads < 2:
+            raise _bad("band_combine", "heads", f"at least 2 attention heads, not num_attention_heads={heads}")
+        if self.additive_dim is None:
+            self.additive_dim = head_dim
+        if not _is_int(self.additive_dim) or self.additive_dim < 1:
+            raise _bad("additive_dim", self.additive_dim, "a positive integer")
+        if self.lstmn_direction is None:
+            self.lstmn_direction = "forward" if self.is_causal else "bidirectional"
+        if self.lstmn_direction not in LSTMN_DIRECTIONS:
+            raise _bad("lstmn_direction", self.lstmn_direction, f"one of {LSTMN_DIRECTIONS}")
+        if self.is_causal and self.lstmn_direction != "forward":
+            raise _bad("lstmn_direction", self.lstmn_direction, "'forward' for a causal (decoder) model")
+        if self.lstmn_direction == "bidirectional" and "lstmn" in used and hidden < 2:
+            raise _bad("hidden_size", hidden, "at least 2 for a bidirectional LSTMN")
+
+
+class VariantBertConfig(BertConfig, VariantFields):
+    """A ``BertConfig`` whose self-attention is one of the variants (see ``VariantFields``)."""
+
+    model_type = "variant_bert"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if getattr(self, "add_cross_attention", False):
+            raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
+        self.validate_variant_fields()
+
+    @property
+    def is_causal(self) -> bool:
+        return bool(self.is_decoder)
+
+
+class VariantGPT2Config(GPT2Config, VariantFields):
+    """A ``GPT2Config`` whose (causal) self-attention is one of the variants (see ``VariantFields``)."""
+
+    model_type = "variant_gpt2"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if getattr(self, "add_cross_attention", False):
+            raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
+        self.validate_variant_fields()
+
+    @property
+    def is_causal(self) -> bool:
+        return True

@@ -1,0 +1,320 @@
+"""BERT-style models whose self-attention is one of the variants.
+
+The module tree and parameter names are those of ``transformers``' BERT, so a stock BERT
+checkpoint loads into any variant: only the parameters a variant adds (or reshapes) are
+reported missing. The self-attention of layer i is ``BERT_ATTENTION[config.variant_for_layer(i)]``.
+
+Hub code: imports only torch, transformers and sibling files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .attention import BERT_ATTENTION, init_variant_parameters
+from .configuration_variants import VariantBertConfig
+from .masks import check_length, key_padding_mask, wrap_output
+
+Tensor = torch.Tensor
+
+
+class VariantBertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout (as ``BertEmbeddings``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        seq_length = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_length]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class VariantBertSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class VariantBertAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.self = BERT_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.output = VariantBertSelfOutput(config)
+
+    def forward(self, hidden_states, key_mask=None, need_weights=False):
+        context, weights = self.self(hidden_states, key_mask, need_weights)
+        return self.output(context, hidden_states), weights
+
+
+class VariantBertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class VariantBertOutput(VariantBertSelfOutput):
+    def __init__(self, config):
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class VariantBertLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.attention = VariantBertAttention(config, layer_idx)
+        self.intermediate = VariantBertIntermediate(config)
+        self.output = VariantBertOutput(config)
+
+    def forward(self, hidden_states, key_mask=None, need_weights=False):
+        attention_output, weights = self.attention(hidden_states, key_mask, need_weights)
+        return self.output(self.intermediate(attention_output), attention_output), weights
+
+
+class VariantBertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([VariantBertLayer(config, i) for i in range(config.num_hidden_layers)])
+
+
+class VariantBertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class VariantBertPreTrainedModel(PreTrainedModel):
+    config_class = VariantBertConfig
+    config: VariantBertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["VariantBertEmbeddings", "VariantBertLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        init_variant_parameters(module, std, init)
+        if isinstance(module, VariantBertLMPredictionHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, VariantBertEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+
+
+class VariantBertModel(VariantBertPreTrainedModel):
+    """BERT encoder (bidirectional; causal when ``config.is_decoder``) with variant self-attention."""
+
+    def __init__(self, config: VariantBertConfig, add_pooling_layer: bool = True):
+        config.validate_variant_fields()
+        super().__init__(config)
+        self.embeddings = VariantBertEmbeddings(config)
+        self.encoder = VariantBertEncoder(config)
+        self.pooler = VariantBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        check_length(shape[1], self.config.max_position_embeddings)
+        key_mask = key_padding_mask(attention_mask, shape)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        all_hidden, all_attentions = [hidden], []
+        for layer in self.encoder.layer:
+            hidden, weights = layer(hidden, key_mask, output_attentions)
+            all_hidden.append(hidden)
+            all_attentions.append(weights)
+        output = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden,
+            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return wrap_output(output, return_dict)
+
+
+class VariantBertPredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class VariantBertLMPredictionHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transform = VariantBertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class VariantBertOnlyMLMHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = VariantBertLMPredictionHead(config)
+
+    def forward(self, sequence_output: Tensor) -> Tensor:
+        return self.predictions(sequence_output)
+
+
+def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                 output_attentions, output_hidden_states) -> dict:
+    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, return_dict=True)
+
+
+class VariantBertForMaskedLM(VariantBertPreTrainedModel):
+    """Masked-LM head tied to the word embeddings. The loss follows Trainer's ``num_items_in_batch``."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = VariantBertModel(config, add_pooling_layer=False)
+        self.cls = VariantBertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        logits = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                attentions=outputs.attentions)
+        return wrap_output(output, return_dict)
+
+
+class VariantBertForSequenceClassification(VariantBertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> linear. Mean loss, so Trainer must scale it under accumulation."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = VariantBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
+        return wrap_output(output, return_dict)
+
+
+class VariantBertForTokenClassification(VariantBertPreTrainedModel):
+    """Per-token dropout -> linear. Mean loss over labelled tokens."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = VariantBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return wrap_output(output, return_dict)

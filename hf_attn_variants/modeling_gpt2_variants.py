@@ -1,0 +1,234 @@
+"""GPT-2-style (causal) models whose self-attention is one of the variants.
+
+Module tree and parameter names follow ``transformers``' GPT-2 (``transformer.h.N.attn.c_attn``
+...), so stock GPT-2 checkpoints load. Positions are counted from the attention mask, so a
+left-padded sequence gets the same positions as when it runs alone.
+
+Hub code: imports only torch, transformers and sibling files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.pytorch_utils import Conv1D
+
+from .attention import GPT2_ATTENTION, init_variant_parameters
+from .configuration_variants import VariantGPT2Config
+from .masks import check_length, key_padding_mask, wrap_output
+
+Tensor = torch.Tensor
+
+
+class VariantGPT2MLP(nn.Module):
+    def __init__(self, intermediate_size: int, config):
+        super().__init__()
+        self.c_fc = Conv1D(intermediate_size, config.hidden_size)
+        self.c_proj = Conv1D(config.hidden_size, intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class VariantGPT2Block(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.ln_1 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
+        self.attn = GPT2_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.ln_2 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
+        self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
+
+    def forward(self, hidden_states, key_mask=None, need_weights=False):
+        attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights)
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
+
+
+class VariantGPT2PreTrainedModel(PreTrainedModel):
+    config_class = VariantGPT2Config
+    config: VariantGPT2Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["VariantGPT2Block"]
+    _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, Conv1D):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.bias)
+        init_variant_parameters(module, std, init)
+        # GPT-2's scaled init of the residual projections: std / sqrt(2 · layers)
+        if isinstance(getattr(module, "c_proj", None), Conv1D):
+            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+
+class VariantGPT2Model(VariantGPT2PreTrainedModel):
+    """GPT-2 decoder stack with variant self-attention."""
+
+    def __init__(self, config: VariantGPT2Config):
+        config.validate_variant_fields()
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([VariantGPT2Block(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        shape = inputs_embeds.shape[:2]
+        check_length(shape[1], self.config.max_position_embeddings)
+        key_mask = key_padding_mask(attention_mask, shape)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        if position_ids is None:
+            position_ids = positions_from_mask(key_mask, shape, inputs_embeds.device)
+
+        hidden = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            hidden = hidden + self.wte(token_type_ids)
+        hidden = self.drop(hidden)
+        all_hidden, all_attentions = [], []
+        for block in self.h:
+            all_hidden.append(hidden)
+            hidden, weights = block(hidden, key_mask, output_attentions)
+            all_attentions.append(weights)
+        hidden = self.ln_f(hidden)
+        all_hidden.append(hidden)
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return wrap_output(output, return_dict)
+
+
+def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:
+    """Position of each token among the real tokens of its row (0 for padding): (B, T)."""
+    if key_mask is None:
+        return torch.arange(shape[1], device=device).unsqueeze(0)
+    return (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                 output_attentions, output_hidden_states) -> dict:
+    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, return_dict=True)
+
+
+class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
+    """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.loss_type = "ForCausalLM"  # the class name matches no entry of transformers' LOSS_MAPPING
+        self.transformer = VariantGPT2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states))
+        hidden = outputs.last_hidden_state
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                   attentions=outputs.attentions)
+        return wrap_output(output, return_dict)
+
+
+class VariantGPT2ForSequenceClassification(VariantGPT2PreTrainedModel):
+    """Classifies from the last real token (the last 1 of the attention mask, else the last
+    non-pad token, else the last token). Mean loss, scaled by Trainer under accumulation."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = VariantGPT2Model(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states))
+        logits = self.score(outputs.last_hidden_state)  # (B, T, labels)
+        last = last_token_index(attention_mask, input_ids, self.config.pad_token_id, logits.shape[1])
+        pooled_logits = logits[torch.arange(logits.shape[0], device=logits.device), last]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, pooled_logits, self.config)
+        output = SequenceClassifierOutputWithPast(loss=loss, logits=pooled_logits,
+                                                  hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return wrap_output(output, return_dict)
+
+
+def last_token_index(attention_mask: Tensor | None, input_ids: Tensor | None, pad_token_id: int | None,
+                     seq_length: int) -> Tensor | int:
+    """Index (B,) of each row's last real token, for left or right padding."""
+    if attention_mask is not None:
+        real = attention_mask.bool()
+    elif input_ids is not None and pad_token_id is not None:
+        real = input_ids != pad_token_id
+    else:
+        return seq_length - 1
+    positions = torch.arange(seq_length, device=real.device)
+    return (positions * real).argmax(-1)
