@@ -29,10 +29,10 @@ from .kernels import (
     band_attention_reference,
     dense_attention,
     dense_attention_reference,
-    lstmn_reference,
-    lstmn_scan,
     low_rank_attention,
     low_rank_attention_reference,
+    lstmn_reference,
+    lstmn_scan,
 )
 
 Tensor = torch.Tensor

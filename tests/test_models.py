@@ -1,0 +1,190 @@
+"""Table-driven model tests: every variant case x both families share these bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import HEAD_CLASSES, random_batch, tiny_config, tiny_model
+from transformers import AutoModel
+
+import hf_attn_variants as hv
+from hf_attn_variants.attention import LSTMNAttention, VariantAttention
+
+
+def labels_for(cls, ids):
+    name = cls.__name__
+    if "SequenceClassification" in name:
+        return torch.arange(ids.shape[0]) % 2
+    if "TokenClassification" in name:
+        return ids % 2
+    return ids
+
+
+def attention_modules(model):
+    return [m for m in model.modules() if isinstance(m, (VariantAttention, LSTMNAttention))]
+
+
+def real_rows(out, mask):
+    return out[mask.bool()]
+
+
+def test_forward_backward_every_head(family, case):
+    variant, fields = case
+    ids, mask = random_batch(3, 12, "left" if family == "gpt2" else "right")
+    for cls in HEAD_CLASSES[family]:
+        model = tiny_model(family, variant, cls=cls, **fields).train()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels_for(cls, ids))
+        assert torch.isfinite(out.loss) and out.loss > 0
+        out.loss.backward()
+        assert all(module.variant == variant for module in attention_modules(model))
+
+
+def test_every_attention_parameter_learns(family, case):
+    """Every parameter of every attention module (those the variant adds included) gets a gradient."""
+    variant, fields = case
+    ids, mask = random_batch(3, 12, "left" if family == "gpt2" else "right")
+    model = tiny_model(family, variant, **fields).train()
+    model(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).sum().backward()
+    for module in attention_modules(model):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_save_load_round_trip(family, case, tmp_path):
+    variant, fields = case
+    model = tiny_model(family, variant, **fields)
+    ids, mask = random_batch(2, 10)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["attention_variant"] == variant and "AutoModel" in config["auto_map"]
+    assert (tmp_path / "attention.py").exists() and (tmp_path / "kernels.py").exists()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   model(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+def test_padding_invariance(family, case):
+    """A padded batch gives each sequence the outputs it gets when run alone (BERT-style
+    models count positions from 0, so they are padded on the right; GPT-2-style on both sides)."""
+    variant, fields = case
+    model = tiny_model(family, variant, **fields)
+    for padding in ["right", "left"] if family == "gpt2" else ["right"]:
+        ids, mask = random_batch(4, 11, padding, seed=3)
+        with torch.no_grad():
+            batched = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            for row in range(ids.shape[0]):
+                real = mask[row].bool()
+                alone = model(input_ids=ids[row, real][None]).last_hidden_state[0]
+                torch.testing.assert_close(batched[row, real], alone, atol=2e-5, rtol=1e-4)
+
+
+def test_heavily_padded_rows_stay_finite(family, case):
+    variant, fields = case
+    model = tiny_model(family, variant, **fields).train()
+    ids, mask = random_batch(3, 16, None)
+    mask[1:, 1:] = 0  # two rows with a single real token
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_output_attentions(family, case):
+    variant, fields = case
+    model = tiny_model(family, variant, **fields)
+    ids, mask = random_batch(2, 10, "right")
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == 2
+    weights = out.attentions[0]
+    heads = 4 if variant != "lstmn" else (2 if family == "bert" else 1)
+    assert weights.shape == (2, heads, 10, 10)
+    pad_keys = ~mask.bool()[:, None, :, None].expand(-1, heads, -1, 10).transpose(-1, -2)
+    real_query = mask.bool()[:, None, :, None].expand(-1, heads, -1, 10)
+    assert (weights[pad_keys & real_query] == 0).all(), "real tokens attend to padding"
+    row_sums = weights.sum(-1)
+    if variant == "lstmn":
+        assert (row_sums <= 1 + 1e-6).all()
+        assert (weights[:, 0].triu() == 0).all(), "the forward LSTMN reads only the past"
+        if family == "bert":
+            assert (weights[:, 1].tril() == 0).all(), "the backward LSTMN reads only the future"
+    elif fields.get("band_combine") == "sum":
+        torch.testing.assert_close(row_sums, torch.full_like(row_sums, 2.0))
+    else:
+        torch.testing.assert_close(row_sums, torch.ones_like(row_sums))
+    if variant == "band":
+        i, j = torch.meshgrid(torch.arange(10), torch.arange(10), indexing="ij")
+        outside = (i - j < 0) | (i - j > 3) if family == "gpt2" else (i - j).abs() > 3
+        assert (weights[..., outside] == 0).all()
+    if family == "gpt2" and variant != "lstmn":
+        assert (weights.triu(1) == 0).all()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family, case):
+    variant, fields = case
+    ids, mask = random_batch(2, 9)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(family, variant, **fields).train()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            assert all(layer.gradient_checkpointing for layer in model.modules() if hasattr(layer, "ln_1")
+                       or hasattr(layer, "intermediate"))
+        model(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_mixed_layer_variants(family):
+    model = tiny_model(family, layer_variants=["band", "lstmn"])
+    kinds = [type(m).__name__ for m in attention_modules(model)]
+    assert [m.variant for m in attention_modules(model)] == ["band", "lstmn"]
+    assert "LSTMN" in kinds[1]
+    ids, mask = random_batch(2, 8)
+    assert torch.isfinite(model(input_ids=ids, attention_mask=mask).last_hidden_state).all()
+
+
+BAD_FIELDS = [
+    ("attention_variant", "sparse"),
+    ("layer_variants", ["band"]),
+    ("layer_variants", ["band", "nope"]),
+    ("attention_rank", 0),
+    ("attention_rank", 9),
+    ("attention_window", -1),
+    ("attention_window", 2.5),
+    ("band_combine", "product"),
+    ("additive_dim", 0),
+    ("lstmn_direction", "backward"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS)
+def test_bad_config_values_name_the_field(family, field, value):
+    with pytest.raises(ValueError, match=field) as err:
+        tiny_config(family, **{field: value})
+    assert repr(value) in str(err.value)
+
+
+def test_gpt2_is_forward_only():
+    with pytest.raises(ValueError, match="lstmn_direction"):
+        tiny_config("gpt2", lstmn_direction="bidirectional")
+
+
+def test_fields_changed_after_construction_are_checked(family):
+    config = tiny_config(family)
+    config.attention_window = -3
+    with pytest.raises(ValueError, match="attention_window"):
+        hv.VariantBertModel(config) if family == "bert" else hv.VariantGPT2Model(config)
+
+
+def test_too_long_and_bad_mask_inputs(family):
+    model = tiny_model(family)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(input_ids=torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 1, 5, 5))
