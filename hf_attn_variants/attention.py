@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .caching import extend
 from .kernels import (
     additive_attention,
     additive_attention_reference,
@@ -31,6 +32,7 @@ from .kernels import (
     dense_attention_reference,
     low_rank_attention,
     low_rank_attention_reference,
+    lstmn_gates,
     lstmn_reference,
     lstmn_scan,
 )
@@ -54,12 +56,15 @@ class Context:
     """What every kernel call of one forward shares."""
 
     causal: bool
-    key_mask: Tensor | None  # (B, Tk) bool, True = real token; None = no padding
+    key_mask: Tensor | None  # (B, T_all) bool, True = real token; None = no padding
     dropout_p: float
     reference: bool  # use the naive kernels (they return weights and scores)
 
-    def kwargs(self) -> dict:
-        return {"causal": self.causal, "key_mask": self.key_mask, "dropout_p": self.dropout_p}
+    def kwargs(self, k: Tensor) -> dict:
+        """Kernel arguments for keys k (B, H, Tk, ·): the last Tk entries of the padding mask
+        (a cache may hold fewer keys than the tokens seen, e.g. a band's last w)."""
+        key_mask = None if self.key_mask is None else self.key_mask[:, -k.shape[-2]:]
+        return {"causal": self.causal, "key_mask": key_mask, "dropout_p": self.dropout_p}
 
 
 Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), weights, scores
@@ -70,20 +75,21 @@ Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), we
 
 def _low_rank_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
     if ctx.reference:
-        return low_rank_attention_reference(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs())
-    return low_rank_attention(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs()), None, None
+        return low_rank_attention_reference(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs(k))
+    return low_rank_attention(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs(k)), None, None
 
 
 def _band_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
+    v = v[:, :, -k.shape[-2]:]  # a cache keeps only the band's keys; values may reach further back
     if ctx.reference:
-        return band_attention_reference(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs())
-    return band_attention(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs()), None, None
+        return band_attention_reference(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k))
+    return band_attention(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k)), None, None
 
 
 def _dense(m: VariantAttention, p: Projected, ctx: Context) -> Result:
     if ctx.reference:
-        return dense_attention_reference(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs())
-    return dense_attention(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs()), None, None
+        return dense_attention_reference(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k))
+    return dense_attention(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k)), None, None
 
 
 def _low_rank(m: VariantAttention, p: Projected, ctx: Context) -> Result:
@@ -96,8 +102,8 @@ def _band(m: VariantAttention, p: Projected, ctx: Context) -> Result:
 
 def _additive(m: VariantAttention, p: Projected, ctx: Context) -> Result:
     if ctx.reference:
-        return additive_attention_reference(p.q, p.k, p.v, m.score_vector, **ctx.kwargs())
-    return additive_attention(p.q, p.k, p.v, m.score_vector, **ctx.kwargs()), None, None
+        return additive_attention_reference(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k))
+    return additive_attention(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k)), None, None
 
 
 def _add(a: Tensor | None, b: Tensor | None, wa: Tensor | float = 1.0, wb: Tensor | float = 1.0):
@@ -228,12 +234,24 @@ class VariantAttention(nn.Module):
     def split_heads(self, x: Tensor, heads: int) -> Tensor:
         return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)  # (B, T, h·d) -> (B, h, T, d)
 
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """hidden_states (B, T, hidden), key_mask (B, T) bool -> ((B, T, H·D), weights or None)."""
+    def cache_spec(self) -> dict[str, int | None]:
+        """What a generation cache keeps: projection name -> how many last positions (None: all)."""
+        if self.variant == "band":
+            return {"k": self.window, "v": self.window}
+        if self.variant == "low_rank_band":
+            return {"k": self.window, "v": None, "k_low_rank": None}
+        return {"k": None, "v": None}  # dense, low_rank (keys at rank r), additive (keys W_k x)
+
+    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
+                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
+        state in a ``VariantCache`` (extended in place) -> ((B, T, H·D), weights or None)."""
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
+        if layer_cache is not None:
+            for name, keep in self.cache_spec().items():  # past + new along time: (B, h, T_kept + T, d)
+                setattr(p, name, extend(layer_cache, name, getattr(p, name), keep))
         eager = self.variant == "dense" and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
@@ -292,9 +310,9 @@ class GPT2VariantAttention(VariantAttention):
         return torch.addmm(self.c_attn.bias[:qk], y.flatten(0, -2), self.c_attn.weight[:, :qk]).view(
             *y.shape[:-1], qk)
 
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights)
+    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
+                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
@@ -345,8 +363,13 @@ class LSTMNAttention(nn.Module):
             return lstmn_reference(cell, x, key_mask)
         return lstmn_scan(cell, x, key_mask)
 
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
+                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        if layer_cache is not None:
+            if self.bidirectional:
+                raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
+            new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
+            return lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache), None
         need_weights = need_weights or self.capture
         h, attn = self._run(self.forward_cell, hidden_states, key_mask, need_weights)
         outputs, weights = [h], [attn]
@@ -372,10 +395,37 @@ class GPT2LSTMNAttention(LSTMNAttention):
         self.c_proj = Conv1D(config.hidden_size, config.hidden_size)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights)
+    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
+                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
         return self.resid_dropout(self.c_proj(out)), weights
+
+
+def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor]) -> Tensor:
+    """The LSTMN recurrence of ``kernels.lstmn_reference`` continued over new tokens x (B, n, d_in)
+    from the tapes in ``state`` (started with the zero slot on first use), which it extends:
+    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), summary h̃ of the last step (B, d).
+    key_mask (B, n) marks the new tokens that are real. Used for cached decoding."""
+    batch, n, _ = x.shape
+    if not state:
+        zeros = x.new_zeros(batch, 1, cell.hidden_size)
+        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0],
+                     readable=torch.ones(batch, 1, dtype=torch.bool, device=x.device))
+    outputs = []
+    for t in range(n):
+        query = cell.w_input(x[:, t]) + cell.w_summary(state["summary"])  # (B, d)
+        a = torch.tanh(state["k"] + query[:, None]) @ cell.score  # (B, S)
+        s = torch.softmax(a.masked_fill(~state["readable"], float("-inf")), dim=-1)
+        h_sum = torch.einsum("bs,bsd->bd", s, state["h"])
+        c_sum = torch.einsum("bs,bsd->bd", s, state["c"])
+        h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x[:, t]], dim=-1)), c_sum)
+        readable = torch.ones_like(state["readable"][:, :1]) if key_mask is None else key_mask[:, t:t + 1]
+        for name, value in (("h", h[:, None]), ("c", c[:, None]), ("k", cell.w_tape(h)[:, None]),
+                            ("readable", readable)):
+            extend(state, name, value, None, dim=1)
+        state["summary"] = h_sum
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
 
 
 BERT_ATTENTION: dict[str, type[nn.Module]] = {

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import (
 from transformers.pytorch_utils import Conv1D
 
 from .attention import GPT2_ATTENTION, init_variant_parameters
+from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
 from .masks import check_length, key_padding_mask, wrap_output
 
@@ -54,8 +55,8 @@ class VariantGPT2Block(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False):
-        attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None):
+        attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache)
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
 
@@ -68,6 +69,10 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["VariantGPT2Block"]
     _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # each variant caches its own state (VariantCache), created in forward
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -107,38 +112,53 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        cache: VariantCache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: VariantCache | None = None,
         **kwargs,
     ):
+        """With ``use_cache=True`` (or a ``cache``), returns a ``VariantCache`` to continue from;
+        then ``attention_mask`` covers the past and the new tokens, (B, T_past + T)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        shape = inputs_embeds.shape[:2]
-        check_length(shape[1], self.config.max_position_embeddings)
-        key_mask = key_padding_mask(attention_mask, shape)
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, VariantCache):
+            raise ValueError(f"cache of type {type(cache).__name__}: variant models need a VariantCache "
+                             "(pass use_cache=True and reuse the returned cache)")
+        if use_cache and cache is None:
+            cache = VariantCache(len(self.h))
+        batch, length = inputs_embeds.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        check_length(past + length, self.config.max_position_embeddings)
+        key_mask = key_padding_mask(attention_mask, (batch, past + length))
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         if position_ids is None:
-            position_ids = positions_from_mask(key_mask, shape, inputs_embeds.device)
+            position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             hidden = hidden + self.wte(token_type_ids)
         hidden = self.drop(hidden)
         all_hidden, all_attentions = [], []
-        for block in self.h:
+        for i, block in enumerate(self.h):
             all_hidden.append(hidden)
-            hidden, weights = block(hidden, key_mask, output_attentions)
+            layer_cache = cache.layers[i] if cache is not None else None
+            hidden, weights = block(hidden, key_mask, output_attentions, cache=layer_cache)
             all_attentions.append(weights)
+        if cache is not None:
+            cache.seen_tokens += length
         hidden = self.ln_f(hidden)
         all_hidden.append(hidden)
         output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden,
+            cache=cache,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
@@ -153,10 +173,10 @@ def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:
 
 
 def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                 output_attentions, output_hidden_states) -> dict:
+                 output_attentions, output_hidden_states, cache=None, use_cache=None) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                 position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states, return_dict=True)
+                output_hidden_states=output_hidden_states, cache=cache, use_cache=use_cache, return_dict=True)
 
 
 class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
@@ -178,17 +198,19 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+                inputs_embeds=None, labels=None, cache=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, past_key_values=None,
+                **kwargs):
         outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
-                                                  inputs_embeds, output_attentions, output_hidden_states))
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
         hidden = outputs.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                                   attentions=outputs.attentions)
+        output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=outputs.cache,
+                                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return wrap_output(output, return_dict)
 
 
