@@ -14,6 +14,21 @@ VARIANTS = ("dense", "low_rank", "band", "low_rank_band", "additive", "lstmn")
 BAND_COMBINES = ("sum", "gate", "heads", "sequential")
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
 
+# Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
+BERT_AUTO_MAP = {
+    "AutoConfig": "configuration_variants.VariantBertConfig",
+    "AutoModel": "modeling_bert_variants.VariantBertModel",
+    "AutoModelForMaskedLM": "modeling_bert_variants.VariantBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_bert_variants.VariantBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_bert_variants.VariantBertForTokenClassification",
+}
+GPT2_AUTO_MAP = {
+    "AutoConfig": "configuration_variants.VariantGPT2Config",
+    "AutoModel": "modeling_gpt2_variants.VariantGPT2Model",
+    "AutoModelForCausalLM": "modeling_gpt2_variants.VariantGPT2LMHeadModel",
+    "AutoModelForSequenceClassification": "modeling_gpt2_variants.VariantGPT2ForSequenceClassification",
+}
+
 
 def _bad(field: str, value, expected: str) -> ValueError:
     return ValueError(f"{field}={value!r} is invalid: expected {expected}.")
@@ -105,6 +120,7 @@ class VariantBertConfig(BertConfig, VariantFields):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.auto_map = {**BERT_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         if getattr(self, "add_cross_attention", False):
             raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
         self.validate_variant_fields()
@@ -121,6 +137,7 @@ class VariantGPT2Config(GPT2Config, VariantFields):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.auto_map = {**GPT2_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         if getattr(self, "add_cross_attention", False):
             raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
         self.validate_variant_fields()

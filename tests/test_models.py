@@ -59,7 +59,8 @@ def test_save_load_round_trip(family, case, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["attention_variant"] == variant and "AutoModel" in config["auto_map"]
+    expected = hv.configuration_variants.BERT_AUTO_MAP if family == "bert" else hv.configuration_variants.GPT2_AUTO_MAP
+    assert config["attention_variant"] == variant and config["auto_map"] == expected  # every Auto class of the family
     assert (tmp_path / "attention.py").exists() and (tmp_path / "kernels.py").exists()
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
