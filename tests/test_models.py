@@ -189,3 +189,12 @@ def test_too_long_and_bad_mask_inputs(family):
         model(input_ids=torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 1, 5, 5))
+
+
+def test_lm_heads_are_tied_to_the_embeddings(tmp_path):
+    for cls, head, embed in [(hv.VariantBertForMaskedLM, "cls.predictions.decoder", "bert.embeddings.word_embeddings"),
+                             (hv.VariantGPT2LMHeadModel, "lm_head", "transformer.wte")]:
+        model = tiny_model("bert" if "Bert" in cls.__name__ else "gpt2", "band", cls=cls)
+        model.save_pretrained(tmp_path / cls.__name__)
+        for m in (model, cls.from_pretrained(tmp_path / cls.__name__)):
+            assert m.get_submodule(head).weight is m.get_submodule(embed).weight
