@@ -198,3 +198,36 @@ def test_lm_heads_are_tied_to_the_embeddings(tmp_path):
         model.save_pretrained(tmp_path / cls.__name__)
         for m in (model, cls.from_pretrained(tmp_path / cls.__name__)):
             assert m.get_submodule(head).weight is m.get_submodule(embed).weight
+
+
+@pytest.mark.parametrize(("family", "decoder"), [("bert", False), ("bert", True), ("gpt2", True)],
+                         ids=["bert", "bert-decoder", "gpt2"])
+def test_causal_models_never_read_the_future(family, case, decoder):
+    """GPT-2-style models (and BERT with is_decoder=True): changing token t leaves every output
+    before t unchanged. Bidirectional BERT: it changes outputs before t (a sanity check)."""
+    variant, fields = case
+    extra = {"is_decoder": True} if family == "bert" and decoder else {}
+    model = tiny_model(family, variant, **fields, **extra)
+    ids, _ = random_batch(2, 12, None, seed=5)
+    changed = ids.clone()
+    changed[:, 7] = (ids[:, 7] % 96) + 1
+    with torch.no_grad():
+        before, after = model(input_ids=ids).last_hidden_state, model(input_ids=changed).last_hidden_state
+    early = (before[:, :7] - after[:, :7]).abs().max()
+    assert early == 0 if decoder else early > 1e-6
+    assert (before[:, 7:] - after[:, 7:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("window", [0, 1, 3])
+def test_band_receptive_field(family, window):
+    """With L layers of band w, token j reaches exactly the outputs within L·w of it."""
+    model = tiny_model(family, "band", attention_window=window)
+    ids, _ = random_batch(1, 30, None, seed=6)
+    changed = ids.clone()
+    changed[0, 15] = (ids[0, 15] % 96) + 1
+    with torch.no_grad():
+        diff = (model(input_ids=ids).last_hidden_state - model(input_ids=changed).last_hidden_state).abs()
+    reached = (diff[0].amax(-1) > 0).nonzero().flatten().tolist()
+    reach = 2 * window  # two layers
+    expected = range(15, 15 + reach + 1) if family == "gpt2" else range(15 - reach, 15 + reach + 1)
+    assert reached == list(expected)
