@@ -32,6 +32,7 @@ from .modeling_gpt2_variants import (
     VariantGPT2Model,
     VariantGPT2PreTrainedModel,
 )
+from .peft_utils import lora_fan_in_fan_out, lora_target_modules
 
 __version__ = "0.1.0"
 
@@ -76,5 +77,7 @@ __all__ = [
     "VariantGPT2Model",
     "VariantGPT2PreTrainedModel",
     "convert_from_dense",
+    "lora_fan_in_fan_out",
+    "lora_target_modules",
     "low_rank_factors",
 ]

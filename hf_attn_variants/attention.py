@@ -307,6 +307,8 @@ class GPT2VariantAttention(VariantAttention):
 
     def project_query(self, y: Tensor) -> Tensor:
         qk = self.sizes[0]
+        if not isinstance(self.c_attn, Conv1D):  # wrapped (e.g. a PEFT LoRA layer): call it, adapter included
+            return self.c_attn(y)[..., :qk]
         return torch.addmm(self.c_attn.bias[:qk], y.flatten(0, -2), self.c_attn.weight[:, :qk]).view(
             *y.shape[:-1], qk)
 

@@ -284,9 +284,11 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
     B, T, _ = x.shape
     d = cell.hidden_size
     x_scores = cell.w_input(x)  # (B, T, d)
-    w_gates = cell.gates.weight  # (4d, d + d_in): columns [h̃ part | x part]
-    x_gates = F.linear(x, w_gates[:, d:], cell.gates.bias)  # (B, T, 4d)
-    w_gates_h = w_gates[:, :d]
+    fused = isinstance(cell.gates, torch.nn.Linear)  # else a wrapper (e.g. PEFT LoRA): called per step
+    if fused:
+        w_gates = cell.gates.weight  # (4d, d + d_in): columns [h̃ part | x part]
+        x_gates = F.linear(x, w_gates[:, d:], cell.gates.bias)  # (B, T, 4d)
+        w_gates_h = w_gates[:, :d]
     tape_h, tape_c, tape_k = [x.new_zeros(B, d)], [x.new_zeros(B, d)], [x.new_zeros(B, d)]
     readable = [torch.ones(B, dtype=torch.bool, device=x.device)]
     h_sum = x.new_zeros(B, d)
@@ -297,7 +299,8 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
         s = torch.softmax(a.masked_fill(~torch.stack(readable, 1), float("-inf")), dim=-1)
         h_sum = torch.einsum("bs,bsd->bd", s, torch.stack(tape_h, 1))
         c_sum = torch.einsum("bs,bsd->bd", s, torch.stack(tape_c, 1))
-        h, c = lstmn_gates(x_gates[:, t] + h_sum @ w_gates_h.T, c_sum)
+        gates = x_gates[:, t] + h_sum @ w_gates_h.T if fused else cell.gates(torch.cat([h_sum, x[:, t]], dim=-1))
+        h, c = lstmn_gates(gates, c_sum)
         tape_h.append(h)
         tape_c.append(c)
         tape_k.append(cell.w_tape(h))
