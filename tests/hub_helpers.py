@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import CASE_IDS, VARIANT_CASES
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 import hf_attn_variants as hv
 
@@ -60,6 +61,18 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
 
 
 TOKENIZERS = {"bert": bert_tokenizer, "gpt2": gpt2_tokenizer}
+
+
+def load_with_remote_code(auto_class, folder: Path):
+    """``auto_class.from_pretrained(folder, trust_remote_code=True)`` running the folder's own code, also
+    in this process where the package is imported. (transformers prefers a registered local class over
+    remote code; a config of the folder's own class is registered nowhere, so the Auto class must take
+    the trust_remote_code path.)"""
+    reference = json.loads((Path(folder) / "config.json").read_text())["auto_map"]["AutoConfig"]
+    config = get_class_from_dynamic_module(reference, str(folder)).from_pretrained(folder)
+    model = auto_class.from_pretrained(folder, config=config, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), "not the folder's Hub code"
+    return model
 
 
 def hub_code_files(folder: Path) -> set[str]:
