@@ -3,13 +3,17 @@ and a fresh Python interpreter in which ``hf_attn_variants`` cannot be imported.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from conftest import CASE_IDS, VARIANT_CASES
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast
@@ -75,8 +79,40 @@ def load_with_remote_code(auto_class, folder: Path):
     return model
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread, above all on a machine shared with other test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def hub_code_files(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*.py")}
+
+
+PACKAGE_DIR = Path(hv.__file__).parent
+
+
+def relative_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+
+
+def reachable_files(start: str) -> set[str]:
+    """The package files a module reaches through relative imports, itself included: what
+    save_pretrained copies for a class defined in it."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += relative_imports(PACKAGE_DIR / f"{name}.py")
+    return {f"{name}.py" for name in seen}
 
 
 # Runs first in the fresh interpreter: drop the editable install's finder and every sys.path entry

@@ -7,14 +7,18 @@ and on any module-level statement other than imports, defs, classes, constant as
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
 import pytest
 from conftest import FAMILIES, HEAD_CLASSES, tiny_model
-from hub_helpers import hub_code_files
+from hub_helpers import PACKAGE_DIR, hub_code_files, one_torch_thread, reachable_files
 
-PACKAGE_DIR = Path(importlib.import_module("hf_attn_variants").__file__).parent
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
+
 
 ALLOWED_MODULES = {"torch", "transformers", "math", "typing", "dataclasses", "__future__"}
 ALLOWED_EXACT = {"collections.abc"}  # collections itself is not allowed, its abc submodule is
@@ -122,23 +126,6 @@ def import_time_violations(tree: ast.Module) -> list[str]:
                 if not is_constant(default):
                     out.append(f"line {node.lineno}: default argument {ast.unparse(default)} is computed")
     return out
-
-
-def relative_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    return {node.module for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
-
-
-def reachable_files(start: str) -> set[str]:
-    """The files a module reaches through relative imports, itself included (what save_pretrained copies)."""
-    seen, todo = set(), [start]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += relative_imports(PACKAGE_DIR / f"{name}.py")
-    return {f"{name}.py" for name in seen}
 
 
 @pytest.fixture(scope="module")
