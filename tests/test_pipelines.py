@@ -46,8 +46,7 @@ PIPELINES = {
                                {"max_new_tokens": NEW_TOKENS, "do_sample": False, "return_tensors": True}),
 }
 CACHE_XFAIL = pytest.mark.xfail(
-    strict=False, reason="issue 3: the GPT-2 variants ignore past_key_values, so generate() with its default "
-    "use_cache=True continues from the new token alone; passes once the KV caches land")
+    strict=False, reason="issue 3: no KV cache yet, generate(use_cache=True) sees only the new token")
 INPUTS = {"fill-mask": MASKED_TEXT, "text-classification": TEXT, "text-generation": PROMPT}
 
 RUNNER = '''
