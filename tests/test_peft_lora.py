@@ -146,3 +146,52 @@ def test_lora_train_save_reload_merge(family, hub_case, tmp_path):
     assert type(merged).__name__ == cls.__name__ and type(merged).__module__.startswith("transformers_modules.")
     assert not any(isinstance(m, LoraLayer) for m in merged.modules())
     torch.testing.assert_close(outputs(merged, ids, mask), adapted, atol=TOLERANCE, rtol=0)
+
+
+
+class Shifted(nn.Module):
+    """Wraps a Linear or Conv1D the way an adapter does (it is neither itself) and adds x @ deltaᵀ."""
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int):
+        super().__init__()
+        self.base_layer = base
+        self.delta = nn.Linear(in_features, out_features, bias=False)
+        nn.init.normal_(self.delta.weight, std=0.3)
+
+    @property
+    def weight(self) -> torch.Tensor:  # what code reading ``.weight`` directly would see
+        return self.base_layer.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.delta(x)
+
+
+def first_attention(model: nn.Module) -> nn.Module:
+    return model.encoder.layer[0].attention.self if hasattr(model, "encoder") else model.h[0].attn
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("variant", "fields"), [("lstmn", {}), ("low_rank_band", {"band_combine": "sequential"})],
+                         ids=["lstmn", "low_rank_band-sequential"])
+def test_wrapped_projections_are_called_not_bypassed(family, variant, fields):
+    """The fast paths that read a projection's weight directly (lstmn_scan's fused gates, GPT-2's
+    sequential query) call a wrapped module instead: an attention sublayer with wrapped projections
+    equals one whose weights already hold the wrappers' change."""
+    model, merged = tiny_model(family, variant, **fields), tiny_model(family, variant, **fields)
+    names = projections_by_layer(model)[0]
+    sublayer, twin = first_attention(model), first_attention(merged)
+    for name, module in list(sublayer.named_modules()):
+        if name.rsplit(".", 1)[-1] in names:
+            parent = sublayer.get_submodule(name.rsplit(".", 1)[0]) if "." in name else sublayer
+            conv = isinstance(module, Conv1D)
+            shape = module.weight.shape if conv else module.weight.shape[::-1]  # (in, out)
+            wrapper = Shifted(module, *shape)
+            setattr(parent, name.rsplit(".", 1)[-1], wrapper)
+            with torch.no_grad():
+                twin.get_submodule(name).weight += wrapper.delta.weight.T if conv else wrapper.delta.weight
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got, want = sublayer(x)[0], twin(x)[0]
+        plain = first_attention(tiny_model(family, variant, **fields))(x)[0]
+    assert not torch.allclose(want, plain, atol=1e-2), "the wrappers change nothing"
+    torch.testing.assert_close(got, want, atol=TOLERANCE, rtol=0)
