@@ -141,12 +141,28 @@ def test_lora_train_save_reload_merge(family, hub_case, tmp_path):
     reloaded = PeftModel.from_pretrained(load_from_folder(tmp_path / "base", family), tmp_path / "adapter").eval()
     torch.testing.assert_close(outputs(reloaded, ids, mask), adapted, atol=TOLERANCE, rtol=0)
 
+    if family == "gpt2":  # the cached decoding paths see the adapters too
+        assert_cached_generation_matches(reloaded, ids[:1, :5])
+
     # merged: the Variant class again, no LoRA layer left, same outputs
     merged = reloaded.merge_and_unload()
     assert type(merged).__name__ == cls.__name__ and type(merged).__module__.startswith("transformers_modules.")
     assert not any(isinstance(m, LoraLayer) for m in merged.modules())
     torch.testing.assert_close(outputs(merged, ids, mask), adapted, atol=TOLERANCE, rtol=0)
 
+
+
+def assert_cached_generation_matches(model, prompt: torch.Tensor, steps: int = 6) -> None:
+    """Greedy generate's per-step logits with the cache equal those computed without it."""
+    scores = []
+    for use_cache in (True, False):
+        with torch.no_grad():
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps,
+                                 min_new_tokens=steps, do_sample=False, use_cache=use_cache,
+                                 output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        scores.append(torch.stack(out.scores))
+    assert scores[0].shape[0] == steps
+    torch.testing.assert_close(scores[0], scores[1], atol=1e-4, rtol=0)
 
 
 class Shifted(nn.Module):
