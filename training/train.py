@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 import tasks  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Trainer, TrainingArguments, set_seed  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
@@ -75,7 +78,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
         arg = args[i]
         if arg.startswith("--"):
             key, _, value = arg[2:].partition("=")
-            if not _ and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            if not _ and (i + 1 == len(args) or args[i + 1].startswith("--") or "=" in args[i + 1]):
                 value = "true"
             elif not _:
                 i, value = i + 1, args[i + 1]
@@ -87,6 +90,18 @@ def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
             pairs.append((key.replace("-", "_") if arg.startswith("--") else key, yaml.safe_load(value)))
         i += 1
     return pairs
+
+
+NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def coerce_numbers(obj):
+    """YAML 1.1 reads ``3e-4`` as a string: turn such scientific-notation strings into floats."""
+    if isinstance(obj, dict):
+        return {k: coerce_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [coerce_numbers(v) for v in obj]
+    return float(obj) if isinstance(obj, str) and NUMBER.match(obj.strip()) else obj
 
 
 def apply_override(cfg: dict, key: str, value) -> None:
@@ -115,7 +130,7 @@ def load_config(path: str, overrides: list[str]) -> dict:
         raise ValueError(f"run config {path!r} must be a YAML mapping")
     for key, value in parse_overrides(overrides):
         apply_override(cfg, key, value)
-    return check_config(cfg)
+    return check_config(coerce_numbers(cfg))
 
 
 def check_config(cfg: dict) -> dict:
@@ -202,6 +217,20 @@ def load_pretrained(cls, pretrained: str, variant: dict, fields: dict):
 
 # ----------------------------------------------------------------------------- one run
 
+KILL_ENV = "HF_ATTN_VARIANTS_KILL_AT_STEP"
+
+
+class KillAfterSave(TrainerCallback):
+    """Fault injection for the resume test: SIGKILL this process right after the checkpoint of step N is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def plan_runs(cfg: dict) -> list[tuple[str, dict, Path]]:
     """(name, variant fields, run folder) of the main run and of each baseline."""
     out = Path(cfg["training"]["output_dir"])
@@ -258,6 +287,10 @@ def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, lab
         data_collator=tasks.Collator(tokenizer, task), processing_class=tokenizer,
         compute_metrics=tasks.lm_metrics(task) if lm else tasks.classification_metrics(len(labels)),
         preprocess_logits_for_metrics=tasks.lm_logits_to_scores(task) if lm else None)
+    if os.environ.get(KILL_ENV):
+        trainer.add_callback(KillAfterSave(int(os.environ[KILL_ENV])))
+    if resume:
+        print(f"[{name}] resuming from {resume}")
     start = time.time()
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate(encoded["test"], metric_key_prefix="test")
