@@ -243,13 +243,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_run(files, tmp_path):
-    """torchrun --nproc_per_node 2 on CPU: the data is split over 2 ranks and the model still learns."""
+LAUNCHERS = {
+    "torchrun": lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_port", str(_free_port())],
+    "accelerate": lambda: [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port",
+                           str(_free_port())],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_process_gloo_run(files, tmp_path, launcher):
+    """2 CPU processes (torchrun, or accelerate with the shipped config): the data is split over 2 ranks
+    and the model still learns."""
     cfg = classification_config(files, tmp_path / "run")
     path = write_config(tmp_path / "run.yaml", cfg)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(_free_port())]
-    result = _train([path], launcher=launcher)
+    result = _train([path], launcher=LAUNCHERS[launcher]())
     assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 * 8  # 3 epochs x ceil(240 / (16 x 2 ranks)) steps

@@ -295,16 +295,29 @@ def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, lab
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate(encoded["test"], metric_key_prefix="test")
     elapsed = time.time() - start
+    final = full_model(trainer)
     if trainer.is_world_process_zero():
         card = card_data(cfg, name, metrics, elapsed)
-        folder = hv.save_hub_folder(trainer.model, tokenizer, run_dir / "model", card_data=card,
+        folder = hv.save_hub_folder(final, tokenizer, run_dir / "model", card_data=card,
                                     repo_id=cfg["training"].get("hub_model_id"))
         if cfg["training"].get("push_to_hub"):
-            push(cfg, trainer.model, tokenizer, card)
+            push(cfg, final, tokenizer, card)
         print(f"[{name}] test metrics: {json.dumps(card['metrics'])}  ({elapsed:.0f} s)")
         print(f"[{name}] Hub-ready folder: {folder}")
     trainer.accelerator.wait_for_everyone()
     return {**metrics, "seconds": elapsed, "folder": str(run_dir / "model")}
+
+
+def full_model(trainer: Trainer):
+    """The trained model with full (unsharded) weights: under FSDP every rank joins the gather."""
+    if not trainer.is_fsdp_enabled:
+        return trainer.model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective; full on rank 0
+    if not trainer.is_world_process_zero():
+        return None
+    model = type(trainer.model)(trainer.model.config)
+    model.load_state_dict(state)
+    return model
 
 
 def push(cfg: dict, model, tokenizer, card: dict) -> None:
