@@ -203,6 +203,26 @@ def test_stock_checkpoint_converted(classification_run, files, tmp_path):
     assert f"base_model: {tmp_path / 'stock'}" in (folder / "README.md").read_text()
 
 
+def test_tensorboard_logs_when_asked(files, tmp_path):
+    cfg = classification_config(files, tmp_path / "run")
+    cfg["training"].update(num_train_epochs=1, report_to="tensorboard")
+    train.main([write_config(tmp_path / "tb.yaml", cfg)])
+    events = list((tmp_path / "run" / "checkpoints").rglob("events.out.tfevents.*"))
+    assert events and max(e.stat().st_size for e in events) > 100
+
+
+def test_tokenizer_fingerprint_is_content_based():
+    """Equal texts give equal fingerprints (ranks reuse rank 0's trained tokenizer); other texts do not."""
+    import tasks
+    from datasets import Dataset, DatasetDict
+
+    rows = {"text": ["a b", "c d"]}
+    one, two = (DatasetDict({"train": Dataset.from_dict(rows)}) for _ in range(2))
+    assert tasks.text_digest(one, ["text"]) == tasks.text_digest(two, ["text"])
+    three = DatasetDict({"train": Dataset.from_dict({"text": ["a b", "c e"]})})
+    assert tasks.text_digest(three, ["text"]) != tasks.text_digest(one, ["text"])
+
+
 # ----------------------------------------------------------------------------- subprocess runs
 
 def _env() -> dict[str, str]:

@@ -89,6 +89,15 @@ def train_tokenizer(texts: Iterable[list[str]], family: str, vocab_size: int, lo
                                    model_max_length=max_length, model_input_names=["input_ids", "attention_mask"])
 
 
+def text_digest(data: DatasetDict, columns: list[str]) -> str:
+    """sha256 of the training texts: the same in every process and for every way of loading them."""
+    digest = hashlib.sha256()
+    for texts in _texts(data, columns):
+        digest.update("\x00".join(texts).encode())
+        digest.update(b"\x01")
+    return digest.hexdigest()
+
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -107,7 +116,7 @@ def get_tokenizer(tok_cfg: dict, family: str, data: DatasetDict, columns: list[s
         raise ValueError(f"tokenizer.vocab_size={vocab_size!r} is invalid: expected an integer >= 50")
     lowercase = bool(tok_cfg.get("lowercase", True))
     fingerprint = _fingerprint({"family": family, "vocab_size": vocab_size, "lowercase": lowercase, "columns": columns,
-                                "rows": len(data["train"]), "data": data["train"]._fingerprint})
+                                "data": text_digest(data, columns)})
     stamp = folder / "fingerprint.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
         return AutoTokenizer.from_pretrained(folder)
