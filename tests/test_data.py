@@ -186,3 +186,18 @@ def test_overrides_and_config_errors(tmp_path):
         train.load_config(str(cfg_file), ["training.no_such_field=1"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         train.load_config(str(tmp_path / "missing.yaml"), [])
+
+
+def test_resume_point(tmp_path):
+    cfg = train.check_config({"task": "classification", "data": {"dataset": "mr"},
+                              "training": {"output_dir": str(tmp_path), "use_cpu": True}})
+    run_dir = tmp_path / "run"
+    assert train.training_args(cfg, run_dir, True, True)[1] is None  # nothing to resume: a fresh start
+    for step in (5, 12):
+        (run_dir / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    assert train.training_args(cfg, run_dir, "true", True)[1].endswith("checkpoint-12")
+    assert train.training_args(cfg, run_dir, None, True)[1] is None
+    with pytest.raises(FileNotFoundError, match="nope"):
+        train.training_args(cfg, run_dir, str(tmp_path / "nope"), True)
+    other = str(tmp_path / "elsewhere" / "checkpoint-3")  # with baselines: another run's checkpoint
+    assert train.training_args(cfg, run_dir, other, False)[1].endswith("checkpoint-12")

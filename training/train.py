@@ -247,16 +247,26 @@ def plan_runs(cfg: dict) -> list[tuple[str, dict, Path]]:
     return runs
 
 
-def training_args(cfg: dict, run_dir: Path, resume) -> tuple[TrainingArguments, object]:
-    """TrainingArguments for one run (checkpoints under run_dir/checkpoints) and its resume point."""
+def training_args(cfg: dict, run_dir: Path, resume, only_run: bool) -> tuple[TrainingArguments, object]:
+    """TrainingArguments for one run (checkpoints under run_dir/checkpoints) and its resume point.
+
+    ``resume``: true = this run's last checkpoint (a fresh start when it has none); a path = that
+    checkpoint (with baselines: for the run whose folder holds it; the others take their last one).
+    """
     fields = {k: v for k, v in cfg["training"].items() if k not in HUB_FIELDS and k != "resume_from_checkpoint"}
     fields["output_dir"] = str(run_dir / "checkpoints")
     args = TrainingArguments(**fields)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if resume in (None, False, "false", "False", ""):
+        return args, None
     if resume in (True, "true", "True"):
-        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    elif resume and not Path(str(resume)).resolve().is_relative_to(Path(args.output_dir).resolve()):
-        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    return args, resume or None
+        return args, last
+    path = Path(str(resume))
+    if only_run or path.resolve().is_relative_to(Path(args.output_dir).resolve()):
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r}: no such checkpoint folder")
+        return args, str(path)
+    return args, last
 
 
 def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
@@ -275,7 +285,7 @@ def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
 
 def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, labels) -> dict:
     """Train, evaluate on test and save the Hub-ready folder of one run; return its test metrics."""
-    args, resume = training_args(cfg, run_dir, cfg["training"].get("resume_from_checkpoint"))
+    args, resume = training_args(cfg, run_dir, cfg["training"].get("resume_from_checkpoint"), not cfg["baselines"])
     task = cfg["task"]
     with args.main_process_first(desc="tokenizing"):
         encoded = tasks.preprocess(data, task, tokenizer, cfg["data"], labels)
