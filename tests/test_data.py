@@ -201,3 +201,15 @@ def test_resume_point(tmp_path):
         train.training_args(cfg, run_dir, str(tmp_path / "nope"), True)
     other = str(tmp_path / "elsewhere" / "checkpoint-3")  # with baselines: another run's checkpoint
     assert train.training_args(cfg, run_dir, other, False)[1].endswith("checkpoint-12")
+
+
+def test_unlabelled_rows_dropped():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["a", "b", "c"])})
+    ds = Dataset.from_dict({"text": ["x", "y", "z"], "label": [0, -1, 2]}, features=features)
+    assert tasks.drop_unlabelled(ds, "label", "train")["text"] == ["x", "z"]
+    with pytest.raises(ValueError, match="test split has no labelled rows"):
+        tasks.drop_unlabelled(ds.select([1]), "label", "test")
+    strings = Dataset.from_dict({"text": ["x"], "label": ["pos"]})
+    assert len(tasks.drop_unlabelled(strings, "label", "train")) == 1

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, Value
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 TASKS = ("classification", "pair_classification", "masked_lm", "causal_lm")
@@ -171,6 +171,7 @@ def preprocess(data: DatasetDict, task: str, tokenizer, data_cfg: dict, names: l
     out = {}
     for split, ds in data.items():
         if task in CLASSIFICATION:
+            ds = drop_unlabelled(ds, label, split)
             def encode(rows, split=split):
                 enc = tokenizer(rows[text], rows[pair] if pair else None, truncation=True, max_length=max_length)
                 enc["labels"] = _label_ids(rows[label], names, label, split)
@@ -185,6 +186,17 @@ def preprocess(data: DatasetDict, task: str, tokenizer, data_cfg: dict, names: l
     if len(out["train"]) == 0:
         raise ValueError(f"no training examples left after tokenizing (max_length={max_length})")
     return DatasetDict(out)
+
+
+def drop_unlabelled(ds, column: str, split: str):
+    """Drop rows whose integer label is negative (the Hub's "no gold label", e.g. SNLI's -1)."""
+    feature = ds.features.get(column)
+    if not isinstance(feature, (ClassLabel, Value)) or not str(feature.dtype).startswith("int"):
+        return ds
+    kept = ds.filter(lambda labels: [v is not None and v >= 0 for v in labels], input_columns=column, batched=True)
+    if len(kept) == 0:
+        raise ValueError(f"data.label_column={column!r}: the {split} split has no labelled rows (labels < 0 mean none)")
+    return kept
 
 
 def _lm_blocks(tokenizer, texts: list[str], max_length: int, task: str) -> dict[str, list]:
