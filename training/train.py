@@ -22,6 +22,7 @@ A run config has these sections (all but ``task`` and ``data`` optional):
     data:       dataset (mr | snli | rotten_tomatoes | shakespeare | a Hub id) or train_file / validation_file
                 / test_file (csv, tsv, json, jsonl, txt); text_column, text_pair_column, label_column,
                 max_length, max_train_samples, max_eval_samples, max_test_samples
+    runtime:    num_threads (torch CPU threads per process; 1 is fastest on a CPU shared with other jobs)
     training:   any TrainingArguments field (output_dir, num_train_epochs, learning_rate, report_to, ...),
                 plus push_to_hub / hub_model_id / hub_token / hub_private_repo (uploaded with
                 hf_attn_variants.publish after the test evaluation)
@@ -49,13 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import corpora  # noqa: E402
 import tasks  # noqa: E402
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
 
-SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training")
+SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
@@ -139,7 +141,7 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f"unknown config sections {unknown}: expected some of {SECTIONS}")
     if cfg.get("task") not in tasks.TASKS:
         raise ValueError(f"task={cfg.get('task')!r} is invalid: expected one of {tasks.TASKS}")
-    for section in ("model", "variant", "baselines", "tokenizer", "data", "training"):
+    for section in ("model", "variant", "baselines", "tokenizer", "data", "training", "runtime"):
         cfg[section] = cfg.get(section) or {}
         if not isinstance(cfg[section], dict):
             raise ValueError(f"{section}={cfg[section]!r} is invalid: expected a mapping")
@@ -162,6 +164,12 @@ def check_config(cfg: dict) -> dict:
         data.setdefault("label_column", "label")
         if cfg["task"] == "pair_classification" and not data.get("text_pair_column"):
             raise ValueError("task='pair_classification' needs data.text_pair_column")
+    threads = cfg["runtime"].get("num_threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"runtime.num_threads={threads!r} is invalid: expected a positive integer")
+    unknown = sorted(set(cfg["runtime"]) - {"num_threads"})
+    if unknown:
+        raise ValueError(f"runtime fields {unknown} are unknown: expected num_threads")
     max_length = data.setdefault("max_length", 128)
     if not isinstance(max_length, int) or max_length < 4:
         raise ValueError(f"data.max_length={max_length!r} is invalid: expected an integer >= 4")
@@ -360,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(__doc__)
         return {}
     cfg = load_config(argv[0], argv[1:])
+    if cfg["runtime"].get("num_threads"):
+        torch.set_num_threads(cfg["runtime"]["num_threads"])
     data, tokenizer, labels = prepare(cfg)
     results = {name: run(cfg, name, variant, run_dir, data, tokenizer, labels)
                for name, variant, run_dir in plan_runs(cfg)}
