@@ -180,7 +180,11 @@ def save_hub_folder(model, tokenizer, folder: str | os.PathLike, *, card_data: d
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             folder.rename(old / folder.name)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                (old / folder.name).rename(folder)  # put the previous folder back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(folder)
