@@ -121,7 +121,8 @@ def test_classification_with_baseline(classification_run):
         assert config["id2label"] == {"0": "neg", "1": "pos"}
         for f in ("model.safetensors", "tokenizer.json", "README.md", "modeling_bert_variants.py"):
             assert (folder / f).is_file(), f
-        assert f"`{name}`" in (folder / "README.md").read_text()
+        card = (folder / "README.md").read_text()
+        assert f"`{name}`" in card and f"# run-{name}" in card
     assert (run_dir / "low_rank_band" / "checkpoints").is_dir()
 
 
@@ -254,7 +255,11 @@ def test_resume_after_sigkill(classification_run, files, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "checkpoint-30" in resumed.stderr + resumed.stdout
     a, b = read_results(tmp_path / "whole" / "model"), read_results(tmp_path / "killed" / "model")
-    assert a == b  # accuracy, macro-F1 and loss: identical
+    assert a == b  # accuracy and macro-F1: identical
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("whole", "killed"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # and the same weights
 
 
 def _free_port() -> int:

@@ -280,12 +280,15 @@ def training_args(cfg: dict, run_dir: Path, resume, only_run: bool) -> tuple[Tra
 def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
     data = cfg["data"]
     dataset = data.get("dataset") or Path(data["train_file"]).name
-    wanted = ("accuracy", "macro_f1", "perplexity", "loss")
+    wanted = ("accuracy", "macro_f1", "perplexity")
     metrics = {k.removeprefix("test_"): v for k, v in metrics.items()
                if isinstance(v, (int, float)) and k.removeprefix("test_") in wanted}
     training = (f"Trained with `training/train.py` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
                 f"{cfg['training'].get('num_train_epochs', 3)} epoch(s) in {elapsed:.0f} s; test-set metrics above.")
-    return {"task": cfg["task"], "datasets": [HUB_DATASET_IDS.get(dataset, dataset)],
+    hub_id = cfg["training"].get("hub_model_id")
+    out = Path(cfg["training"]["output_dir"]).name
+    model_name = hub_id.rsplit("/", 1)[-1] if hub_id else (f"{out}-{name}" if cfg["baselines"] else out)
+    return {"task": cfg["task"], "datasets": [HUB_DATASET_IDS.get(dataset, dataset)], "model_name": model_name,
             "dataset_name": DATASET_NAMES.get(dataset, dataset), "metrics": metrics,
             "base_model": cfg["model"].get("pretrained"), "training": training,
             "extra_tags": [cfg["task"].replace("_", "-")]}
