@@ -288,3 +288,27 @@ def test_two_process_gloo_run(files, tmp_path, launcher):
     state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 * 8  # 3 epochs x ceil(240 / (16 x 2 ranks)) steps
     assert read_results(tmp_path / "run" / "model")["accuracy"] > 0.8
+
+
+SHRINK = {"snli/lstmn": ["model.hidden_size=32", "model.num_hidden_layers=1", "model.intermediate_size=64",
+                         "data.max_length=32"],
+          "shakespeare/additive": ["model.n_embd=32", "model.n_layer=1", "variant.additive_dim=8",
+                                   "data.max_length=64", "data.max_train_samples=40"]}
+
+
+@pytest.mark.parametrize("config", sorted(SHRINK))
+def test_shipped_config_runs_on_real_data(config, tmp_path):
+    """A shipped config, shrunk by overrides, trains and evaluates on its built-in corpus end to end."""
+    overrides = ["tokenizer.vocab_size=300", "data.max_train_samples=200", "data.max_eval_samples=40",
+                 "data.max_test_samples=40", "num_train_epochs=1", "report_to=none", "use_cpu=true",
+                 "disable_tqdm=true", f"output_dir={tmp_path / 'run'}", *SHRINK[config]]  # later ones win
+    results = train.main([str(ROOT / "configs" / f"{config}.yaml"), *overrides])
+    (name, metrics), = results.items()
+    saved = read_results(tmp_path / "run" / "model")
+    if config.startswith("snli"):
+        assert 0 <= saved["accuracy"] <= 1 and metrics["test_samples_per_second"] > 0
+        id2label = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["id2label"]
+        assert id2label == {"0": "entailment", "1": "neutral", "2": "contradiction"}
+    else:
+        assert 1 < saved["perplexity"] < 300  # below uniform guessing over the vocabulary
+    assert name == config.split("/")[1]
