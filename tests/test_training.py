@@ -312,3 +312,32 @@ def test_shipped_config_runs_on_real_data(config, tmp_path):
     else:
         assert 1 < saved["perplexity"] < 300  # below uniform guessing over the vocabulary
     assert name == config.split("/")[1]
+
+
+def test_push_to_hub_publishes_the_folder(files, tmp_path, monkeypatch):
+    """push_to_hub + hub_model_id: after the test evaluation the folder is uploaded (HfApi mocked, offline)."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, **kwargs):
+            calls.append(("create_repo", kwargs["repo_id"], kwargs["private"]))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    cfg = classification_config(files, tmp_path / "run")
+    cfg["training"].update(num_train_epochs=1, push_to_hub=True, hub_model_id="me/tiny-lrb", hub_token="secret",
+                           hub_private_repo=True)
+    train.main([write_config(tmp_path / "push.yaml", cfg)])
+    assert calls[:2] == [("token", "secret"), ("create_repo", "me/tiny-lrb", True)]
+    assert {"model.safetensors", "README.md", "eval_results.json", "tokenizer.json"} <= set(calls[2][1])
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert 'from_pretrained("me/tiny-lrb", trust_remote_code=True)' in card
+    with pytest.raises(ValueError, match="hub_model_id"):
+        train.load_config(write_config(tmp_path / "bad.yaml", {**cfg, "training": {"push_to_hub": True}}), [])

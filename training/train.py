@@ -173,6 +173,8 @@ def check_config(cfg: dict) -> dict:
     max_length = data.setdefault("max_length", 128)
     if not isinstance(max_length, int) or max_length < 4:
         raise ValueError(f"data.max_length={max_length!r} is invalid: expected an integer >= 4")
+    if cfg["training"].get("push_to_hub") and not cfg["training"].get("hub_model_id"):
+        raise ValueError("training.push_to_hub=true needs training.hub_model_id (owner/name)")
     cfg["training"] = {**TRAINING_DEFAULTS, **cfg["training"]}
     return cfg
 
@@ -342,9 +344,7 @@ def full_model(trainer: Trainer):
 
 
 def push(cfg: dict, model, tokenizer, card: dict) -> None:
-    repo_id = cfg["training"].get("hub_model_id")
-    if not repo_id:
-        raise ValueError("training.push_to_hub=true needs training.hub_model_id (owner/name)")
+    repo_id = cfg["training"]["hub_model_id"]
     hv.publish(model, tokenizer, repo_id, card_data=card, token=cfg["training"].get("hub_token"),
                private=bool(cfg["training"].get("hub_private_repo")))
     print(f"pushed to https://huggingface.co/{repo_id}")
