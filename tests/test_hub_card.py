@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -146,8 +147,14 @@ def test_publish_dry_run_and_local_dir_do_not_upload(model, tokenizer, tmp_path,
 
 def test_template_ships_in_the_wheel(tmp_path):
     """The card template is package data: a regular (non-editable) install renders cards from it."""
+    source = tmp_path / "src"  # build from a copy: nothing written into the repository
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for name in ("hf_attn_variants", "model_cards"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("hf_attn_variants-*.whl"))
     assert "hf_attn_variants/model_cards/variant_model_card.md" in zipfile.ZipFile(wheel).namelist()
