@@ -19,6 +19,7 @@ from transformers import (
 
 from .configuration_variants import BAND_COMBINES, VARIANTS, VariantBertConfig, VariantGPT2Config
 from .convert import convert_from_dense, low_rank_factors
+from .hub import build_model_card, publish, save_hub_folder
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
     VariantBertForSequenceClassification,
@@ -76,8 +77,11 @@ __all__ = [
     "VariantGPT2LMHeadModel",
     "VariantGPT2Model",
     "VariantGPT2PreTrainedModel",
+    "build_model_card",
     "convert_from_dense",
     "lora_fan_in_fan_out",
     "lora_target_modules",
     "low_rank_factors",
+    "publish",
+    "save_hub_folder",
 ]

