@@ -300,8 +300,7 @@ class _AdditiveTiled(torch.autograd.Function):
         bh, tq, a = qe.shape
         tk = ke.shape[1]
         if exp_trick:
-            r = torch.mul(qe[:, :, None], ke[:, None])  # (BH, tq, tk, a): e^{2q_i} e^{2k_j}
-            r.add_(1).reciprocal_()
+            r = torch.addcmul(qe.new_ones(()), qe[:, :, None], ke[:, None]).reciprocal_()  # (BH, tq, tk, a)
             return (r.view(bh, tq * tk, a) @ w3).view(bh, tq, tk).mul_(-2), r
         t = torch.add(qe[:, :, None], ke[:, None]).tanh_()  # (BH, tq, tk, a)
         return (t.view(bh, tq * tk, a) @ w3).view(bh, tq, tk), t
