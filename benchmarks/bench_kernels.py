@@ -2,7 +2,7 @@
 
 Usage (from the repository root, no install needed):
 
-    python benchmarks/bench_kernels.py            # full run, ~15 min on 2 cores
+    python benchmarks/bench_kernels.py            # full run, ~15 min on 2 idle cores
     python benchmarks/bench_kernels.py --quick    # fewer sizes and repeats, ~3 min
     python benchmarks/bench_kernels.py --only band additive
 
@@ -168,49 +168,55 @@ def bench_low_rank(quick: bool, rate: float, repeats: int) -> str:
 
 def bench_additive(quick: bool, rate: float, repeats: int) -> str:
     a = 64
-    ts = [256, 1024] if quick else [256, 512, 1024, 2048]
-    rows, series, mem = [], {"additive tiled fwd+bwd": [], "additive chunked eager fwd+bwd": [],
-                             "dense SDPA fwd+bwd": []}, {"tiled": [], "chunked eager": [], "dense SDPA": []}
+    ts = [256, 1024] if quick else [256, 512, 1024]
+    rows, mem_rows = [], []
+    series = {"tiled eager fwd+bwd": [], "tiled compiled fwd+bwd": [], "chunked eager fwd+bwd": [],
+              "dense SDPA fwd+bwd": []}
     for causal in (False, True):
-        for t in ts:
+        for t in ts if not causal else [t for t in ts if t <= 1024]:
             q, k, v = qkv(t, dqk=a, scale=0.5)
             w = (torch.randn(H, a) * a**-0.5).requires_grad_()
             kw = dict(causal=causal)
-            tiled = lambda: K.additive_attention(q, k, v, w, **kw)
-            chunked = lambda: K.additive_attention_chunked(q, k, v, w, **kw)
-            dense = lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)
-            slow_ok = t <= 1024 or not quick
-            f = interleaved({"tiled": fwd(tiled), "chunked": fwd(chunked), "dense": fwd(dense)}, repeats)
-            cand = {"tiled": fwd_bwd(tiled, (q, k, v, w)), "dense": fwd_bwd(dense, (q, k, v))}
-            if t <= 1024:  # the chunked baseline's backward takes tens of seconds beyond
-                cand["chunked"] = fwd_bwd(chunked, (q, k, v, w))
-            fb = interleaved(cand, max(3, repeats - 2) if slow_ok else 1)
+            fns = {"tiled": lambda: K.additive_attention(q, k, v, w, **kw),
+                   "compiled": lambda: K.additive_attention(q, k, v, w, compile=True, **kw),
+                   "chunked": lambda: K.additive_attention_chunked(q, k, v, w, **kw),
+                   "dense": lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)}
+            inputs = {"dense": (q, k, v)}
+            if t > 1024:  # the chunked baseline takes seconds (forward) to a minute (backward) beyond
+                del fns["chunked"]
+            f = interleaved({n: fwd(fn) for n, fn in fns.items()}, repeats)
+            fb = interleaved({n: fwd_bwd(fn, inputs.get(n, (q, k, v, w))) for n, fn in fns.items()},
+                             max(2, repeats - 2))
+            f.setdefault("chunked", float("nan"))
+            fb.setdefault("chunked", float("nan"))
             triples = H * a * (t * (t + 1) // 2 if causal else t * t)
             gps = lambda s: triples / s / 1e9
-            fb_chunked = fb.get("chunked", float("nan"))
-            rows.append(["causal" if causal else "bidir", t, ms(f["tiled"]), ms(f["chunked"]),
-                         f"**{gps(f['tiled']):.2f}**", f"{gps(f['chunked']):.2f}", f"{f['chunked'] / f['tiled']:.1f}x",
-                         ms(fb["tiled"]), ms(fb_chunked), f"{gps(fb['tiled']):.2f}",
-                         f"{fb_chunked / fb['tiled']:.1f}x", ms(f["dense"]), ms(fb["dense"])])
+            rows.append(["causal" if causal else "bidir", t, f"**{gps(f['tiled']):.2f}**",
+                         f"**{gps(f['compiled']):.2f}**", f"{gps(f['chunked']):.2f}",
+                         f"{f['chunked'] / f['tiled']:.1f}x", f"{f['chunked'] / f['compiled']:.1f}x",
+                         f"{gps(fb['tiled']):.2f}", f"{gps(fb['compiled']):.2f}", f"{gps(fb['chunked']):.2f}",
+                         f"{fb['chunked'] / fb['tiled']:.1f}x", f"{fb['chunked'] / fb['compiled']:.1f}x",
+                         ms(f["tiled"]), ms(fb["tiled"]), ms(f["dense"]), ms(fb["dense"])])
             print(rows[-1], flush=True)
             if not causal:
-                series["additive tiled fwd+bwd"].append(ms(fb["tiled"]))
-                series["additive chunked eager fwd+bwd"].append(ms(fb_chunked))
-                series["dense SDPA fwd+bwd"].append(ms(fb["dense"]))
-                mem["tiled"].append(peak_memory(fwd_bwd(tiled, (q, k, v, w))) / 2**20)
-                mem["chunked eager"].append(peak_memory(fwd_bwd(chunked, (q, k, v, w))) / 2**20
-                                            if t <= 1024 else float("nan"))
-                mem["dense SDPA"].append(peak_memory(fwd_bwd(dense, (q, k, v))) / 2**20)
+                for key, name in zip(series, ("tiled", "compiled", "chunked", "dense")):
+                    series[key].append(ms(fb[name]))
+                mem = {n: peak_memory(fwd_bwd(fn, inputs.get(n, (q, k, v, w)))) / 2**20 for n, fn in fns.items()}
+                mem_rows.append([t, mem["tiled"], mem["compiled"], mem.get("chunked", float("nan")), mem["dense"]])
     plot(RESULTS / "additive_time.png", f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
-    plot(RESULTS / "additive_memory.png", f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts, mem, "MiB")
-    mem_rows = [[t, *(mem[key][n] for key in mem)] for n, t in enumerate(ts)]
+    plot(RESULTS / "additive_memory.png", f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts,
+         {name: [row[i] for row in mem_rows] for i, name in
+          enumerate(["tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], start=1)}, "MiB")
     return "\n\n".join([
-        f"### additive (a = {a}, Dv = {D}); throughput in G (query, key, dim) triples/s over the pairs read",
-        markdown_table(["dir", "T", "tiled fwd ms", "chunked fwd ms", "tiled fwd G/s", "chunked fwd G/s",
-                        "speed-up fwd", "tiled f+b ms", "chunked f+b ms", "tiled f+b G/s", "speed-up f+b",
+        f"### additive (a = {a}, Dv = {D}): throughput in G (query, key, dim) triples/s over the pairs read",
+        "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compile=True)`, chunked = "
+        "`additive_attention_chunked` (the previous kernel: eager chunks, checkpointed).",
+        markdown_table(["dir", "T", "tiled fwd G/s", "compiled fwd G/s", "chunked fwd G/s", "tiled/chunked fwd",
+                        "compiled/chunked fwd", "tiled f+b G/s", "compiled f+b G/s", "chunked f+b G/s",
+                        "tiled/chunked f+b", "compiled/chunked f+b", "tiled fwd ms", "tiled f+b ms",
                         "dense SDPA fwd ms", "dense SDPA f+b ms"], rows),
         "Peak memory of one forward+backward, bidirectional (MiB):",
-        markdown_table(["T", "tiled", "chunked eager", "dense SDPA"], mem_rows),
+        markdown_table(["T", "tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], mem_rows),
     ])
 
 
@@ -269,10 +275,12 @@ def main() -> None:
               "Command: `python benchmarks/bench_kernels.py" + (" --quick" if args.quick else "") + "`.",
               "Times: medians of interleaved repeats on a shared machine; compare within a row."]
     print("\n".join(header), flush=True)
-    parts = [SECTIONS[name](args.quick, rate, repeats) for name in (args.only or SECTIONS)]
     out = RESULTS / ("kernels-quick.md" if args.quick else "kernels.md")
-    out.write_text("\n".join(header) + "\n\n" + "\n\n".join(parts) + "\n")
-    print(f"wrote {out}")
+    parts = []
+    for name in args.only or SECTIONS:  # the file is rewritten after every section
+        parts.append(SECTIONS[name](args.quick, rate, repeats))
+        out.write_text("\n".join(header) + "\n\n" + "\n\n".join(parts) + "\n")
+        print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -106,10 +106,10 @@ def main() -> None:
         parts.append(f"### {name}\n\n" + markdown_table(
             ["T", "batch", "variant", "step ms", "vs dense", "peak MiB", "vs dense", "FLOP limit ms", "GFLOP/s"],
             rows))
-    out = RESULTS / ("models-quick.md" if args.quick else "models.md")
-    out.write_text("\n".join(header) + "\n\nThe FLOP limit line in the plots is dense's.\n\n"
-                   + "\n\n".join(parts) + "\n")
-    print(f"wrote {out}")
+        out = RESULTS / ("models-quick.md" if args.quick else "models.md")  # rewritten after every family
+        out.write_text("\n".join(header) + "\n\nThe FLOP limit line in the plots is dense's.\n\n"
+                       + "\n\n".join(parts) + "\n")
+        print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

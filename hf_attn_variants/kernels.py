@@ -282,6 +282,32 @@ def _tile_allowed(i0, i1, j0, j1, offset, causal, window, key_mask, device) -> T
     return allowed
 
 
+def _additive_tile_forward(qe: Tensor, ke: Tensor, w2: Tensor) -> Tensor:
+    """Exp-path scores of one tile, written for ``torch.compile`` to fuse into one loop over a:
+    qe (BH, tq, a) = e^{2q}, ke (BH, tk, a) = e^{2k}, w2 (BH, a) -> -2 Σ_a w_a R_ija (BH, tq, tk)."""
+    r = torch.reciprocal(1 + qe[:, :, None, :] * ke[:, None, :, :])  # (BH, tq, tk, a), never stored when compiled
+    return (r * w2[:, None, None, :]).sum(-1) * -2
+
+
+def _additive_tile_backward(qe: Tensor, ke: Tensor, w2: Tensor, ds: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exp-path gradients of one tile given ds = d loss / d score (BH, tq, tk): the parts of
+    dq / w (BH, tq, a), dk / w (BH, tk, a) and dw (BH, a) (see ``_AdditiveTiled``)."""
+    r = torch.reciprocal(1 + qe[:, :, None, :] * ke[:, None, :, :])  # (BH, tq, tk, a)
+    g = ds[..., None] * (r - r * r) * 4
+    dw = ds.sum((1, 2))[:, None] - 2 * (ds[..., None] * r).sum((1, 2))
+    return g.sum(2), g.sum(1), dw
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """``torch.compile(fn)`` made on first use (optional path: needs a working inductor backend)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
 class _AdditiveTiled(torch.autograd.Function):
     """Tiled additive attention: scores, softmax and values a (query tile, key tile) at a time,
     keeping only the output and the row log-sum-exp; the backward pass recomputes each tile.
@@ -306,12 +332,13 @@ class _AdditiveTiled(torch.autograd.Function):
         return (t.view(bh, tq * tk, a) @ w3).view(bh, tq, tk), t
 
     @staticmethod
-    def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k):
+    def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k, compiled):
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
         exp_trick = (q.dtype in (torch.float32, torch.float64) and bool(q.abs().max() <= EXP_TANH_BOUND)
                      and bool(k.abs().max() <= EXP_TANH_BOUND))
+        compiled = compiled and exp_trick
         qe = (q * 2).exp_() if exp_trick else q
         ke = (k * 2).exp_() if exp_trick else k
         qe, ke = qe.reshape(B * H, tq_all, a), ke.reshape(B * H, tk_all, a)  # (BH, T, a)
@@ -323,8 +350,11 @@ class _AdditiveTiled(torch.autograd.Function):
         for n, i0 in enumerate(range(0, tq_all, tile_q)):
             i1 = min(tq_all, i0 + tile_q)
             lo, hi = _key_range(i0, i1, offset, tk_all, causal, window)
-            s = torch.cat([_AdditiveTiled._scores(qe[:, i0:i1], ke[:, j0:min(hi, j0 + tile_k)], w3, exp_trick)[0]
-                           for j0 in range(lo, hi, tile_k)], dim=2)  # (BH, tq, hi - lo)
+            if compiled:
+                s = _compiled(_additive_tile_forward)(qe[:, i0:i1], ke[:, lo:hi], w3[..., 0])
+            else:
+                s = torch.cat([_AdditiveTiled._scores(qe[:, i0:i1], ke[:, j0:min(hi, j0 + tile_k)], w3, exp_trick)[0]
+                               for j0 in range(lo, hi, tile_k)], dim=2)  # (BH, tq, hi - lo)
             allowed = _tile_allowed(i0, i1, lo, hi, offset, causal, window, key_mask, q.device)
             s = s.view(B, H, i1 - i0, hi - lo).masked_fill_(~allowed, float("-inf")).view(B * H, i1 - i0, -1)
             lse[:, i0:i1] = torch.logsumexp(s, dim=-1)
@@ -333,13 +363,13 @@ class _AdditiveTiled(torch.autograd.Function):
                 p = p * _dropout_scale(p.shape, dropout_p, seed + n, p)
             out[:, i0:i1] = p @ vf[:, lo:hi]
         ctx.save_for_backward(q, k, v, w, out, lse, key_mask)
-        ctx.cfg = (causal, window, dropout_p, tile_q, tile_k, exp_trick, seed)
+        ctx.cfg = (causal, window, dropout_p, tile_q, tile_k, exp_trick, seed, compiled)
         return out.view(B, H, tq_all, dv)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, w, out, lse, key_mask = ctx.saved_tensors
-        causal, window, dropout_p, tile_q, tile_k, exp_trick, seed = ctx.cfg
+        causal, window, dropout_p, tile_q, tile_k, exp_trick, seed, compiled = ctx.cfg
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
@@ -356,9 +386,13 @@ class _AdditiveTiled(torch.autograd.Function):
             i1 = min(tq_all, i0 + tile_q)
             lo, hi = _key_range(i0, i1, offset, tk_all, causal, window)
             allowed = _tile_allowed(i0, i1, lo, hi, offset, causal, window, key_mask, q.device)
-            tiles = [_AdditiveTiled._scores(qe[:, i0:i1], ke[:, j0:min(hi, j0 + tile_k)], w3, exp_trick)
-                     for j0 in range(lo, hi, tile_k)]
-            s = torch.cat([t[0] for t in tiles], dim=2)  # (BH, tq, hi - lo)
+            if compiled:
+                tiles = []
+                s = _compiled(_additive_tile_forward)(qe[:, i0:i1], ke[:, lo:hi], w3[..., 0])
+            else:
+                tiles = [_AdditiveTiled._scores(qe[:, i0:i1], ke[:, j0:min(hi, j0 + tile_k)], w3, exp_trick)
+                         for j0 in range(lo, hi, tile_k)]
+                s = torch.cat([t[0] for t in tiles], dim=2)  # (BH, tq, hi - lo)
             s = s.view(B, H, i1 - i0, hi - lo).masked_fill_(~allowed, float("-inf")).view(B * H, i1 - i0, -1)
             p = s.sub_(lse[:, i0:i1, None]).exp_()  # (BH, tq, hi - lo)
             dp = go[:, i0:i1] @ vf[:, lo:hi].transpose(1, 2)
@@ -369,6 +403,11 @@ class _AdditiveTiled(torch.autograd.Function):
             else:
                 dvv[:, lo:hi] += p.transpose(1, 2) @ go[:, i0:i1]
             ds = p.mul_(dp.sub_(delta[:, i0:i1, None]))  # (BH, tq, hi - lo): d loss / d score
+            if compiled:
+                dq_t, dk_t, dw_t = _compiled(_additive_tile_backward)(qe[:, i0:i1], ke[:, lo:hi], w3[..., 0], ds)
+                dq[:, i0:i1] += dq_t
+                dk[:, lo:hi] += dk_t
+                dw += dw_t
             for j0, (_, r) in zip(range(lo, hi, tile_k), tiles):
                 j1 = min(hi, j0 + tile_k)
                 dsj = ds[:, :, j0 - lo:j1 - lo]  # (BH, tq, tk)
@@ -383,7 +422,7 @@ class _AdditiveTiled(torch.autograd.Function):
         dq.mul_(w3.transpose(1, 2))
         dk.mul_(w3.transpose(1, 2))
         return (dq.view_as(q), dk.view_as(k), dvv.view_as(v), dw.view(B, H, a).sum(0),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def _dropout_scale(shape, p: float, seed: int, like: Tensor) -> Tensor:
@@ -396,7 +435,7 @@ def _dropout_scale(shape, p: float, seed: int, like: Tensor) -> Tensor:
 def additive_attention(
     q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool, key_mask: Tensor | None = None,
     window: int | None = None, dropout_p: float = 0.0, chunk_size: int | None = None,
-    tile_k: int | None = None,
+    tile_k: int | None = None, compile: bool = False,
 ) -> Tensor:
     """Bahdanau et al. 2015 additive attention, tiled: softmax_j(wᵀ tanh(q_i + k_j)) v_j.
 
@@ -405,11 +444,16 @@ def additive_attention(
     tiles the mask rules out (causal, window), keeps only the output and the row log-sum-exp
     and recomputes the tiles in the backward pass: memory O(T·a + tile·Tk·a), never O(T²·a)
     nor O(T²). Dropout masks are redrawn in the backward pass from a per-tile seed.
+    ``compile=True`` (optional; needs ``torch.compile`` with a C++/Triton toolchain) fuses each
+    tile's scores and gradients into single loops over a, so the (tile, Tk, a) tensor is never
+    written; the first call compiles for a while.
     """
     B, H, _, a = q.shape
     tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a)
+    if compile:
+        tile_q = max(tile_q, 32)  # nothing of size (tile, Tk, a) is stored: bigger tiles, fewer calls
     return _AdditiveTiled.apply(q, k, v, w, causal, key_mask, window, dropout_p,
-                                chunk_size or tile_q, tile_k or tk_default)
+                                chunk_size or tile_q, tile_k or tk_default, compile)
 
 
 def additive_attention_chunked(

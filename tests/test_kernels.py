@@ -3,6 +3,8 @@ parameters), random shapes (T not a multiple of any block), random padding, both
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -345,3 +347,18 @@ def test_band_flex_on_cuda_matches_reference(causal, padding):
         torch.testing.assert_close(fast_g, ref_g, atol=2e-4, rtol=1e-4)
     # dropout falls back to the blocked path
     assert K.band_attention(q, k, v, dropout_p=0.1, **kw).shape == q.shape
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and not torch.cuda.is_available(),
+                    reason="torch.compile needs a C++ compiler on CPU")
+def test_additive_compiled_path_matches_reference():
+    """The optional compiled tiles (first call compiles, ~20 s) against the reference."""
+    g = torch.Generator().manual_seed(8)
+    key_mask = make_key_mask(2, 37, "left", g)
+    q, k, v = qkv(2, 3, 37, 8, 5, g)
+    w = torch.randn(3, 8, generator=g, dtype=torch.float64).requires_grad_()
+    for causal in (False, True):
+        kw = dict(causal=causal, key_mask=key_mask)
+        fast = K.additive_attention(q, k, v, w, compile=True, chunk_size=16, **kw)
+        assert_same_with_grads(fast, K.additive_attention_reference(q, k, v, w, **kw)[0], (q, k, v, w), g)
