@@ -8,8 +8,10 @@ Usage (from the repository root, no install needed):
     python benchmarks/bench_models.py --family gpt2 --variants dense band
 
 Model: hidden 256, 4 layers, 4 heads (head size 64), FFN 1024, vocab 1000, dropout off;
-low_rank r = 16, band w = 128, low_rank_band = sum of both, additive a = 64, lstmn
-bidirectional in BERT. Every step sees 2048 tokens (batch 2048 / T). A step = forward, loss,
+low_rank r = 16, band w = 128, low_rank_band = sum of both, additive a = 64 (eager up to
+T = 512, and with ``compile=True`` as ``additive+compile``), lstmn bidirectional in BERT.
+At T = 2048 each variant is timed once (one warm-up step before). Every step sees 2048 tokens
+(batch 2048 / T). A step = forward, loss,
 backward, AdamW update. Variants of one (family, T) are timed interleaved (medians); memory is
 the growth of peak RSS during one step after a warm-up step (see ``benchmarks/common.py``).
 The limit is 3 x the forward FLOPs (attention by ``hf_attn_variants.costs``, plus FFN and LM
@@ -20,6 +22,7 @@ head) at the matmul rate measured in the same run. Writes ``benchmarks/results/m
 from __future__ import annotations
 
 import argparse
+import functools
 
 from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, peak_memory, plot,
                     reexec_with_mmap_threshold)
@@ -27,15 +30,17 @@ from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, 
 import torch
 
 import hf_attn_variants as hv
+from hf_attn_variants import attention
 from hf_attn_variants.costs import model_costs
 
 TOKENS, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 2048, 256, 4, 4, 1024, 1000
 VARIANTS = {"dense": {}, "low_rank": {"attention_rank": 16}, "band": {}, "low_rank_band": {"attention_rank": 16},
-            "additive": {"additive_dim": 64}, "lstmn": {}}
+            "additive": {"additive_dim": 64}, "additive+compile": {"additive_dim": 64}, "lstmn": {}}
+EAGER_ADDITIVE_MAX_T = 512  # beyond, the eager additive step takes minutes here; its compiled tiles run instead
 
 
 def make_model(family: str, variant: str):
-    fields = dict(attention_variant=variant, attention_window=128, **VARIANTS[variant])
+    fields = dict(attention_variant=variant.split("+")[0], attention_window=128, **VARIANTS[variant])
     if family == "bert":
         config = hv.VariantBertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                       num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=2048,
@@ -46,12 +51,20 @@ def make_model(family: str, variant: str):
     return hv.VariantGPT2LMHeadModel(config), config
 
 
-def train_step(model, optimizer, ids):
+def train_step(model, optimizer, ids, compiled_additive: bool = False):
+    """One training step; ``compiled_additive`` runs the additive kernel with ``compile=True``
+    (the model code calls ``additive_attention`` without it, so it is swapped in for the step)."""
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
+        original = attention.additive_attention
+        if compiled_additive:
+            attention.additive_attention = functools.partial(original, compile=True)
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+        finally:
+            attention.additive_attention = original
     return step
 
 
@@ -79,15 +92,21 @@ def main() -> None:
             batch = TOKENS // t
             ids = torch.randint(1, VOCAB, (batch, t), generator=torch.Generator().manual_seed(t))
             steps, flops = {}, {}
-            for variant in args.variants:
+            variants = [v for v in args.variants if v != "additive" or t <= EAGER_ADDITIVE_MAX_T]
+            for variant in variants:
                 torch.manual_seed(0)
                 model, config = make_model(family, variant)
                 model.train()
-                steps[variant] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), ids)
+                steps[variant] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), ids,
+                                            compiled_additive=variant == "additive+compile")
                 non_attention = 2 * TOKENS * (LAYERS * 2 * HIDDEN * FFN + HIDDEN * VOCAB)
                 flops[variant] = 3 * (batch * model_costs(config, t)["flops"] + non_attention)
-            secs = interleaved(steps, repeats=repeats)
+            secs = interleaved(steps, repeats=repeats if t <= 512 else 1)
             for variant in args.variants:
+                if variant not in steps:
+                    times[variant].append(float("nan"))
+                    mems[variant].append(float("nan"))
+                    continue
                 mem = peak_memory(steps[variant]) / 2**20
                 times[variant].append(secs[variant] * 1e3)
                 mems[variant].append(mem)
