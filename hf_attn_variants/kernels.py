@@ -309,8 +309,12 @@ def _compiled(fn):
 
 
 class _AdditiveTiled(torch.autograd.Function):
-    """Tiled additive attention: scores, softmax and values a (query tile, key tile) at a time,
-    keeping only the output and the row log-sum-exp; the backward pass recomputes each tile.
+    """Tiled additive attention (Bahdanau et al. 2015, e_ij = wᵀ tanh(q_i + k_j)), in the manner of
+    FlashAttention: scores a (query tile, key tile) at a time, then the tile's masked softmax and
+    its product with v; only the output (B, H, Tq, Dv) and the row log-sum-exp (B, H, Tq) are kept,
+    and the backward pass recomputes every tile. A query tile keeps its whole score row
+    (tile_q x Tk floats, no a) instead of an online softmax across key tiles: the same O(T·tile)
+    bound, one exact softmax per row. Key tiles outside the mask (causal, window) are skipped.
 
     tanh(q_i + k_j) is evaluated as 1 - 2 / (1 + e^{2q_i} e^{2k_j}): the exponentials are
     O(T·a) and computed once, so a (query, key, dim) triple costs a multiply, an add and a
