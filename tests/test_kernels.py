@@ -3,6 +3,8 @@ parameters), random shapes (T not a multiple of any block), random padding, both
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -221,3 +223,142 @@ def test_lstmn_attention_rows_are_distributions_over_the_past():
     assert (attn[:, :, 1:].triu() == 0).all()  # token t reads only tokens < t
     assert (attn[1, :, 1:3] == 0).all()  # pad slots are never read
     assert attn[0, 0, 0] == 1  # the first token reads only the zero slot
+
+
+# ----------------------------------------------------------------------------- fast paths, tile boundaries
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+@pytest.mark.parametrize(("t", "tile_q", "tile_k", "window"), [
+    (16, 4, 8, None), (17, 4, 8, None), (15, 16, 16, None), (23, 5, 7, 3), (32, 8, 4, 8), (9, 1, 1, 0),
+])
+def test_additive_tile_boundaries(t, tile_q, tile_k, window, causal, padding):
+    g = torch.Generator().manual_seed(t * 7 + tile_q)
+    key_mask = make_key_mask(2, t, padding, g)
+    q, k, v = qkv(2, 2, t, 5, 3, g)
+    w = torch.randn(2, 5, generator=g, dtype=torch.float64).requires_grad_()
+    kw = dict(causal=causal, key_mask=key_mask, window=window)
+    fast = K.additive_attention(q, k, v, w, chunk_size=tile_q, tile_k=tile_k, **kw)
+    assert_same_with_grads(fast, K.additive_attention_reference(q, k, v, w, **kw)[0], (q, k, v, w), g)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_additive_tanh_path_and_decoding(causal, monkeypatch):
+    """Large |q|, |k| (or a zero bound) take the plain tanh tiles; Tq < Tk reads the last rows."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = qkv(2, 2, 19, 4, 3, g)
+    w = torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_()
+    with torch.no_grad():
+        q[0, 0, 3] *= 40  # beyond EXP_TANH_BOUND: the exp path would overflow in fp32
+    fast = K.additive_attention(q, k, v, w, causal=causal, chunk_size=4, tile_k=6)
+    ref = K.additive_attention_reference(q, k, v, w, causal=causal)[0]
+    assert_same_with_grads(fast, ref, (q, k, v, w), g)
+    monkeypatch.setattr(K, "EXP_TANH_BOUND", 0.0)
+    last = K.additive_attention(q[:, :, -3:], k, v, w, causal=causal, chunk_size=2, tile_k=5)
+    torch.testing.assert_close(last, ref[:, :, -3:])
+
+
+def test_additive_exp_path_in_float32_is_accurate():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = qkv(1, 2, 50, 16, 8, g, dtype=torch.float32)
+    w = torch.randn(2, 16, generator=g)
+    fast = K.additive_attention(q * 3, k * 3, v, w, causal=False, chunk_size=8, tile_k=16)
+    ref = K.additive_attention_reference(q.double() * 3, k.double() * 3, v.double(), w.double(), causal=False)[0]
+    torch.testing.assert_close(fast.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_additive_dropout_is_redrawn_exactly_in_backward():
+    """With dropout the tiled kernel's gradients are those of its own forward (same per-tile seeds)."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = qkv(1, 2, 11, 3, 2, g)
+    w = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+
+    def f(q, k, v, w):
+        torch.manual_seed(0)
+        return K.additive_attention(q, k, v, w, causal=True, dropout_p=0.3, chunk_size=4, tile_k=3)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, w))
+    torch.manual_seed(0)
+    kept = K.additive_attention(q, k, v, w, causal=False, dropout_p=0.5)
+    assert not torch.allclose(kept, K.additive_attention(q, k, v, w, causal=False))
+
+
+def test_additive_saves_no_quadratic_tensor():
+    """The tiled kernel keeps O(T·a) for backward: no (T, T) scores, no (T, T, a) tanh."""
+    t, a = 96, 32
+    q, k = torch.randn(1, 2, t, a, requires_grad=True), torch.randn(1, 2, t, a, requires_grad=True)
+    v, w = torch.randn(1, 2, t, 8), torch.randn(2, a, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
+        K.additive_attention(q, k, v, w, causal=False, chunk_size=16)
+    assert max(saved) <= 2 * t * a
+
+
+@pytest.mark.parametrize("exp_path", [True, False])
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+def test_lstmn_recurrence_matches_reference(padding, exp_path, monkeypatch):
+    """The hand-written backward through time (both ways of computing tanh) against autograd
+    through the step-by-step reference."""
+    if not exp_path:
+        monkeypatch.setattr(K, "EXP_TANH_BOUND", 0.0)
+    g = torch.Generator().manual_seed(11)
+    b, t = 3, 13
+    cell = random_cell(5, 4, 11)
+    x = torch.randn(b, t, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    key_mask = make_key_mask(b, t, padding, g)
+    assert K._lstmn_exp_trick(cell.w_input(x), cell.w_tape.weight, cell.w_summary.weight) == exp_path
+    fast, attn = K.lstmn_scan(cell, x, key_mask)
+    assert attn is None
+    assert_same_with_grads(fast, K.lstmn_reference(cell, x, key_mask)[0], (x, *cell.parameters()), g)
+
+
+def test_lstmn_recurrence_saves_linear_memory():
+    cell = random_cell(6, 8, 0)
+    x = torch.randn(2, 40, 6, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
+        K.lstmn_scan(cell, x)
+    assert max(saved) <= 2 * 41 * 4 * 8  # O(B·T·d): the gates, nothing of size T²
+
+
+@pytest.mark.parametrize("window", [0, 15, 16, 17, 127, 128])
+def test_band_block_size_default(window):
+    b = K.band_block_size(window)
+    assert 16 <= b <= 64 and b & (b - 1) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention band path needs CUDA")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right"])
+def test_band_flex_on_cuda_matches_reference(causal, padding):
+    g = torch.Generator().manual_seed(0)
+    key_mask = make_key_mask(2, 300, padding, g)
+    q, k, v = (x.detach().float().cuda().requires_grad_() for x in qkv(2, 2, 300, 16, 16, g))
+    key_mask = key_mask.cuda() if key_mask is not None else None
+    kw = dict(window=37, scale=0.25, causal=causal, key_mask=key_mask)
+    fast = K.band_attention(q, k, v, flex=True, **kw)
+    ref = K.band_attention_reference(q, k, v, **kw)[0]
+    torch.testing.assert_close(fast, ref, atol=2e-4, rtol=1e-4)
+    probe = torch.randn_like(fast)
+    fast_grads = torch.autograd.grad((fast * probe).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * probe).sum(), (q, k, v))
+    for fast_g, ref_g in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(fast_g, ref_g, atol=2e-4, rtol=1e-4)
+    # dropout falls back to the blocked path
+    assert K.band_attention(q, k, v, dropout_p=0.1, **kw).shape == q.shape
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and not torch.cuda.is_available(),
+                    reason="torch.compile needs a C++ compiler on CPU")
+def test_additive_compiled_path_matches_reference():
+    """The optional compiled tiles (first call compiles, ~20 s) against the reference."""
+    g = torch.Generator().manual_seed(8)
+    key_mask = make_key_mask(2, 37, "left", g)
+    q, k, v = qkv(2, 3, 37, 8, 5, g)
+    w = torch.randn(3, 8, generator=g, dtype=torch.float64).requires_grad_()
+    for causal in (False, True):
+        kw = dict(causal=causal, key_mask=key_mask)
+        fast = K.additive_attention(q, k, v, w, compile=True, chunk_size=16, **kw)
+        assert_same_with_grads(fast, K.additive_attention_reference(q, k, v, w, **kw)[0], (q, k, v, w), g)

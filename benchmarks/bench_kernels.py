@@ -1,0 +1,288 @@
+"""Kernel benchmarks: every fast kernel side by side with its baselines, in one run.
+
+Usage (from the repository root, no install needed):
+
+    python benchmarks/bench_kernels.py            # full run, ~15 min on 2 idle cores
+    python benchmarks/bench_kernels.py --quick    # fewer sizes and repeats, ~3 min
+    python benchmarks/bench_kernels.py --only band additive
+
+Writes ``benchmarks/results/kernels.md`` (``kernels-quick.md`` with --quick) and PNG plots
+``benchmarks/results/<kernel>_{time,memory}.png``. fp32, B=1, H=8, D=64 unless a table says
+otherwise; times are medians of interleaved repeats (see ``benchmarks/common.py``), memory is
+the growth of peak RSS during one forward+backward call. The FLOP limit is the kernel's own
+FLOPs (over the pairs it must read) at the matrix-multiply rate measured in the same run;
+backward counted as twice the forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, peak_memory, plot,
+                    reexec_with_mmap_threshold)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hf_attn_variants import kernels as K  # noqa: E402
+from hf_attn_variants.attention import LSTMNCell  # noqa: E402
+
+H, D = 8, 64
+
+
+def qkv(t: int, dqk: int = D, dv: int = D, heads: int = H, grad: bool = True, scale: float = 1.0):
+    g = torch.Generator().manual_seed(t)
+    return [(torch.randn(1, heads, t, d, generator=g) * scale).requires_grad_(grad) for d in (dqk, dqk, dv)]
+
+
+def fwd(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def fwd_bwd(fn, inputs):
+    def run():
+        for x in inputs:
+            x.grad = None
+        out = fn()
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+# ----------------------------------------------------------------------------- band
+
+
+def bench_band(quick: bool, rate: float, repeats: int) -> str:
+    window = 128
+    ts = [1024, 4096] if quick else [1024, 2048, 4096, 8192]
+    mem_ts = [4096] if quick else [4096, 16384]
+    rows, mem_rows, plots = [], [], {}
+    for causal in (True, False):
+        series = {k: [] for k in ("band fwd+bwd", "SDPA + dense band mask fwd+bwd", "dense SDPA fwd+bwd")}
+        limits = []
+        for t in ts:
+            q, k, v = qkv(t)
+            key_mask = torch.arange(t)[None] < t - t // 20  # the last 5% are padding
+            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask)
+            kw = dict(scale=D**-0.5, causal=causal, key_mask=key_mask)
+            band = lambda: K.band_attention(q, k, v, window=window, **kw)
+            masked = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)
+            dense = lambda: K.dense_attention(q, k, v, **kw)
+            f = interleaved({"band": fwd(band), "mask": fwd(masked), "dense": fwd(dense)}, repeats)
+            fb = interleaved({"band": fwd_bwd(band, (q, k, v)), "mask": fwd_bwd(masked, (q, k, v)),
+                              "dense": fwd_bwd(dense, (q, k, v))}, max(3, repeats - 2))
+            pairs = sum(min(i, window) + 1 + (0 if causal else min(t - 1 - i, window)) for i in range(t))
+            limit = 4 * pairs * H * D / rate
+            rows.append(["causal" if causal else "bidir", t, ms(f["band"]), ms(f["mask"]), ms(f["dense"]),
+                         f"**{f['mask'] / f['band']:.1f}x**", ms(fb["band"]), ms(fb["mask"]), ms(fb["dense"]),
+                         f"**{fb['mask'] / fb['band']:.1f}x**", ms(limit), f"{f['band'] / limit:.1f}x"])
+            series["band fwd+bwd"].append(ms(fb["band"]))
+            series["SDPA + dense band mask fwd+bwd"].append(ms(fb["mask"]))
+            series["dense SDPA fwd+bwd"].append(ms(fb["dense"]))
+            limits.append(3 * ms(limit))
+            print(rows[-1], flush=True)
+        name = "causal" if causal else "bidirectional"
+        plot(RESULTS / f"band_{name}_time.png", f"band w={window}, {name}, fwd+bwd (B=1, H=8, D=64)", ts,
+             series, "ms", limit=limits)
+        plots[name] = series
+    mem_series = {"band": [], "SDPA + dense band mask": [], "dense SDPA": []}
+    for t in mem_ts:
+        for causal in (True, False):
+            q, k, v = qkv(t)
+            key_mask = torch.arange(t)[None] < t - t // 20
+            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask)
+            kw = dict(scale=D**-0.5, causal=causal, key_mask=key_mask)
+            fb_ = peak_memory(fwd(lambda: K.band_attention(q, k, v, window=window, **kw)))
+            fm_ = peak_memory(fwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)))
+            mb = peak_memory(fwd_bwd(lambda: K.band_attention(q, k, v, window=window, **kw), (q, k, v)))
+            mm = peak_memory(fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                             scale=D**-0.5), (q, k, v)))
+            md = peak_memory(fwd_bwd(lambda: K.dense_attention(q, k, v, **kw), (q, k, v)))
+            mem_rows.append(["causal" if causal else "bidir", t, mb / 2**20, mm / 2**20, md / 2**20,
+                             f"**{mb / mm:.3f}**", fb_ / 2**20, fm_ / 2**20, f"**{fb_ / fm_:.3f}**",
+                             (mask.numel() / 2**20)])
+            print(mem_rows[-1], flush=True)
+            if causal:
+                for key, val in zip(mem_series, (mb, mm, md)):
+                    mem_series[key].append(val / 2**20)
+            mask = None  # free the T² mask before the next size
+    if len(mem_ts) > 1:
+        plot(RESULTS / "band_memory.png", f"band w={window}, causal: peak memory of fwd+bwd", mem_ts, mem_series,
+             "MiB")
+    return "\n\n".join([
+        f"### band (w = {window}, the last 5% of tokens padding; fwd = no-grad forward)",
+        markdown_table(["dir", "T", "band fwd ms", "SDPA+mask fwd ms", "dense SDPA fwd ms", "mask/band fwd",
+                        "band f+b ms", "SDPA+mask f+b ms", "dense SDPA f+b ms", "mask/band f+b",
+                        "FLOP limit fwd ms", "band fwd / limit"], rows),
+        "Peak memory growth of one forward+backward (f+b) and of one no-grad forward (MiB; the bool mask is built "
+        "beforehand and not counted; f+b counts the output, its gradient and dq, dk, dv, O(T·D) for every path):",
+        markdown_table(["dir", "T", "band f+b", "SDPA+mask f+b", "dense SDPA f+b", "band / SDPA+mask f+b",
+                                  "band fwd", "SDPA+mask fwd", "band / SDPA+mask fwd", "mask MiB"], mem_rows),
+    ])
+
+
+# ----------------------------------------------------------------------------- low rank
+
+
+def bench_low_rank(quick: bool, rate: float, repeats: int) -> str:
+    r = 16
+    ts = [512, 2048] if quick else [512, 1024, 2048, 4096]
+    rows, series = [], {"low_rank r=16 fwd+bwd": [], "dense SDPA D=64 fwd+bwd": [],
+                        "unpadded SDPA (math path) fwd+bwd": []}
+    for causal in (True, False):
+        for t in ts:
+            ql, kl, _ = qkv(t, dqk=r)
+            q, k, v = qkv(t)
+            low = lambda: K.low_rank_attention(ql, kl, v, causal=causal)
+            dense = lambda: K.dense_attention(q, k, v, scale=D**-0.5, causal=causal)
+            math_path = lambda: F.scaled_dot_product_attention(ql, kl, v, is_causal=causal)
+            f = interleaved({"low": fwd(low), "dense": fwd(dense), "math": fwd(math_path)}, repeats)
+            fb = interleaved({"low": fwd_bwd(low, (ql, kl, v)), "dense": fwd_bwd(dense, (q, k, v)),
+                              "math": fwd_bwd(math_path, (ql, kl, v))}, max(3, repeats - 2))
+            pairs = t * (t + 1) // 2 if causal else t * t
+            limit = 2 * pairs * H * (r + D) / rate
+            rows.append(["causal" if causal else "bidir", t, ms(f["low"]), ms(f["dense"]), ms(f["math"]),
+                         f"**{f['dense'] / f['low']:.2f}x**", ms(fb["low"]), ms(fb["dense"]), ms(fb["math"]),
+                         f"**{fb['dense'] / fb['low']:.2f}x**", ms(limit)])
+            print(rows[-1], flush=True)
+            if causal:
+                for key, name in zip(series, ("low", "dense", "math")):
+                    series[key].append(ms(fb[name]))
+    plot(RESULTS / "low_rank_time.png", "low_rank r=16 vs dense, causal, fwd+bwd (H=8, D=64)", ts, series, "ms")
+    return "\n\n".join([
+        f"### low_rank (r = {r}, values D = {D}) against dense SDPA of the same shape",
+        markdown_table(["dir", "T", "low_rank fwd ms", "dense fwd ms", "unpadded fwd ms", "dense/low_rank fwd",
+                        "low_rank f+b ms", "dense f+b ms", "unpadded f+b ms", "dense/low_rank f+b",
+                        "FLOP limit fwd ms (rank r)"], rows),
+    ])
+
+
+# ----------------------------------------------------------------------------- additive
+
+
+def bench_additive(quick: bool, rate: float, repeats: int) -> str:
+    a = 64
+    ts = [256, 1024] if quick else [256, 512, 1024]
+    rows, mem_rows = [], []
+    series = {"tiled eager fwd+bwd": [], "tiled compiled fwd+bwd": [], "chunked eager fwd+bwd": [],
+              "dense SDPA fwd+bwd": []}
+    for causal in (False, True):
+        for t in ts if not causal else [t for t in ts if t <= 1024]:
+            q, k, v = qkv(t, dqk=a, scale=0.5)
+            w = (torch.randn(H, a) * a**-0.5).requires_grad_()
+            kw = dict(causal=causal)
+            fns = {"tiled": lambda: K.additive_attention(q, k, v, w, **kw),
+                   "compiled": lambda: K.additive_attention(q, k, v, w, compile=True, **kw),
+                   "chunked": lambda: K.additive_attention_chunked(q, k, v, w, **kw),
+                   "dense": lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)}
+            inputs = {"dense": (q, k, v)}
+            if t > 1024:  # the chunked baseline takes seconds (forward) to a minute (backward) beyond
+                del fns["chunked"]
+            f = interleaved({n: fwd(fn) for n, fn in fns.items()}, repeats)
+            fb = interleaved({n: fwd_bwd(fn, inputs.get(n, (q, k, v, w))) for n, fn in fns.items()},
+                             max(2, repeats - 2))
+            f.setdefault("chunked", float("nan"))
+            fb.setdefault("chunked", float("nan"))
+            triples = H * a * (t * (t + 1) // 2 if causal else t * t)
+            gps = lambda s: triples / s / 1e9
+            rows.append(["causal" if causal else "bidir", t, f"**{gps(f['tiled']):.2f}**",
+                         f"**{gps(f['compiled']):.2f}**", f"{gps(f['chunked']):.2f}",
+                         f"{f['chunked'] / f['tiled']:.1f}x", f"{f['chunked'] / f['compiled']:.1f}x",
+                         f"{gps(fb['tiled']):.2f}", f"{gps(fb['compiled']):.2f}", f"{gps(fb['chunked']):.2f}",
+                         f"{fb['chunked'] / fb['tiled']:.1f}x", f"{fb['chunked'] / fb['compiled']:.1f}x",
+                         ms(f["tiled"]), ms(fb["tiled"]), ms(f["dense"]), ms(fb["dense"])])
+            print(rows[-1], flush=True)
+            if not causal:
+                for key, name in zip(series, ("tiled", "compiled", "chunked", "dense")):
+                    series[key].append(ms(fb[name]))
+                mem = {n: peak_memory(fwd_bwd(fn, inputs.get(n, (q, k, v, w)))) / 2**20 for n, fn in fns.items()}
+                mem_rows.append([t, mem["tiled"], mem["compiled"], mem.get("chunked", float("nan")), mem["dense"]])
+    plot(RESULTS / "additive_time.png", f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
+    plot(RESULTS / "additive_memory.png", f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts,
+         {name: [row[i] for row in mem_rows] for i, name in
+          enumerate(["tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], start=1)}, "MiB")
+    return "\n\n".join([
+        f"### additive (a = {a}, Dv = {D}): throughput in G (query, key, dim) triples/s over the pairs read",
+        "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compile=True)`, chunked = "
+        "`additive_attention_chunked` (the previous kernel: eager chunks, checkpointed).",
+        markdown_table(["dir", "T", "tiled fwd G/s", "compiled fwd G/s", "chunked fwd G/s", "tiled/chunked fwd",
+                        "compiled/chunked fwd", "tiled f+b G/s", "compiled f+b G/s", "chunked f+b G/s",
+                        "tiled/chunked f+b", "compiled/chunked f+b", "tiled fwd ms", "tiled f+b ms",
+                        "dense SDPA fwd ms", "dense SDPA f+b ms"], rows),
+        "Peak memory of one forward+backward, bidirectional (MiB):",
+        markdown_table(["T", "tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], mem_rows),
+    ])
+
+
+# ----------------------------------------------------------------------------- lstmn
+
+
+def bench_lstmn(quick: bool, rate: float, repeats: int) -> str:
+    d, batch = 256, 8
+    ts = [64, 256] if quick else [64, 128, 256]
+    rows, series, mem = [], {"lstmn_scan fwd+bwd": [], "autograd scan fwd+bwd": [], "reference fwd+bwd": []}, {
+        "lstmn_scan": [], "autograd scan": [], "reference": []}
+    torch.manual_seed(0)
+    cell = LSTMNCell(d, d)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.normal_(0, d**-0.5)
+    params = tuple(cell.parameters())
+    for t in ts:
+        x = torch.randn(batch, t, d).requires_grad_()
+        fns = {"scan": lambda: K.lstmn_scan(cell, x)[0], "autograd": lambda: K.lstmn_scan_autograd(cell, x)[0],
+               "ref": lambda: K.lstmn_reference(cell, x)[0]}
+        f = interleaved({n: fwd(fn) for n, fn in fns.items()}, max(2, repeats - 2))
+        fb = interleaved({n: fwd_bwd(fn, (x, *params)) for n, fn in fns.items()}, max(2, repeats - 2))
+        rows.append([t, ms(f["scan"]), ms(f["autograd"]), ms(f["ref"]), f"{f['ref'] / f['scan']:.1f}x",
+                     ms(fb["scan"]), ms(fb["autograd"]), ms(fb["ref"]), f"**{fb['ref'] / fb['scan']:.1f}x**"])
+        print(rows[-1], flush=True)
+        for key, name in zip(series, fns):
+            series[key].append(ms(fb[name]))
+        for key, name in zip(mem, fns):
+            mem[key].append(peak_memory(fwd_bwd(fns[name], (x, *params))) / 2**20)
+    plot(RESULTS / "lstmn_time.png", f"LSTMN hidden {d}, batch {batch}: fwd+bwd", ts, series, "ms")
+    plot(RESULTS / "lstmn_memory.png", f"LSTMN hidden {d}, batch {batch}: peak memory of fwd+bwd", ts, mem, "MiB")
+    mem_rows = [[t, *(mem[key][n] for key in mem)] for n, t in enumerate(ts)]
+    return "\n\n".join([
+        f"### lstmn (one direction, hidden {d}, input {d}, batch {batch})",
+        markdown_table(["T", "lstmn_scan fwd ms", "autograd scan fwd ms", "reference fwd ms", "ref/scan fwd",
+                        "lstmn_scan f+b ms", "autograd scan f+b ms", "reference f+b ms", "ref/scan f+b"], rows),
+        "Peak memory of one forward+backward (MiB):",
+        markdown_table(["T", "lstmn_scan", "autograd scan (O(T²·d))", "reference"], mem_rows),
+    ])
+
+
+SECTIONS = {"band": bench_band, "low_rank": bench_low_rank, "additive": bench_additive, "lstmn": bench_lstmn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these kernels")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    repeats = 3 if args.quick else 5
+    rate = matmul_rate()
+    header = [f"# Kernel benchmarks{' (quick)' if args.quick else ''}", "",
+              f"Machine: {machine()}.", f"Measured fp32 matmul rate (2048³): {rate / 1e9:.0f} GFLOP/s.",
+              "Command: `python benchmarks/bench_kernels.py" + (" --quick" if args.quick else "") + "`.",
+              "Times: medians of interleaved repeats on a shared machine; compare within a row."]
+    print("\n".join(header), flush=True)
+    out = RESULTS / ("kernels-quick.md" if args.quick else "kernels.md")
+    parts = []
+    for name in args.only or SECTIONS:  # the file is rewritten after every section
+        parts.append(SECTIONS[name](args.quick, rate, repeats))
+        out.write_text("\n".join(header) + "\n\n" + "\n\n".join(parts) + "\n")
+        print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    reexec_with_mmap_threshold()
+    main()

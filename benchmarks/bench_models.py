@@ -1,0 +1,136 @@
+"""End-to-end benchmark: training-step time and peak memory of every variant against `dense`,
+for a small BERT-style (masked LM) and GPT-2-style (causal LM) model at T = 128, 512, 2048.
+
+Usage (from the repository root, no install needed):
+
+    python benchmarks/bench_models.py            # full run, ~10 min on 2 cores
+    python benchmarks/bench_models.py --quick    # T = 128, 512 only, fewer repeats, ~2 min
+    python benchmarks/bench_models.py --family gpt2 --variants dense band
+
+Model: hidden 256, 4 layers, 4 heads (head size 64), FFN 1024, vocab 1000, dropout off;
+low_rank r = 16, band w = 128, low_rank_band = sum of both, additive a = 64 (eager up to
+T = 512, and with ``compile=True`` as ``additive+compile``), lstmn bidirectional in BERT.
+At T = 2048 each variant is timed once (one warm-up step before). Every step sees 2048 tokens
+(batch 2048 / T). A step = forward, loss,
+backward, AdamW update. Variants of one (family, T) are timed interleaved (medians); memory is
+the growth of peak RSS during one step after a warm-up step (see ``benchmarks/common.py``).
+The limit is 3 x the forward FLOPs (attention by ``hf_attn_variants.costs``, plus FFN and LM
+head) at the matmul rate measured in the same run. Writes ``benchmarks/results/models.md``
+(``models-quick.md``) and ``models_<family>_{time,memory}.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, peak_memory, plot,
+                    reexec_with_mmap_threshold)
+
+import torch
+
+import hf_attn_variants as hv
+from hf_attn_variants import attention
+from hf_attn_variants.costs import model_costs
+
+TOKENS, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 2048, 256, 4, 4, 1024, 1000
+VARIANTS = {"dense": {}, "low_rank": {"attention_rank": 16}, "band": {}, "low_rank_band": {"attention_rank": 16},
+            "additive": {"additive_dim": 64}, "additive+compile": {"additive_dim": 64}, "lstmn": {}}
+EAGER_ADDITIVE_MAX_T = 512  # beyond, the eager additive step takes minutes here; its compiled tiles run instead
+
+
+def make_model(family: str, variant: str):
+    fields = dict(attention_variant=variant.split("+")[0], attention_window=128, **VARIANTS[variant])
+    if family == "bert":
+        config = hv.VariantBertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                      num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=2048,
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **fields)
+        return hv.VariantBertForMaskedLM(config), config
+    config = hv.VariantGPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN,
+                                  n_positions=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **fields)
+    return hv.VariantGPT2LMHeadModel(config), config
+
+
+def train_step(model, optimizer, ids, compiled_additive: bool = False):
+    """One training step; ``compiled_additive`` runs the additive kernel with ``compile=True``
+    (the model code calls ``additive_attention`` without it, so it is swapped in for the step)."""
+    def step():
+        original = attention.additive_attention
+        if compiled_additive:
+            attention.additive_attention = functools.partial(original, compile=True)
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+        finally:
+            attention.additive_attention = original
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="T = 128, 512 only, fewer repeats")
+    parser.add_argument("--family", nargs="*", choices=["bert", "gpt2"], default=["bert", "gpt2"])
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ts = [128, 512] if args.quick else [128, 512, 2048]
+    repeats = 2 if args.quick else 3
+    rate = matmul_rate()
+    header = [f"# End-to-end training steps{' (quick)' if args.quick else ''}", "",
+              f"Machine: {machine()}.", f"Measured fp32 matmul rate (2048³): {rate / 1e9:.0f} GFLOP/s.",
+              "Command: `python benchmarks/bench_models.py" + (" --quick" if args.quick else "") + "`.",
+              f"Model: hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads, FFN {FFN}, vocab {VOCAB}, dropout off; "
+              f"{TOKENS} tokens per step (batch {TOKENS} / T); step = forward + loss + backward + AdamW."]
+    print("\n".join(header), flush=True)
+    parts = []
+    for family in args.family:
+        rows, times, mems = [], {v: [] for v in args.variants}, {v: [] for v in args.variants}
+        limits = []
+        for t in ts:
+            batch = TOKENS // t
+            ids = torch.randint(1, VOCAB, (batch, t), generator=torch.Generator().manual_seed(t))
+            steps, flops = {}, {}
+            variants = [v for v in args.variants if v != "additive" or t <= EAGER_ADDITIVE_MAX_T]
+            for variant in variants:
+                torch.manual_seed(0)
+                model, config = make_model(family, variant)
+                model.train()
+                steps[variant] = train_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), ids,
+                                            compiled_additive=variant == "additive+compile")
+                non_attention = 2 * TOKENS * (LAYERS * 2 * HIDDEN * FFN + HIDDEN * VOCAB)
+                flops[variant] = 3 * (batch * model_costs(config, t)["flops"] + non_attention)
+            secs = interleaved(steps, repeats=repeats if t <= 512 else 1)
+            for variant in args.variants:
+                if variant not in steps:
+                    times[variant].append(float("nan"))
+                    mems[variant].append(float("nan"))
+                    continue
+                mem = peak_memory(steps[variant]) / 2**20
+                times[variant].append(secs[variant] * 1e3)
+                mems[variant].append(mem)
+                rows.append([t, batch, variant, secs[variant] * 1e3, f"{secs[variant] / secs['dense']:.2f}"
+                             if "dense" in secs else "", mem, f"{mem / mems['dense'][-1]:.2f}" if "dense" in mems
+                             else "", flops[variant] / rate * 1e3, f"{flops[variant] / secs[variant] / 1e9:.0f}"])
+                print(family, rows[-1], flush=True)
+            limits.append(flops["dense"] / rate * 1e3 if "dense" in flops else float("nan"))
+            del steps
+        name = "BERT-style (masked LM)" if family == "bert" else "GPT-2-style (causal LM)"
+        plot(RESULTS / f"models_{family}_time.png", f"{name}: training step, {TOKENS} tokens", ts,
+             {("dense" if v == "dense" else v): times[v] for v in args.variants}, "ms per step",
+             limit=limits)
+        plot(RESULTS / f"models_{family}_memory.png", f"{name}: peak memory of a training step", ts,
+             mems, "MiB")
+        parts.append(f"### {name}\n\n" + markdown_table(
+            ["T", "batch", "variant", "step ms", "vs dense", "peak MiB", "vs dense", "FLOP limit ms", "GFLOP/s"],
+            rows))
+        out = RESULTS / ("models-quick.md" if args.quick else "models.md")  # rewritten after every family
+        out.write_text("\n".join(header) + "\n\nThe FLOP limit line in the plots is dense's.\n\n"
+                       + "\n\n".join(parts) + "\n")
+        print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    reexec_with_mmap_threshold()
+    main()
