@@ -646,8 +646,9 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
     x (B, T, d_in) -> h (B, T, d), attention (B, T, T + 1) or None. ``need_weights`` takes the
     autograd path of ``lstmn_scan_autograd``, which records the attention.
     """
-    if need_weights:
-        return lstmn_scan_autograd(cell, x, key_mask, need_weights=True)
+    plain = all(type(getattr(cell, n)) is torch.nn.Linear for n in ("w_tape", "w_summary", "gates"))
+    if need_weights or not plain:  # wrapped projections (e.g. PEFT LoRA) must be called, not read
+        return lstmn_scan_autograd(cell, x, key_mask, need_weights=need_weights)
     B, T, _ = x.shape
     d = cell.hidden_size
     w_gates = cell.gates.weight  # (4d, d + d_in): columns [h̃ part | x part]
