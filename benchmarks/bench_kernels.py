@@ -178,7 +178,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
             w = (torch.randn(H, a) * a**-0.5).requires_grad_()
             kw = dict(causal=causal)
             fns = {"tiled": lambda: K.additive_attention(q, k, v, w, **kw),
-                   "compiled": lambda: K.additive_attention(q, k, v, w, compile=True, **kw),
+                   "compiled": lambda: K.additive_attention(q, k, v, w, compiled=True, **kw),
                    "chunked": lambda: K.additive_attention_chunked(q, k, v, w, **kw),
                    "dense": lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)}
             inputs = {"dense": (q, k, v)}
@@ -209,7 +209,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
           enumerate(["tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], start=1)}, "MiB")
     return "\n\n".join([
         f"### additive (a = {a}, Dv = {D}): throughput in G (query, key, dim) triples/s over the pairs read",
-        "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compile=True)`, chunked = "
+        "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compiled=True)`, chunked = "
         "`additive_attention_chunked` (the previous kernel: eager chunks, checkpointed).",
         markdown_table(["dir", "T", "tiled fwd G/s", "compiled fwd G/s", "chunked fwd G/s", "tiled/chunked fwd",
                         "compiled/chunked fwd", "tiled f+b G/s", "compiled f+b G/s", "chunked f+b G/s",

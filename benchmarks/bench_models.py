@@ -9,7 +9,7 @@ Usage (from the repository root, no install needed):
 
 Model: hidden 256, 4 layers, 4 heads (head size 64), FFN 1024, vocab 1000, dropout off;
 low_rank r = 16, band w = 128, low_rank_band = sum of both, additive a = 64 (eager up to
-T = 512, and with ``compile=True`` as ``additive+compile``), lstmn bidirectional in BERT.
+T = 512, and with ``compiled=True`` as ``additive+compile``), lstmn bidirectional in BERT.
 At T = 2048 each variant is timed once (one warm-up step before). Every step sees 2048 tokens
 (batch 2048 / T). A step = forward, loss,
 backward, AdamW update. Variants of one (family, T) are timed interleaved (medians); memory is
@@ -52,12 +52,12 @@ def make_model(family: str, variant: str):
 
 
 def train_step(model, optimizer, ids, compiled_additive: bool = False):
-    """One training step; ``compiled_additive`` runs the additive kernel with ``compile=True``
+    """One training step; ``compiled_additive`` runs the additive kernel with ``compiled=True``
     (the model code calls ``additive_attention`` without it, so it is swapped in for the step)."""
     def step():
         original = attention.additive_attention
         if compiled_additive:
-            attention.additive_attention = functools.partial(original, compile=True)
+            attention.additive_attention = functools.partial(original, compiled=True)
         try:
             optimizer.zero_grad(set_to_none=True)
             loss = model(input_ids=ids, labels=ids).loss

@@ -439,7 +439,7 @@ def _dropout_scale(shape, p: float, seed: int, like: Tensor) -> Tensor:
 def additive_attention(
     q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool, key_mask: Tensor | None = None,
     window: int | None = None, dropout_p: float = 0.0, chunk_size: int | None = None,
-    tile_k: int | None = None, compile: bool = False,
+    tile_k: int | None = None, compiled: bool = False,
 ) -> Tensor:
     """Bahdanau et al. 2015 additive attention, tiled: softmax_j(wᵀ tanh(q_i + k_j)) v_j.
 
@@ -448,16 +448,16 @@ def additive_attention(
     tiles the mask rules out (causal, window), keeps only the output and the row log-sum-exp
     and recomputes the tiles in the backward pass: memory O(T·a + tile·Tk·a), never O(T²·a)
     nor O(T²). Dropout masks are redrawn in the backward pass from a per-tile seed.
-    ``compile=True`` (optional; needs ``torch.compile`` with a C++/Triton toolchain) fuses each
+    ``compiled=True`` (optional; needs ``torch.compile`` with a C++/Triton toolchain) fuses each
     tile's scores and gradients into single loops over a, so the (tile, Tk, a) tensor is never
     written; the first call compiles for a while.
     """
     B, H, _, a = q.shape
     tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a)
-    if compile:
+    if compiled:
         tile_q = max(tile_q, 32)  # nothing of size (tile, Tk, a) is stored: bigger tiles, fewer calls
     return _AdditiveTiled.apply(q, k, v, w, causal, key_mask, window, dropout_p,
-                                chunk_size or tile_q, tile_k or tk_default, compile)
+                                chunk_size or tile_q, tile_k or tk_default, compiled)
 
 
 def additive_attention_chunked(

@@ -360,5 +360,5 @@ def test_additive_compiled_path_matches_reference():
     w = torch.randn(3, 8, generator=g, dtype=torch.float64).requires_grad_()
     for causal in (False, True):
         kw = dict(causal=causal, key_mask=key_mask)
-        fast = K.additive_attention(q, k, v, w, compile=True, chunk_size=16, **kw)
+        fast = K.additive_attention(q, k, v, w, compiled=True, chunk_size=16, **kw)
         assert_same_with_grads(fast, K.additive_attention_reference(q, k, v, w, **kw)[0], (q, k, v, w), g)
