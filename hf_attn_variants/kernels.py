@@ -336,6 +336,16 @@ class _AdditiveTiled(torch.autograd.Function):
         return (t.view(bh, tq * tk, a) @ w3).view(bh, tq, tk), t
 
     @staticmethod
+    def _flatten(q, k, v, w, exp_trick: bool):
+        """Heads folded into the batch: q, k (BH, T, a) (as e^{2q}, e^{2k} on the exp path),
+        v (BH, Tk, Dv), w (BH, a, 1)."""
+        B, H, _, a = q.shape
+        qe = (q * 2).exp_() if exp_trick else q
+        ke = (k * 2).exp_() if exp_trick else k
+        w3 = w.unsqueeze(0).expand(B, H, a).reshape(B * H, a, 1)
+        return qe.flatten(0, 1), ke.flatten(0, 1), v.flatten(0, 1), w3
+
+    @staticmethod
     def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k, compiled):
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
@@ -343,11 +353,7 @@ class _AdditiveTiled(torch.autograd.Function):
         exp_trick = (q.dtype in (torch.float32, torch.float64) and bool(q.abs().max() <= EXP_TANH_BOUND)
                      and bool(k.abs().max() <= EXP_TANH_BOUND))
         compiled = compiled and exp_trick
-        qe = (q * 2).exp_() if exp_trick else q
-        ke = (k * 2).exp_() if exp_trick else k
-        qe, ke = qe.reshape(B * H, tq_all, a), ke.reshape(B * H, tk_all, a)  # (BH, T, a)
-        vf = v.reshape(B * H, tk_all, dv)
-        w3 = w.unsqueeze(0).expand(B, H, a).reshape(B * H, a, 1)
+        qe, ke, vf, w3 = _AdditiveTiled._flatten(q, k, v, w, exp_trick)
         out = q.new_empty(B * H, tq_all, dv)
         lse = q.new_empty(B * H, tq_all)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
@@ -377,11 +383,7 @@ class _AdditiveTiled(torch.autograd.Function):
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
-        qe = (q * 2).exp_() if exp_trick else q
-        ke = (k * 2).exp_() if exp_trick else k
-        qe, ke = qe.reshape(B * H, tq_all, a), ke.reshape(B * H, tk_all, a)  # (BH, T, a)
-        vf = v.reshape(B * H, tk_all, dv)
-        w3 = w.unsqueeze(0).expand(B, H, a).reshape(B * H, a, 1)
+        qe, ke, vf, w3 = _AdditiveTiled._flatten(q, k, v, w, exp_trick)
         go = grad_out.reshape(B * H, tq_all, dv)
         delta = (go * out).sum(-1)  # (BH, Tq): rowsum(dO ⊙ O)
         dq, dk, dvv = torch.zeros_like(qe), torch.zeros_like(ke), torch.zeros_like(vf)
