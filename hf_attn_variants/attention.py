@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import Conv1D
 
 from .caching import extend
@@ -59,6 +60,7 @@ class Context:
     key_mask: Tensor | None  # (B, T_all) bool, True = real token; None = no padding
     dropout_p: float
     reference: bool  # use the naive kernels (they return weights and scores)
+    attention_mask: object = "unprepared"  # dense: the mask the model built for transformers' attention interface
 
     def kwargs(self, k: Tensor) -> dict:
         """Kernel arguments for keys k (B, H, Tk, ·): the last Tk entries of the padding mask
@@ -89,7 +91,19 @@ def _band_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Cont
 def _dense(m: VariantAttention, p: Projected, ctx: Context) -> Result:
     if ctx.reference:
         return dense_attention_reference(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k))
-    return dense_attention(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k)), None, None
+    if isinstance(ctx.attention_mask, str):  # called without a mask built by the model: our SDPA kernel
+        return dense_attention(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k)), None, None
+    return _dense_interface(m, p, ctx)
+
+
+def _dense_interface(m: VariantAttention, p: Projected, ctx: Context) -> Result:
+    """Dense attention dispatched like a stock model's: ``config._attn_implementation`` names the
+    function in transformers' ``ALL_ATTENTION_FUNCTIONS`` (sdpa, flex_attention, flash, a registered
+    one), called with the mask the model built for it (``masks.dense_attention_mask``).
+    Its output (B, Tq, H, D) is returned as (B, H, Tq, D)."""
+    fn = ALL_ATTENTION_FUNCTIONS.get_interface(m.config._attn_implementation, None)
+    out, _ = fn(m, p.q, p.k, p.v, ctx.attention_mask, dropout=ctx.dropout_p, scaling=m.scaling, is_causal=ctx.causal)
+    return out.transpose(1, 2), None, None
 
 
 def _low_rank(m: VariantAttention, p: Projected, ctx: Context) -> Result:
@@ -243,9 +257,11 @@ class VariantAttention(nn.Module):
         return {"k": None, "v": None}  # dense, low_rank (keys at rank r), additive (keys W_k x)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                layer_cache: dict[str, Tensor] | None = None,
+                attention_mask: object = "unprepared") -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
-        state in a ``VariantCache`` (extended in place) -> ((B, T, H·D), weights or None)."""
+        state in a ``VariantCache`` (extended in place), attention_mask: what dense layers hand to
+        transformers' attention interface -> ((B, T, H·D), weights or None)."""
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
@@ -255,7 +271,7 @@ class VariantAttention(nn.Module):
         eager = self.variant == "dense" and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
-                      reference=need_weights or self.capture or eager)
+                      reference=need_weights or self.capture or eager, attention_mask=attention_mask)
         out, weights, scores = VARIANT_FORWARD[self.variant](self, p, ctx)
         if self.capture:
             self.captured = {"weights": weights.detach(), "scores": None if scores is None else scores.detach()}
@@ -307,14 +323,16 @@ class GPT2VariantAttention(VariantAttention):
 
     def project_query(self, y: Tensor) -> Tensor:
         qk = self.sizes[0]
-        if not isinstance(self.c_attn, Conv1D):  # wrapped (e.g. a PEFT LoRA layer): call it, adapter included
+        if not isinstance(self.c_attn, Conv1D) or self.c_attn.weight.is_meta:
+            # wrapped (a PEFT LoRA layer: adapter included) or offloaded (accelerate hooks load the weights when
+            # the module is called, device_map with CPU/disk offload): call it
             return self.c_attn(y)[..., :qk]
         return torch.addmm(self.c_attn.bias[:qk], y.flatten(0, -2), self.c_attn.weight[:, :qk]).view(
             *y.shape[:-1], qk)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
@@ -366,13 +384,20 @@ class LSTMNAttention(nn.Module):
         return lstmn_scan(cell, x, key_mask)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        need_weights = need_weights or self.capture
         if layer_cache is not None:
             if self.bidirectional:
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
-            new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
-            return lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache), None
-        need_weights = need_weights or self.capture
+            if layer_cache:  # decoding goes on from the tapes
+                new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
+                out, attn = lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache, need_weights)
+                return out, None if attn is None else self._weights(attn[:, None])
+            # the first forward (a prompt, or a training forward under config.use_cache) takes the fused path
+            # below; its inputs are kept so that lstmn_continue builds the tapes only if decoding goes on
+            extend(layer_cache, "pending_x", hidden_states.detach(), None, dim=1)
+            if key_mask is not None:
+                extend(layer_cache, "pending_mask", key_mask, None, dim=1)
         h, attn = self._run(self.forward_cell, hidden_states, key_mask, need_weights)
         outputs, weights = [h], [attn]
         if self.bidirectional:
@@ -383,10 +408,13 @@ class LSTMNAttention(nn.Module):
         out = torch.cat(outputs, dim=-1)
         if not need_weights:
             return out, None
-        full = torch.stack(weights, dim=1)  # (B, directions, T, 1 + T): [zero slot, tokens]
+        return out, self._weights(torch.stack(weights, dim=1))
+
+    def _weights(self, full: Tensor) -> Tensor:
+        """(B, directions, Tq, 1 + Tk): [zero slot, tokens] -> the token weights (recorded if capturing)."""
         if self.capture:
             self.captured = {"weights": full[..., 1:], "scores": None, "zero_slot": full[..., 0]}
-        return out, full[..., 1:]
+        return full[..., 1:]
 
 
 class GPT2LSTMNAttention(LSTMNAttention):
@@ -398,36 +426,49 @@ class GPT2LSTMNAttention(LSTMNAttention):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
-def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor]) -> Tensor:
+def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor],
+                   need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """The LSTMN recurrence of ``kernels.lstmn_reference`` continued over new tokens x (B, n, d_in)
     from the tapes in ``state`` (started with the zero slot on first use), which it extends:
-    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), summary h̃ of the last step (B, d).
-    key_mask (B, n) marks the new tokens that are real. Used for cached decoding."""
+    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), the summaries h̃ of every step
+    (B, S, d; slot 0 is h̃_0 = 0, kept so that a crop restores the summary exactly) and the last (B, d).
+    key_mask (B, n) marks the new tokens that are real. Used for cached decoding.
+    Returns h (B, n, d) and, if ``need_weights``, the intra-attention (B, n, S + n) over the slots
+    (zero slot first), else None."""
+    if "pending_x" in state:  # inputs of a training forward whose tapes were not built: build them now
+        pending_x, pending_mask = state.pop("pending_x"), state.pop("pending_mask", None)
+        for name in ("pending_x", "pending_mask"):
+            getattr(state, "layout", {}).pop(name, None)
+        with torch.no_grad():
+            lstmn_continue(cell, pending_x, pending_mask, state)
     batch, n, _ = x.shape
     if not state:
         zeros = x.new_zeros(batch, 1, cell.hidden_size)
-        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0],
+        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0], summaries=zeros,
                      readable=torch.ones(batch, 1, dtype=torch.bool, device=x.device))
-    outputs = []
+    outputs, slots = [], state["h"].shape[1]
+    weights = x.new_zeros(batch, n, slots + n) if need_weights else None
     for t in range(n):
         query = cell.w_input(x[:, t]) + cell.w_summary(state["summary"])  # (B, d)
         a = torch.tanh(state["k"] + query[:, None]) @ cell.score  # (B, S)
         s = torch.softmax(a.masked_fill(~state["readable"], float("-inf")), dim=-1)
+        if weights is not None:
+            weights[:, t, :slots + t] = s
         h_sum = torch.einsum("bs,bsd->bd", s, state["h"])
         c_sum = torch.einsum("bs,bsd->bd", s, state["c"])
         h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x[:, t]], dim=-1)), c_sum)
         readable = torch.ones_like(state["readable"][:, :1]) if key_mask is None else key_mask[:, t:t + 1]
         for name, value in (("h", h[:, None]), ("c", c[:, None]), ("k", cell.w_tape(h)[:, None]),
-                            ("readable", readable)):
+                            ("readable", readable), ("summaries", h_sum[:, None])):
             extend(state, name, value, None, dim=1)
         state["summary"] = h_sum
         outputs.append(h)
-    return torch.stack(outputs, dim=1)
+    return torch.stack(outputs, dim=1), weights
 
 
 BERT_ATTENTION: dict[str, type[nn.Module]] = {
