@@ -323,7 +323,7 @@ class GPT2VariantAttention(VariantAttention):
 
     def project_query(self, y: Tensor) -> Tensor:
         qk = self.sizes[0]
-        if not isinstance(self.c_attn, Conv1D) or self.c_attn.weight.is_meta:
+        if not isinstance(self.c_attn, Conv1D) or self.c_attn.weight.device != y.device:
             # wrapped (a PEFT LoRA layer: adapter included) or offloaded (accelerate hooks load the weights when
             # the module is called, device_map with CPU/disk offload): call it
             return self.c_attn(y)[..., :qk]
@@ -355,6 +355,18 @@ class LSTMNCell(nn.Module):
         self.score = nn.Parameter(torch.empty(hidden_size))
         self.gates = nn.Linear(hidden_size + input_size, 4 * hidden_size)
 
+    def forward(self, fn: Callable, x: Tensor, *args):
+        """fn(self, x, *args) inside a call of the cell: what offloaded weights need (accelerate's
+        hooks load a module's own parameters, here ``score``, only while the module is called)."""
+        return fn(self, x, *args)
+
+    def run(self, fn: Callable, x: Tensor, *args):
+        """fn(self, x, *args), through a call of the cell when its weights are offloaded (on another
+        device than x, or on meta: device_map with CPU/disk offload)."""
+        if any(p.device != x.device for p in self.parameters()):
+            return self(fn, x, *args)
+        return fn(self, x, *args)
+
 
 class LSTMNAttention(nn.Module):
     """The attention sublayer replaced by an LSTMN, causal by nature.
@@ -379,6 +391,8 @@ class LSTMNAttention(nn.Module):
         self.captured: dict | None = None
 
     def _run(self, cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, need_weights: bool):
+        if any(p.device != x.device for p in cell.parameters()):  # offloaded: a path that calls the modules
+            return cell(_lstmn_by_calls, x, key_mask, need_weights)
         if need_weights:
             return lstmn_reference(cell, x, key_mask)
         return lstmn_scan(cell, x, key_mask)
@@ -391,7 +405,7 @@ class LSTMNAttention(nn.Module):
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
             if layer_cache:  # decoding goes on from the tapes
                 new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
-                out, attn = lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache, need_weights)
+                out, attn = self.forward_cell.run(lstmn_continue, hidden_states, new_mask, layer_cache, need_weights)
                 return out, None if attn is None else self._weights(attn[:, None])
             # the first forward (a prompt, or a training forward under config.use_cache) takes the fused path
             # below; its inputs are kept so that lstmn_continue builds the tapes only if decoding goes on
@@ -469,6 +483,12 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
         state["summary"] = h_sum
         outputs.append(h)
     return torch.stack(outputs, dim=1), weights
+
+
+def _lstmn_by_calls(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, need_weights: bool):
+    """The recurrence through module calls only (the path for offloaded weights): h (B, T, d) and
+    the attention (B, T, 1 + T) or None, as ``kernels.lstmn_reference``."""
+    return lstmn_continue(cell, x, key_mask, {}, need_weights)
 
 
 BERT_ATTENTION: dict[str, type[nn.Module]] = {

@@ -76,6 +76,13 @@ class VariantCacheLayer(dict):
         self.clear()
         self.layout.clear()
 
+    def to(self, device, non_blocking: bool = False) -> VariantCacheLayer:
+        """Move the tensors in place and return this same layer: accelerate's hooks (device_map,
+        offload) send a module's inputs through ``.to``, and the attention module must extend the
+        very state the cache holds, not a copy."""
+        self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+        return self
+
     def offload(self) -> None:  # the Cache protocol's offloading hooks: variant states stay where they are
         pass
 
