@@ -99,9 +99,11 @@ class VariantAttention(nn.Module):
         return self.spec.cache(self)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                layer_cache: dict[str, Tensor] | None = None,
+                attention_mask: object = "unprepared") -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
-        state in a ``VariantCache`` (extended in place) -> ((B, T, H·D), weights or None)."""
+        state in a ``VariantCache`` (extended in place), attention_mask: what dense layers hand to
+        transformers' attention interface -> ((B, T, H·D), weights or None)."""
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
@@ -111,7 +113,7 @@ class VariantAttention(nn.Module):
         eager = self.variant == "dense" and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
-                      reference=need_weights or self.capture or eager)
+                      reference=need_weights or self.capture or eager, attention_mask=attention_mask)
         out, weights, scores = self.spec.forward(self, p, ctx)
         if self.capture:
             self.captured = {"weights": weights.detach(), "scores": None if scores is None else scores.detach()}
@@ -163,14 +165,16 @@ class GPT2VariantAttention(VariantAttention):
 
     def project_query(self, y: Tensor) -> Tensor:
         qk = self.sizes[0]
-        if not isinstance(self.c_attn, Conv1D):  # wrapped (e.g. a PEFT LoRA layer): call it, adapter included
+        if not isinstance(self.c_attn, Conv1D) or self.c_attn.weight.device != y.device:
+            # wrapped (a PEFT LoRA layer: adapter included) or offloaded (accelerate hooks load the weights when
+            # the module is called, device_map with CPU/disk offload): call it
             return self.c_attn(y)[..., :qk]
         return torch.addmm(self.c_attn.bias[:qk], y.flatten(0, -2), self.c_attn.weight[:, :qk]).view(
             *y.shape[:-1], qk)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 

@@ -6,10 +6,13 @@ Hub code: imports only torch, transformers and sibling files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .caching import extend
 from .kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
 
 Tensor = torch.Tensor
@@ -32,6 +35,18 @@ class LSTMNCell(nn.Module):
         self.w_summary = nn.Linear(hidden_size, hidden_size, bias=False)
         self.score = nn.Parameter(torch.empty(hidden_size))
         self.gates = nn.Linear(hidden_size + input_size, 4 * hidden_size)
+
+    def forward(self, fn: Callable, x: Tensor, *args):
+        """fn(self, x, *args) inside a call of the cell: what offloaded weights need (accelerate's
+        hooks load a module's own parameters, here ``score``, only while the module is called)."""
+        return fn(self, x, *args)
+
+    def run(self, fn: Callable, x: Tensor, *args):
+        """fn(self, x, *args), through a call of the cell when its weights are offloaded (on another
+        device than x, or on meta: device_map with CPU/disk offload)."""
+        if any(p.device != x.device for p in self.parameters()):
+            return self(fn, x, *args)
+        return fn(self, x, *args)
 
 
 class LSTMNAttention(nn.Module):
@@ -57,18 +72,27 @@ class LSTMNAttention(nn.Module):
         self.captured: dict | None = None
 
     def _run(self, cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, need_weights: bool):
+        if any(p.device != x.device for p in cell.parameters()):  # offloaded: a path that calls the modules
+            return cell(lstmn_reference, x, key_mask)
         if need_weights:
             return lstmn_reference(cell, x, key_mask)
         return lstmn_scan(cell, x, key_mask)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        need_weights = need_weights or self.capture
         if layer_cache is not None:
             if self.bidirectional:
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
-            new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
-            return lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache), None
-        need_weights = need_weights or self.capture
+            if layer_cache:  # decoding goes on from the tapes
+                new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
+                out, attn = self.forward_cell.run(lstmn_continue, hidden_states, new_mask, layer_cache, need_weights)
+                return out, None if attn is None else self._weights(attn[:, None])
+            # the first forward (a prompt, or a training forward under config.use_cache) takes the fused path
+            # below; its inputs are kept so that lstmn_continue builds the tapes only if decoding goes on
+            extend(layer_cache, "pending_x", hidden_states.detach(), None, dim=1)
+            if key_mask is not None:
+                extend(layer_cache, "pending_mask", key_mask, None, dim=1)
         h, attn = self._run(self.forward_cell, hidden_states, key_mask, need_weights)
         outputs, weights = [h], [attn]
         if self.bidirectional:
@@ -79,10 +103,13 @@ class LSTMNAttention(nn.Module):
         out = torch.cat(outputs, dim=-1)
         if not need_weights:
             return out, None
-        full = torch.stack(weights, dim=1)  # (B, directions, T, 1 + T): [zero slot, tokens]
+        return out, self._weights(torch.stack(weights, dim=1))
+
+    def _weights(self, full: Tensor) -> Tensor:
+        """(B, directions, Tq, 1 + Tk): [zero slot, tokens] -> the token weights (recorded if capturing)."""
         if self.capture:
             self.captured = {"weights": full[..., 1:], "scores": None, "zero_slot": full[..., 0]}
-        return out, full[..., 1:]
+        return full[..., 1:]
 
 
 class GPT2LSTMNAttention(LSTMNAttention):
@@ -94,16 +121,34 @@ class GPT2LSTMNAttention(LSTMNAttention):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
-def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor]) -> Tensor:
+TAPES = ("h", "c", "k", "readable", "summaries")  # the LSTMN state laid out along time (dim 1)
+
+
+def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor],
+                   need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """The LSTMN recurrence continued over new tokens x (B, n, d_in) from the tapes in ``state`` (a
     layer's dict in a ``VariantCache``: started with the zero slot on first use, extended in place).
     key_mask (B, n) marks the new tokens that are real. Used for cached decoding: the same steps as
-    ``lstmn_reference``."""
+    ``lstmn_reference``. The state also keeps the summary h̃ of every step (``summaries``, slot 0 is
+    h̃_0 = 0), so that a crop restores the last summary exactly.
+    Returns h (B, n, d) and, if ``need_weights``, the intra-attention (B, n, S + n) over the slots
+    (zero slot first), else None."""
+    if "pending_x" in state:  # inputs of a first forward whose tapes were not built: build them now
+        pending_x, pending_mask = state.pop("pending_x"), state.pop("pending_mask", None)
+        for name in ("pending_x", "pending_mask"):
+            getattr(state, "layout", {}).pop(name, None)
+        with torch.no_grad():
+            lstmn_continue(cell, pending_x, pending_mask, state)
     if not state:
         state.update(lstmn_start(x, cell.hidden_size))
-    return lstmn_reference(cell, x, key_mask, state)[0]
+        state["summaries"] = state["h"]  # h̃_0 = 0
+    h, attn = lstmn_reference(cell, x, key_mask, state)
+    layout = getattr(state, "layout", None)  # a VariantCacheLayer: what a crop cuts, and along which dim
+    if layout is not None:
+        layout.update({name: (1, None) for name in TAPES})
+    return h, attn if need_weights else None

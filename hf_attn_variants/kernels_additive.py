@@ -102,9 +102,9 @@ class _AdditiveTiled(torch.autograd.Function):
         tk = ke.shape[1]
         if exp_trick:
             r = torch.addcmul(qe.new_ones(()), qe[:, :, None], ke[:, None]).reciprocal_()  # (BH, tq, tk, a)
-            return (r.view(bh, tq * tk, a) @ w3).view(bh, tq, tk).mul_(-2), r
+            return (r.reshape(bh, tq * tk, a) @ w3).view(bh, tq, tk).mul_(-2), r  # any strides of qe, ke
         t = torch.add(qe[:, :, None], ke[:, None]).tanh_()  # (BH, tq, tk, a)
-        return (t.view(bh, tq * tk, a) @ w3).view(bh, tq, tk), t
+        return (t.reshape(bh, tq * tk, a) @ w3).view(bh, tq, tk), t
 
     @staticmethod
     def _flatten(q, k, v, w, exp_trick: bool):

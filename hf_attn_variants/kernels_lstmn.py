@@ -53,6 +53,8 @@ def lstmn_step(cell, state: dict[str, Tensor], x_t: Tensor, readable_t: Tensor) 
     for name, value in (("h", h), ("c", c), ("k", cell.w_tape(h)), ("readable", readable_t)):
         state[name] = torch.cat([state[name], value[:, None]], dim=1)
     state["summary"] = h_sum
+    if "summaries" in state:  # a decoding cache keeps every step's summary (exact crops)
+        state["summaries"] = torch.cat([state["summaries"], h_sum[:, None]], dim=1)
     return h, s
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell
 from .kernels import (
@@ -91,6 +92,7 @@ class Context:
     key_mask: Tensor | None  # (B, T_all) bool, True = real token; None = no padding
     dropout_p: float
     reference: bool  # use the naive kernels (they return weights and scores)
+    attention_mask: object = "unprepared"  # dense: the mask the model built for transformers' attention interface
 
     def kwargs(self, k: Tensor) -> dict:
         """Kernel arguments for keys k (B, H, Tk, ·): the last Tk entries of the padding mask
@@ -229,7 +231,19 @@ class ScoringSpec(VariantSpec, abstract=True):
 
 
 def _dense(m, p: Projected, ctx: Context) -> Result:
-    return run_kernel(ctx, dense_attention, dense_attention_reference, p.q, p.k, p.v, scale=m.scaling)
+    if ctx.reference or isinstance(ctx.attention_mask, str):  # no mask built by the model: our SDPA kernel
+        return run_kernel(ctx, dense_attention, dense_attention_reference, p.q, p.k, p.v, scale=m.scaling)
+    return _dense_interface(m, p, ctx)
+
+
+def _dense_interface(m, p: Projected, ctx: Context) -> Result:
+    """Dense attention dispatched like a stock model's: ``config._attn_implementation`` names the
+    function in transformers' ``ALL_ATTENTION_FUNCTIONS`` (sdpa, flex_attention, flash, a registered
+    one), called with the mask the model built for it (``masks.dense_attention_mask``).
+    Its output (B, Tq, H, D) is returned as (B, H, Tq, D)."""
+    fn = ALL_ATTENTION_FUNCTIONS.get_interface(m.config._attn_implementation, None)
+    out, _ = fn(m, p.q, p.k, p.v, ctx.attention_mask, dropout=ctx.dropout_p, scaling=m.scaling, is_causal=ctx.causal)
+    return out.transpose(1, 2), None, None
 
 
 def _dense_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
