@@ -449,8 +449,9 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
                    need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """The LSTMN recurrence of ``kernels.lstmn_reference`` continued over new tokens x (B, n, d_in)
     from the tapes in ``state`` (started with the zero slot on first use), which it extends:
-    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), the summaries h̃ of every step
-    (B, S, d; slot 0 is h̃_0 = 0, kept so that a crop restores the summary exactly) and the last (B, d).
+    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), the summary h̃ of the last step (B, d)
+    and, once the layer records its past (``activate_past_recording``), the summaries of every step
+    from then on (``summaries``, (B, 1 + steps, d)), so that a crop restores the summary exactly.
     key_mask (B, n) marks the new tokens that are real. Used for cached decoding.
     Returns h (B, n, d) and, if ``need_weights``, the intra-attention (B, n, S + n) over the slots
     (zero slot first), else None."""
@@ -463,8 +464,11 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
     batch, n, _ = x.shape
     if not state:
         zeros = x.new_zeros(batch, 1, cell.hidden_size)
-        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0], summaries=zeros,
+        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0],
                      readable=torch.ones(batch, 1, dtype=torch.bool, device=x.device))
+    record = getattr(state, "record_past", False) or "summaries" in state
+    if record and "summaries" not in state:  # start the summaries tape with h̃ of the last step
+        extend(state, "summaries", state["summary"][:, None], None, dim=1)
     outputs, slots = [], state["h"].shape[1]
     weights = x.new_zeros(batch, n, slots + n) if need_weights else None
     for t in range(n):
@@ -478,7 +482,7 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
         h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x[:, t]], dim=-1)), c_sum)
         readable = torch.ones_like(state["readable"][:, :1]) if key_mask is None else key_mask[:, t:t + 1]
         for name, value in (("h", h[:, None]), ("c", c[:, None]), ("k", cell.w_tape(h)[:, None]),
-                            ("readable", readable), ("summaries", h_sum[:, None])):
+                            ("readable", readable)) + ((("summaries", h_sum[:, None]),) if record else ()):
             extend(state, name, value, None, dim=1)
         state["summary"] = h_sum
         outputs.append(h)
