@@ -134,8 +134,9 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
     """The LSTMN recurrence continued over new tokens x (B, n, d_in) from the tapes in ``state`` (a
     layer's dict in a ``VariantCache``: started with the zero slot on first use, extended in place).
     key_mask (B, n) marks the new tokens that are real. Used for cached decoding: the same steps as
-    ``lstmn_reference``. The state also keeps the summary h̃ of every step (``summaries``, slot 0 is
-    h̃_0 = 0), so that a crop restores the last summary exactly.
+    ``lstmn_reference``. Once the layer records its past (``activate_past_recording``, for assisted
+    decoding), the state also keeps the summary h̃ of every step from then on (``summaries``), so
+    that a crop restores the last summary exactly.
     Returns h (B, n, d) and, if ``need_weights``, the intra-attention (B, n, S + n) over the slots
     (zero slot first), else None."""
     if "pending_x" in state:  # inputs of a first forward whose tapes were not built: build them now
@@ -146,9 +147,10 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
             lstmn_continue(cell, pending_x, pending_mask, state)
     if not state:
         state.update(lstmn_start(x, cell.hidden_size))
-        state["summaries"] = state["h"]  # h̃_0 = 0
-    h, attn = lstmn_reference(cell, x, key_mask, state)
+    if getattr(state, "record_past", False) and "summaries" not in state:  # start it with the last step's h̃
+        state["summaries"] = state["summary"][:, None]
+    h, attn = lstmn_reference(cell, x, key_mask, state)  # extends the tapes (and summaries, if kept)
     layout = getattr(state, "layout", None)  # a VariantCacheLayer: what a crop cuts, and along which dim
     if layout is not None:
-        layout.update({name: (1, None) for name in TAPES})
+        layout.update({name: (1, None) for name in TAPES if name in state})
     return h, attn if need_weights else None

@@ -7,7 +7,7 @@
 | band | keys and values of the last w tokens only: memory and time per token stop growing |
 | additive | the projected keys W_k x_j (never recomputed) and values |
 | low_rank_band | band keys of the last w tokens, low-rank keys and values of every token |
-| lstmn | the tapes h, c and their keys W_h h, which slots are readable, the summary h̃ of every step |
+| lstmn | the tapes h, c and their keys W_h h, which slots are readable, the last summary h̃ |
 
 ``VariantCache`` is a ``transformers.Cache`` whose layers are ``VariantCacheLayer``s: a dict of
 tensors, (B, H, T, ·) for attention and (B, S, ·) for tapes, that the attention modules read and
@@ -15,10 +15,11 @@ extend (``extend``), plus the per-layer protocol ``generate`` uses: beam reorder
 selection, and ``crop`` for assisted and prompt-lookup decoding.
 
 Cropping is exact for every variant. A state that keeps everything (keys of dense, low_rank,
-additive; LSTMN tapes and per-step summaries) drops its last n entries. A state that keeps only
-the last w entries (band keys) can drop n only if it still holds w + n: ``activate_past_recording``
-(which ``generate`` calls for assisted decoding) makes it keep everything until the next ``crop``,
-which cuts it back to w; cropping without it, past the window, raises a ValueError.
+additive; LSTMN tapes) drops its last n entries. ``activate_past_recording`` (which ``generate``
+calls for assisted and prompt-lookup decoding) makes a band state (the last w keys) keep
+everything until the next ``crop``, which cuts it back to w, and makes an LSTMN layer keep the
+summary h̃ of every step from then on. Without it, a crop that needs what was not kept (band keys
+past the window, an earlier LSTMN summary) raises a ValueError before changing anything.
 
 Hub code: imports only torch and transformers.
 """
@@ -91,6 +92,10 @@ class VariantCacheLayer(dict):
 
     def crop_error(self, n: int, seen: int) -> str | None:
         """Why the last ``n`` of ``seen`` tokens cannot be removed exactly, or None if they can."""
+        if n and "summary" in self and ("summaries" not in self or self["summaries"].shape[1] <= n):
+            return (f"cannot crop {n} token(s): the LSTMN summary h̃ of an earlier step is kept only while the "
+                    "cache records its past; call cache.activate_past_recording() before the forward passes to be "
+                    "undone (generate() does this for assisted and prompt-lookup decoding)")
         for name, (dim, keep) in self.layout.items():
             held = self[name].shape[dim]
             if keep is not None and held - n < min(keep, seen - n):

@@ -16,9 +16,10 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 Tensor = torch.Tensor
 
-# attn_implementation values every variant honours: its efficient kernels ("sdpa", the default) or
-# the naive readable references that also return weights ("eager"). Dense layers honour any name of
-# transformers' ALL_ATTENTION_FUNCTIONS (flex_attention, flash_attention_*, registered ones).
+# attn_implementation values every variant honours: "sdpa" (the default) and "eager" run a
+# non-dense variant's own kernels (output_attentions switches to its naive reference kernels); for
+# dense, "eager" is the naive reference kernel. Dense layers also honour the other names of
+# transformers' ALL_ATTENTION_FUNCTIONS (flex_attention, registered ones).
 OWN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 # keyword arguments a forward accepts beyond its named parameters: Trainer's loss normalisation
 LOSS_KWARGS = ("num_items_in_batch",)
@@ -85,7 +86,7 @@ def check_attn_implementation(config) -> None:
     if others:
         raise ValueError(
             f"attn_implementation={name!r} cannot be honoured by attention_variant(s) {others}: they run their own "
-            "kernels. Use 'sdpa' (their efficient kernels, the default) or 'eager' (the naive reference kernels); "
+            "kernels, under 'sdpa' (the default) or 'eager'; "
             "only dense layers dispatch through transformers' ALL_ATTENTION_FUNCTIONS.")
 
 

@@ -137,6 +137,10 @@ class VariantBertPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantBertEmbeddings", "VariantBertLayer"]
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
+
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
@@ -180,7 +184,7 @@ class VariantBertModel(VariantBertPreTrainedModel):
     ):
         """``use_cache`` is accepted for stock compatibility; variant BERT models keep no cache (an
         explicit ``use_cache=True`` on a decoder config is refused)."""
-        reject_unknown_kwargs(self, kwargs, allowed=())
+        reject_unknown_kwargs(self, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         if use_cache and self.config.is_decoder:

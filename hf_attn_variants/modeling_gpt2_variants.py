@@ -114,6 +114,10 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
         if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
             model_kwargs["cache"].activate_past_recording()
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
+
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
@@ -165,7 +169,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         """With ``use_cache`` (default ``config.use_cache``), returns a ``VariantCache`` to continue
         from (given as ``cache``; then ``attention_mask`` covers the past and the new tokens,
         (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned."""
-        reject_unknown_kwargs(self, kwargs, allowed=())
+        reject_unknown_kwargs(self, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         check_attn_implementation(self.config)
