@@ -138,6 +138,18 @@ def _make_attention(window: int | None) -> Callable:
     return band_attention_forward
 
 
+def _reads_ahead(mask_function: Callable | None) -> bool:
+    """Whether the model's mask pattern lets query 0 read key 1: a bidirectional mask (an encoder's
+    self-attention, cross-attention), whose every key slot holds a token, unlike a causal one."""
+    if mask_function is None:
+        return False
+    zero, one = torch.tensor(0), torch.tensor(1)
+    try:
+        return bool(mask_function(zero, zero, zero, one))
+    except (IndexError, RuntimeError, TypeError):  # a pattern that needs real indices: treat it as causal
+        return False
+
+
 def _make_mask(window: int | None) -> Callable:
     def band_padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
                           mask_function: Callable | None = None, attention_mask: Tensor | None = None,
@@ -149,8 +161,10 @@ def _make_mask(window: int | None) -> Callable:
         only says which keys are real. Never builds a (Tq, Tk) mask.
         """
         q_offset = int(q_offset)  # a StaticLayer gives a tensor
-        present = q_offset + q_length - kv_offset  # key slots holding tokens: the queries are the last q_length
-        if not q_length <= present <= kv_length:
+        # key slots holding tokens: causally the queries are the last q_length of them (a static cache has empty
+        # slots after them); a bidirectional mask (encoder, cross-attention) covers every key
+        present = kv_length if _reads_ahead(mask_function) else q_offset + q_length - kv_offset
+        if not 0 < present <= kv_length:
             raise ValueError(f"band attention cannot place {q_length} queries at offset {q_offset} among "
                              f"{kv_length} keys starting at {kv_offset}")
         if kv_offset > 0 and config is not None:  # a sliding cache layer dropped the keys before kv_offset

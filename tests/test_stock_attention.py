@@ -192,3 +192,23 @@ def test_a_cache_shorter_than_the_window_is_refused(saved):
         model(input_ids=ids[:, :5], cache=cache, use_cache=True)
         with pytest.raises(ValueError, match="band window reaches back"):
             model(input_ids=ids[:, 5:], cache=cache, use_cache=True)
+
+
+def test_cross_attention_stays_dense(tmp_path):
+    """A BERT decoder with cross-attention: band self-attention, dense cross-attention over the (padded) encoder
+    states, equal to the eager model given the explicit band mask and the encoder padding."""
+    from transformers import BertLMHeadModel
+
+    torch.manual_seed(0)
+    BertLMHeadModel(BertConfig(**BERT, is_decoder=True, add_cross_attention=True)).save_pretrained(tmp_path)
+    ids, mask = random_batch(2, LENGTH, "left", vocab=VOCAB, seed=2)
+    encoder = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3))
+    encoder_mask = torch.ones(2, 9, dtype=torch.long)
+    encoder_mask[1, 6:] = 0
+    band = BertLMHeadModel.from_pretrained(tmp_path, attn_implementation=NAME).eval()
+    band.config.attention_window = 2
+    eager = BertLMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    kw = dict(input_ids=ids, encoder_hidden_states=encoder, encoder_attention_mask=encoder_mask)
+    ours = outputs(band, attention_mask=mask, **kw)
+    reference = outputs(eager, attention_mask=explicit_band_mask(mask, 2, causal=True), **kw)
+    assert (ours - reference)[mask.bool()].abs().max() <= 1e-5
