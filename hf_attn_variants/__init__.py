@@ -34,6 +34,7 @@ from .modeling_gpt2_variants import (
     VariantGPT2PreTrainedModel,
 )
 from .peft_utils import lora_fan_in_fan_out, lora_target_modules
+from .stock_attention import register_band_attention
 
 __version__ = "0.1.0"
 
@@ -83,5 +84,6 @@ __all__ = [
     "lora_target_modules",
     "low_rank_factors",
     "publish",
+    "register_band_attention",
     "save_hub_folder",
 ]

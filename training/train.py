@@ -21,7 +21,8 @@ A run config has these sections (all but ``task`` and ``data`` optional):
     tokenizer:  pretrained (path or Hub id), or vocab_size / lowercase for one trained on train
     data:       dataset (mr | snli | rotten_tomatoes | shakespeare | a Hub id) or train_file / validation_file
                 / test_file (csv, tsv, json, jsonl, txt); text_column, text_pair_column, label_column,
-                max_length, max_train_samples, max_eval_samples, max_test_samples
+                max_length, max_train_samples, max_eval_samples, max_test_samples (a seeded random sample,
+                seed sample_seed, default 1234; never the first N rows)
     runtime:    num_threads (torch CPU threads per process; 1 is fastest on a CPU shared with other jobs)
     training:   any TrainingArguments field (output_dir, num_train_epochs, learning_rate, report_to, ...),
                 plus push_to_hub / hub_model_id / hub_token / hub_private_repo (uploaded with
@@ -62,7 +63,7 @@ TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
                "text_pair_column", "label_column", "max_length", "max_train_samples", "max_eval_samples",
-               "max_test_samples", "validation_fraction", "test_fraction", "sample_by")
+               "max_test_samples", "sample_seed", "validation_fraction", "test_fraction", "sample_by")
 TRAINING_DEFAULTS = {"output_dir": "outputs/run", "report_to": "none", "eval_strategy": "epoch",
                      "save_strategy": "epoch", "logging_strategy": "epoch", "seed": 42}
 HUB_DATASET_IDS = {"snli": "stanfordnlp/snli"}
