@@ -53,7 +53,7 @@ class HeadIntervention:
 
     def __enter__(self) -> HeadIntervention:
         for idx, (name, module) in enumerate(self.layers):
-            self._handles.append(module.register_forward_hook(self._save_values(idx)))
+            self._handles.append(module.register_forward_pre_hook(self._save_values(idx)))
             site = _output_site(self.model, name, module)
             self._handles.append(site.register_forward_pre_hook(self._edit(idx, module)))
         return self
@@ -65,7 +65,7 @@ class HeadIntervention:
         self._values.clear()
 
     def _save_values(self, idx: int):
-        def hook(module, args, output):
+        def hook(module, args):  # before the module runs: GPT-2 projects its output inside forward
             if self.uniform is not None and self.uniform[idx].any():
                 v = module._project(args[0])[2]  # (B, T, H·D)
                 self._values[idx] = v.view(*v.shape[:2], module.num_heads, -1)  # (B, T, H, D)
