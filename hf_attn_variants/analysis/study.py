@@ -34,7 +34,7 @@ LOW_RANK_BAND = ({"attention_rank": 8, "attention_window": 8, "band_combine": "g
                  {"attention_rank": 8, "attention_window": 8, "band_combine": "heads"},
                  {"attention_rank": 16, "attention_window": 4, "band_combine": "gate"})
 # texts: per corpus (MR, SNLI); alone: texts for the one-layer conversions; importance: MR probe-test texts
-SIZES = {"full": {"texts": 250, "probe_train": 1000, "probe_test": 500, "importance": 200, "alone": 200,
+SIZES = {"full": {"texts": 250, "probe_train": 1000, "probe_test": 500, "importance": 128, "alone": 200,
                   "windows": WINDOWS, "ranks": RANKS, "low_rank_band": LOW_RANK_BAND},
          "quick": {"texts": 15, "probe_train": 100, "probe_test": 60, "importance": 24, "alone": 30,
                    "windows": (1, 8), "ranks": (2, 16), "low_rank_band": LOW_RANK_BAND[:1]}}
@@ -188,13 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a few texts")
     p.add_argument("--global-tokens", default="0", help="g values for the band conversions, e.g. 0,1")
     p.add_argument("--model", default=None, help="checkpoint (default: the installed all-MiniLM-L6-v2)")
-    p.add_argument("--steps", default="describe,convert,layer_alone,importance,plots")
+    p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,finetune,plots")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("STUDY_THREADS", "1")))
     torch.manual_seed(0)
     size = SIZES["quick" if args.quick else "full"]
     out = Path(args.out)
     cache = Cache(Path(args.cache or ("outputs/study_minilm_quick" if args.quick else "outputs/study_minilm")))
+    _check_cache(cache, {"size": {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()},
+                         "model": args.model})
     steps = set(args.steps.split(","))
     g_values = tuple(int(g) for g in args.global_tokens.split(","))
 
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         describe = cache.get("describe", lambda: _describe(model, tokenizer, data["texts"]))
         write_table(describe["heads"], out / "heads.csv")
         write_table(describe["layers"], out / "layers.csv")
+
+    if "sinks" in steps:
+        write_table(cache.get("sinks", lambda: _sinks(model, tokenizer, data["texts"])), out / "sinks.csv")
 
     dense_row, dense_emb = None, None
     if steps & {"convert", "layer_alone", "importance"}:
@@ -273,6 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
         write_table(imp["pruning"], out / "pruning.csv")
         summary["importance"] = {k: v for k, v in imp.items() if k not in ("heads", "pruning")}
 
+    if "finetune" in steps:
+        rows = cache.get("finetune_g" + "-".join(map(str, g_values)), lambda: _finetune(path, args.quick, g_values))
+        write_table(rows, out / "finetune.csv")
+        summary["finetune"] = rows
+
     if "plots" in steps:
         _plots(out, model, tokenizer, data["texts"])
     write_json(summary, out / "summary.json")
@@ -289,6 +299,39 @@ def _describe(model, tokenizer, texts) -> dict:
                analyze(model, tokenizer, texts, condition="shuffled", shuffle_tokens=True, **kw)]
     return {"heads": [r for res in results for r in res["heads"]],
             "layers": [r for res in results for r in res["layers"]]}
+
+
+def _check_cache(cache: Cache, settings: dict) -> None:
+    """A cache belongs to one set of sizes and one model: refuse to mix results."""
+    path = cache.folder / "settings.json"
+    settings = json.loads(json.dumps(settings))
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"--cache {cache.folder} holds results for other settings ({path}): "
+                         "delete it or pass another --cache")
+    write_json(settings, path)
+
+
+def _sinks(model, tokenizer, texts) -> list[dict]:
+    """Per (layer, head): the attention mass on [CLS], on [SEP] and on '.'/',' separately (Clark et al.
+    2019 report [SEP] and punctuation as BERT-base's no-op targets)."""
+    from .metrics import per_query_metrics
+    from .run import batches, capture
+
+    groups = {"cls_mass": [tokenizer.cls_token_id], "sep_mass": [tokenizer.sep_token_id],
+              "punct_mass": tokenizer.convert_tokens_to_ids([".", ","])}
+    sums, count = {}, None
+    for b in batches(tokenizer, texts, 32, 64):
+        _, caps = capture(model, b)
+        mask = b["attention_mask"].bool()
+        for name, ids in groups.items():
+            special = torch.isin(b["input_ids"], torch.tensor(ids)) & mask
+            per_layer = torch.stack([per_query_metrics(c["weights"], mask, windows=(), special_positions=special)[
+                "sink_mass"].nan_to_num(0.0).sum(dim=(0, 2)) for c in caps])  # (L, H)
+            sums[name] = sums.get(name, 0) + per_layer
+        count = (0 if count is None else count) + mask.sum().item()
+    n_layers, n_heads = sums["cls_mass"].shape
+    return [{"layer": layer, "head": h, **{k: (v[layer, h] / count).item() for k, v in sums.items()}}
+            for layer in range(n_layers) for h in range(n_heads)]
 
 
 def _energy_beyond(model, r: int) -> np.ndarray:
@@ -385,6 +428,30 @@ def _importance(model, tokenizer, data, probe, n: int) -> dict:
                 "accuracy_random_order": b["metric"]} for a, b in zip(curve, random_curve)]
     return {"heads": heads, "pruning": pruning, "base_loss": base, "n_texts": len(texts),
             "heads_helping_when_uniform": int((delta < 0).sum().item())}
+
+
+def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
+    """The short fine-tune: training/train.py on configs/minilm/finetune_mr.yaml (dense, band w=8 with
+    each g this build supports, low_rank r=8), one epoch on an MR subset; the test metrics per run."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out_dir = "outputs/minilm_finetune_quick" if quick else "outputs/minilm_finetune"
+    extra = [f"baselines.band_w8_g{g}={{attention_variant: band, attention_window: 8, attention_global_tokens: {g}}}"
+             for g in g_values if g and supports_global_tokens()]
+    if quick:
+        extra += ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_test_samples=64"]
+    cmd = [sys.executable, str(root / "training" / "train.py"), str(root / "configs" / "minilm" / "finetune_mr.yaml"),
+           f"model.pretrained={path}", f"tokenizer.pretrained={path}", f"training.output_dir={out_dir}", *extra]
+    log("fine-tune: " + " ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=root)
+    rows = []
+    for run_dir in sorted(Path(root / out_dir).iterdir()):
+        results = run_dir / "model" / "eval_results.json"
+        if results.exists():
+            metrics = json.loads(results.read_text())
+            rows.append({"run": run_dir.name, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    return rows
 
 
 def _plots(out: Path, model, tokenizer, texts) -> None:
