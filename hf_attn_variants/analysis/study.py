@@ -472,6 +472,7 @@ def _plots(out: Path, model, tokenizer, texts) -> None:
     heads = read("heads.csv")
     dense = [h for h in heads if h["condition"] == "model"]
     if dense:
+        write_table(_head_correlations(dense, read("importance.csv")), out / "head_correlations.csv")
         plots.head_maps(dense, ["mean_distance", "sink_mass", "prev_token", "next_token"],
                         out / "head_maps_locality.png", title="all-MiniLM-L6-v2 per head, MR+SNLI sentences")
         plots.head_maps(dense, ["rank_scores_entropy", "rank_softmax_entropy", "rank_bilinear_energy90"],
@@ -525,6 +526,29 @@ def _plots(out: Path, model, tokenizer, texts) -> None:
     if imp:
         plots.head_maps(imp, ["grad_importance", "uniform_delta_loss"], out / "importance_maps.png",
                         title="head importance on the MR probe loss", fmt="{:.3f}")
+
+
+def _head_correlations(dense: list[dict], importance: list[dict]) -> list[dict]:
+    """Across the 72 heads of the dense model: Spearman correlations between locality, sink mass,
+    the three rank levels and (when measured) the causal importance."""
+    from scipy.stats import spearmanr
+
+    imp = {(r["layer"], r["head"]): r for r in importance}
+    rows = [{**h, **imp.get((h["layer"], h["head"]), {})} for h in dense]
+    pairs = [("mass_within_2", "rank_softmax_entropy"), ("sink_mass", "rank_softmax_entropy"),
+             ("mass_within_2", "rank_scores_entropy"), ("sink_mass", "rank_scores_entropy"),
+             ("mass_within_2", "rank_bilinear_energy90"), ("rank_scores_entropy", "rank_softmax_entropy"),
+             ("layer", "rank_softmax_entropy"), ("layer", "rank_scores_entropy"), ("layer", "sink_mass")]
+    if importance:
+        pairs += [(x, y) for x in ("sink_mass", "mass_within_2", "entropy", "rank_softmax_entropy")
+                  for y in ("grad_importance", "uniform_delta_loss")]
+        pairs.append(("grad_importance", "uniform_delta_loss"))
+    out = []
+    for x, y in pairs:
+        xs, ys = [r[x] for r in rows], [r[y] for r in rows]
+        res = spearmanr(xs, ys)
+        out.append({"x": x, "y": y, "n": len(rows), "spearman": float(res.statistic), "p_value": float(res.pvalue)})
+    return out
 
 
 def _num(v):
