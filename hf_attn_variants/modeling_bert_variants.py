@@ -2,7 +2,7 @@
 
 The module tree and parameter names are those of ``transformers``' BERT, so a stock BERT
 checkpoint loads into any variant: only the parameters a variant adds (or reshapes) are
-reported missing. The self-attention of layer i is ``BERT_ATTENTION[config.variant_for_layer(i)]``.
+reported missing. The self-attention of layer i is ``attention_class("bert", config.variant_for_layer(i))``.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .attention import BERT_ATTENTION, init_variant_parameters
+from .attention import attention_class, init_variant_parameters
 from .configuration_variants import VariantBertConfig
 from .masks import check_length, key_padding_mask, wrap_output
 
@@ -68,7 +68,7 @@ class VariantBertSelfOutput(nn.Module):
 class VariantBertAttention(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
-        self.self = BERT_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.self = attention_class("bert", config.variant_for_layer(layer_idx))(config, layer_idx)
         self.output = VariantBertSelfOutput(config)
 
     def forward(self, hidden_states, key_mask=None, need_weights=False):

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from .attention import GPT2_ATTENTION, init_variant_parameters
+from .attention import attention_class, init_variant_parameters
 from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
 from .masks import check_length, key_padding_mask, wrap_output
@@ -51,7 +51,7 @@ class VariantGPT2Block(GradientCheckpointingLayer):
         super().__init__()
         hidden = config.hidden_size
         self.ln_1 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
-        self.attn = GPT2_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.attn = attention_class("gpt2", config.variant_for_layer(layer_idx))(config, layer_idx)
         self.ln_2 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
