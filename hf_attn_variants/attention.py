@@ -39,6 +39,17 @@ def projection_shapes(config, variant: str) -> dict[str, tuple[int, int]]:
     return spec_of(variant).projections(config)
 
 
+def _extend(state: dict[str, Tensor], name: str, new: Tensor, keep: int | tuple[int, int] | None) -> Tensor:
+    """``caching.extend``, also for a rule that keeps the first positions: keep = (first, last)."""
+    if not isinstance(keep, tuple):
+        return extend(state, name, new, keep)
+    first, last = keep
+    full = extend(state, name, new, None)
+    if full.shape[2] > first + last:  # (B, h, first + last, d): the first positions and the last ones
+        state[name] = torch.cat([full[:, :, :first], full.narrow(2, full.shape[2] - last, last)], dim=2)
+    return full
+
+
 class VariantAttention(nn.Module):
     """One layer's self-attention under any scoring variant (all but lstmn).
 
@@ -55,6 +66,7 @@ class VariantAttention(nn.Module):
         self.head_dim = config.hidden_size // self.num_heads
         self.causal = config.is_causal
         self.window = config.attention_window
+        self.global_tokens = config.attention_global_tokens
         self.band_combine = config.band_combine
         self.attention_dropout = attention_dropout
         self.scaling = scaling
@@ -109,7 +121,7 @@ class VariantAttention(nn.Module):
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
         if layer_cache is not None:
             for name, keep in self.cache_spec().items():  # past + new along time: (B, h, T_kept + T, d)
-                setattr(p, name, extend(layer_cache, name, getattr(p, name), keep))
+                setattr(p, name, _extend(layer_cache, name, getattr(p, name), keep))
         eager = self.variant == "dense" and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,

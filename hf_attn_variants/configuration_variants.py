@@ -49,6 +49,9 @@ class VariantFields:
     layer_variants:    optional list, one variant per layer (overrides attention_variant).
     attention_rank:    r, query/key size of the low-rank module, 1..head size (default head size // 4).
     attention_window:  w >= 0, band half-width (bidirectional) or look-back (causal).
+    attention_global_tokens: g >= 0 (default 0, the paper's exact band): in band and low_rank_band
+                       the first g positions attend to and are attended by every position
+                       (causal models: every later position reads them; they read their past).
     band_combine:      how low_rank_band joins its two modules: sum, gate, heads, sequential.
     additive_dim:      a, hidden size of the additive scorer per head (default head size).
     lstmn_direction:   forward or bidirectional (BERT default bidirectional; GPT-2 forward only).
@@ -58,6 +61,7 @@ class VariantFields:
     layer_variants: list[str] | None = None
     attention_rank: int | None = None
     attention_window: int = 16
+    attention_global_tokens: int = 0
     band_combine: str = "sum"
     additive_dim: int | None = None
     lstmn_direction: str | None = None
@@ -97,6 +101,8 @@ class VariantFields:
             raise _bad("attention_rank", self.attention_rank, f"an integer in [1, head size={head_dim}]")
         if not _is_int(self.attention_window) or self.attention_window < 0:
             raise _bad("attention_window", self.attention_window, "an integer >= 0")
+        if not _is_int(self.attention_global_tokens) or self.attention_global_tokens < 0:
+            raise _bad("attention_global_tokens", self.attention_global_tokens, "an integer >= 0")
         if self.band_combine not in BAND_COMBINES:
             raise _bad("band_combine", self.band_combine, f"one of {tuple(BAND_COMBINES)}")
         used = set(self.layer_variants or [self.attention_variant])

@@ -23,14 +23,14 @@ from .variants import spec_of
 
 
 @lru_cache(maxsize=256)
-def attended_pairs(seq_len: int, causal: bool, window: int | None = None) -> int:
+def attended_pairs(seq_len: int, causal: bool, window: int | None = None, global_tokens: int = 0) -> int:
     """Number of (i, j) pairs with j readable from i (padding-free), counted with the kernels' own
     rule (``pairs.pair_allowed``), a block of rows at a time."""
     k_pos = torch.arange(seq_len)[None, :]
     total = 0
     for start in range(0, seq_len, 1024):
         q_pos = torch.arange(start, min(seq_len, start + 1024))[:, None]
-        total += int(pair_allowed(q_pos, k_pos, causal=causal, window=window).sum())
+        total += int(pair_allowed(q_pos, k_pos, causal=causal, window=window, global_tokens=global_tokens).sum())
     return total
 
 
@@ -56,7 +56,9 @@ def layer_costs(config, layer_idx: int, seq_len: int) -> dict[str, int]:
     d = config.hidden_size
 
     def pairs(band: bool) -> int:
-        return attended_pairs(seq_len, config.is_causal, config.attention_window if band else None)
+        if not band:
+            return attended_pairs(seq_len, config.is_causal)
+        return attended_pairs(seq_len, config.is_causal, config.attention_window, config.attention_global_tokens)
 
     return {"params": _sublayer_parameters(config, layer_idx),
             "flops": 2 * seq_len * d * d + spec.flops(config, seq_len, pairs)}

@@ -15,9 +15,10 @@ dim) and returns ``(B, H, Tq, Dv)``. Queries are the *last* ``Tq`` of the ``Tk``
 (``Tq == Tk`` in a full forward pass, ``Tq < Tk`` when decoding with a cache).
 
 Masking rule shared by all kernels (``pairs.pair_allowed``): query i may read key j when the
-structure allows it (causal: j <= i; band: |i - j| <= w, or 0 <= i - j <= w when causal)
-and key j is a real token. A query always may read itself, so a padded query whose whole
-neighbourhood is padding still gets a finite output (its value is never used).
+structure allows it (causal: j <= i; band: |i - j| <= w, or 0 <= i - j <= w when causal, or
+one of i, j among the first ``global_tokens`` positions) and key j is a real token. A query
+always may read itself, so a padded query whose whole neighbourhood is padding still gets a
+finite output (its value is never used).
 
 The references build the full ``(B, H, Tq, Tk)`` score matrix (and, for additive attention,
 the full ``(B, H, Tq, Tk, a)`` tanh tensor): slow but obviously right. Tests compare every

@@ -17,10 +17,12 @@ from .pairs import pair_allowed
 Tensor = torch.Tensor
 
 
-def band_attention_reference(q, k, v, *, window: int, **kw) -> tuple[Tensor, Tensor, Tensor]:
+def band_attention_reference(q, k, v, *, window: int, global_tokens: int = 0, **kw) -> tuple[Tensor, Tensor, Tensor]:
     """Guo et al. 2019, band module: dense scores kept only where |i - j| <= w
-    (bidirectional) or 0 <= i - j <= w (causal); the rest is -inf. (B, H, T, D) in."""
-    return dense_attention_reference(q, k, v, window=window, **kw)
+    (bidirectional) or 0 <= i - j <= w (causal); the rest is -inf. (B, H, T, D) in.
+    With ``global_tokens`` g, the first g positions also read and are read by every position
+    (causality still holds): ``pairs.pair_allowed``."""
+    return dense_attention_reference(q, k, v, window=window, global_tokens=global_tokens, **kw)
 
 
 def band_block_size(window: int) -> int:
@@ -34,7 +36,7 @@ _FLEX: dict = {}  # the compiled flex_attention, made on first use (CUDA only)
 
 
 def _band_flex(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float, causal: bool,
-               key_mask: Tensor | None) -> Tensor:
+               key_mask: Tensor | None, global_tokens: int = 0) -> Tensor:
     """Band attention through PyTorch's ``flex_attention`` with a sliding-window ``BlockMask``:
     the blocks outside the band are never visited. (B, H, T, D) in, T == Tk."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -45,7 +47,7 @@ def _band_flex(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float, causa
 
     def mask_mod(b, h, qi, kj):
         real = key_mask[b, kj] if key_mask is not None else None
-        return pair_allowed(qi, kj, causal=causal, window=window, key_real=real)
+        return pair_allowed(qi, kj, causal=causal, window=window, key_real=real, global_tokens=global_tokens)
 
     block_mask = create_block_mask(mask_mod, B if key_mask is not None else None, None, T, T, device=q.device)
     return _FLEX["fn"](q, k, v, block_mask=block_mask, scale=scale)
@@ -61,7 +63,7 @@ def _flex_usable(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
 def band_attention(
     q: Tensor, k: Tensor, v: Tensor, *, window: int, scale: float, causal: bool,
     key_mask: Tensor | None = None, dropout_p: float = 0.0, block_size: int | None = None,
-    flex: bool | None = None,
+    flex: bool | None = None, global_tokens: int = 0,
 ) -> Tensor:
     """Exact band attention that skips the blocks outside the band. O(T·(b + 2w)) time and memory.
 
@@ -73,17 +75,23 @@ def band_attention(
     k and v. Each block runs as one SDPA call with its small (b, b + L + R) mask.
     q, k, v: (B, H, T, D). Decoding (Tq < Tk) and windows covering the sequence go to the
     dense kernel, which is exact and no slower there.
+
+    ``global_tokens`` g: every block also reads the g global keys (their positions inside a
+    block's window are masked there, so no pair counts twice), and the g global query rows are
+    computed apart, each over all T keys: O(T·(b + 2w + g)) in all, never T x T.
     """
     B, H, T, D = q.shape
+    g = min(global_tokens, k.shape[-2])
     if flex is not False and window < T - 1 and _flex_usable(q, k, v, dropout_p):
         try:
-            return _band_flex(q, k, v, window, scale, causal, key_mask)
+            return _band_flex(q, k, v, window, scale, causal, key_mask, g)
         except Exception:  # an unsupported shape or a failed compile: the blocked path below is exact too
             if flex:
                 raise
     if k.shape[-2] != T or window >= T - 1:
         return dense_attention(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
-                               window=None if window >= k.shape[-2] - 1 else window, dropout_p=dropout_p)
+                               window=None if window >= k.shape[-2] - 1 else window, dropout_p=dropout_p,
+                               global_tokens=g)
     b = block_size or band_block_size(window)
     nb = math.ceil(T / b)
     left, right = window, 0 if causal else window
@@ -99,15 +107,30 @@ def band_attention(
     q_pos = starts + torch.arange(b, device=q.device)[:, None]  # (nb, b, 1)
     k_pos = starts - left + torch.arange(span, device=q.device)[None, :]  # (nb, 1, span)
     # keys outside [0, T) are padding (valid False); so are the queries past T (their rows are dropped)
-    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window,
-                           key_real=valid[:, :, None, :])  # (B, nb, b, span)
+    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window, key_real=valid[:, :, None, :],
+                           global_tokens=g)  # (B, nb, b, span)
 
     # (B, H, nb·b, D) -> (B·nb, H, b, D): one SDPA batch entry per block
     qb = q.view(B, H, nb, b, D).transpose(1, 2).reshape(B * nb, H, b, D)
     kb = k_win.permute(0, 2, 1, 4, 3).reshape(B * nb, H, span, D)
     vb = v_win.permute(0, 2, 1, 4, 3).reshape(B * nb, H, span, v.shape[-1])
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed.view(B * nb, 1, b, span),
+    if g:  # the global keys join every block, once: inside the window they are masked
+        allowed = allowed & (k_pos >= g)
+        g_pos = torch.arange(g, device=q.device)[None, None, :]  # (1, 1, g)
+        real = None if key_mask is None else key_mask[:, None, None, :g]
+        allowed = torch.cat([pair_allowed(q_pos, g_pos, causal=causal, window=window, key_real=real,
+                                          global_tokens=g).expand(B, nb, b, g), allowed], dim=-1)
+        kb = torch.cat([k[:, None, :, :g].expand(B, nb, H, g, D).reshape(B * nb, H, g, D), kb], dim=2)
+        vb = torch.cat([v[:, None, :, :g].expand(B, nb, H, g, v.shape[-1]).reshape(B * nb, H, g, -1), vb], dim=2)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed.view(B * nb, 1, b, -1),
                                          dropout_p=dropout_p, scale=scale)
-    out = out.view(B, nb, H, b, -1).transpose(1, 2).reshape(B, H, nb * b, -1)  # (B, H, nb·b, Dv)
-    return out[:, :, :T]
-
+    out = out.view(B, nb, H, b, -1).transpose(1, 2).reshape(B, H, nb * b, -1)[:, :, :T]  # (B, H, T, Dv)
+    if not g:
+        return out
+    # the g global query rows read every key (causal: every earlier one): (B, H, g, T) scores
+    rows = pair_allowed(torch.arange(g, device=q.device)[:, None], torch.arange(T, device=q.device)[None, :],
+                        causal=causal, window=window, global_tokens=g,
+                        key_real=None if key_mask is None else key_mask[:, None, None, :])
+    rows = rows if rows.dim() == 4 else rows[None, None]
+    out_global = F.scaled_dot_product_attention(q[:, :, :g], k, v, attn_mask=rows, dropout_p=dropout_p, scale=scale)
+    return torch.cat([out_global, out[:, :, g:]], dim=2)

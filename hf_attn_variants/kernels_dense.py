@@ -34,19 +34,20 @@ def masked_softmax_attention(
 
 def dense_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, *, scale: float, causal: bool,
-    key_mask: Tensor | None = None, window: int | None = None, dropout_p: float = 0.0,
+    key_mask: Tensor | None = None, window: int | None = None, dropout_p: float = 0.0, global_tokens: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Vaswani et al. 2017: softmax(q kᵀ · scale) v, written out. Returns (out, weights, scores)."""
+    """Vaswani et al. 2017: softmax(q kᵀ · scale) v, written out, over the pairs ``pairs.pair_allowed``
+    allows (``window``, ``global_tokens``: the band rule). Returns (out, weights, scores)."""
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
     allowed = allowed_mask(q.shape[-2], k.shape[-2], causal=causal, window=window,
-                           key_mask=key_mask, device=q.device)
+                           key_mask=key_mask, device=q.device, global_tokens=global_tokens)
     out, weights = masked_softmax_attention(scores, v, allowed, dropout_p)
     return out, weights, scores
 
 
 def dense_attention(
     q: Tensor, k: Tensor, v: Tensor, *, scale: float, causal: bool,
-    key_mask: Tensor | None = None, window: int | None = None, dropout_p: float = 0.0,
+    key_mask: Tensor | None = None, window: int | None = None, dropout_p: float = 0.0, global_tokens: int = 0,
 ) -> Tensor:
     """Scaled dot-product attention through ``F.scaled_dot_product_attention``.
 
@@ -60,7 +61,8 @@ def dense_attention(
     if key_mask is None and window is None and (not causal or tq == tk):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal and tq > 1,
                                               scale=scale)
-    allowed = allowed_mask(tq, tk, causal=causal, window=window, key_mask=key_mask, device=q.device)
+    allowed = allowed_mask(tq, tk, causal=causal, window=window, key_mask=key_mask, device=q.device,
+                           global_tokens=global_tokens)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=scale)
 
 

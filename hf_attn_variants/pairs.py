@@ -3,8 +3,10 @@ reference, mask and cost count of hf-attn-variants.
 
 Query i (at key position ``q``) may read key j (at position ``k``) when
 
-- the structure allows it: ``|q - k| <= window`` (no window: every pair), and, when causal,
-  ``k <= q``; and
+- the structure allows it: ``|q - k| <= window`` (no window: every pair), or one of the two is
+  a global token (``q < global_tokens`` or ``k < global_tokens``: the first g positions read and
+  are read by every position, ``attention_global_tokens``); and, when causal, ``k <= q`` (so in a
+  causal model every later query reads the g global keys, and a global query reads its past); and
 - key j is a real token (``key_real``), or it is the query itself: a padded query whose whole
   neighbourhood is padding still reads itself and gets a finite output (its value is never used).
 
@@ -24,7 +26,7 @@ Tensor = torch.Tensor
 
 
 def pair_allowed(q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None = None,
-                 key_real: Tensor | None = None) -> Tensor:
+                 key_real: Tensor | None = None, global_tokens: int = 0) -> Tensor:
     """True where the query at position ``q_pos`` may read the key at ``k_pos`` (bool, broadcast shape).
 
     q_pos, k_pos: integer tensors that broadcast against each other (and against ``key_real``,
@@ -32,6 +34,8 @@ def pair_allowed(q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | No
     """
     diff = q_pos - k_pos  # how far back the key lies
     allowed = diff.abs() <= window if window is not None else torch.ones_like(diff, dtype=torch.bool)
+    if global_tokens > 0 and window is not None:
+        allowed = allowed | (q_pos < global_tokens) | (k_pos < global_tokens)
     if causal:
         allowed = allowed & (diff >= 0)
     if key_real is not None:
@@ -47,6 +51,7 @@ def allowed_mask(
     window: int | None = None,
     key_mask: Tensor | None = None,
     device: torch.device | None = None,
+    global_tokens: int = 0,
 ) -> Tensor:
     """Boolean ``(B or 1, 1, tq, tk)`` mask of ``pair_allowed``: True where query i may read key j.
 
@@ -56,24 +61,26 @@ def allowed_mask(
     q_pos = (torch.arange(tq, device=device) + (tk - tq))[:, None]  # (tq, 1)
     k_pos = torch.arange(tk, device=device)[None, :]  # (1, tk)
     real = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, tk)
-    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window, key_real=real)
+    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window, key_real=real, global_tokens=global_tokens)
     return allowed if allowed.dim() == 4 else allowed[None, None]
 
 
-def key_range(q_lo: int, q_hi: int, tk: int, *, causal: bool, window: int | None = None) -> tuple[int, int]:
+def key_range(q_lo: int, q_hi: int, tk: int, *, causal: bool, window: int | None = None,
+              global_tokens: int = 0) -> tuple[int, int]:
     """Keys [lo, hi) that the queries at positions [q_lo, q_hi) may read at all under
     ``pair_allowed`` (padding aside): a tile outside it is all False and may be skipped."""
-    lo = 0 if window is None else max(0, q_lo - window)
-    hi = q_hi if causal else (tk if window is None else min(tk, q_hi + window))
+    unbounded = window is None or q_lo < global_tokens  # a global query reads every key
+    lo = 0 if unbounded or global_tokens > 0 else max(0, q_lo - window)
+    hi = q_hi if causal else (tk if unbounded else min(tk, q_hi + window))
     return lo, min(hi, tk)
 
 
 def tile_mask(q_lo: int, q_hi: int, k_lo: int, k_hi: int, *, causal: bool, window: int | None = None,
-              key_mask: Tensor | None = None, device: torch.device | None = None) -> Tensor:
+              key_mask: Tensor | None = None, device: torch.device | None = None, global_tokens: int = 0) -> Tensor:
     """``pair_allowed`` for the queries at positions [q_lo, q_hi) and the keys [k_lo, k_hi):
     (B or 1, 1, q_hi - q_lo, k_hi - k_lo) bool. ``key_mask`` (B, Tk) covers all key positions."""
     q_pos = torch.arange(q_lo, q_hi, device=device)[:, None]
     k_pos = torch.arange(k_lo, k_hi, device=device)[None, :]
     real = None if key_mask is None else key_mask[:, None, None, k_lo:k_hi]
-    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window, key_real=real)
+    allowed = pair_allowed(q_pos, k_pos, causal=causal, window=window, key_real=real, global_tokens=global_tokens)
     return allowed if allowed.dim() == 4 else allowed[None, None]

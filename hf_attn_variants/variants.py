@@ -17,7 +17,7 @@ Specs are read, never instantiated, and frozen (their attributes cannot be reass
 | ``projections`` | ``config -> {"main": (heads, dim)[, "low_rank": (heads, rank)]}``: the query/key pair(s) |
 | ``parameters`` | ``module -> {name: (shape, init)}``: parameters the variant adds, init in ``INITS`` |
 | ``init`` | ``(module, std, init) -> None``: initialises them (``init`` is transformers.initialization) |
-| ``cache`` | ``module -> {projection: positions kept or None for all}``: the generation cache rule |
+| ``cache`` | ``module -> {projection: last n kept, (first g, last n), or None for all}``: the cache rule |
 | ``lora_targets`` | ``{"bert": names, "gpt2": names}``: the modules LoRA adapts |
 | ``flops`` | ``(config, seq_len, pairs) -> int``: forward FLOPs of the sublayer, output projection aside; |
 | | ``pairs(band)`` counts the (query, key) pairs read (``pairs.pair_allowed``) |
@@ -94,22 +94,33 @@ class Context:
     reference: bool  # use the naive kernels (they return weights and scores)
     attention_mask: object = "unprepared"  # dense: the mask the model built for transformers' attention interface
 
-    def kwargs(self, k: Tensor) -> dict:
-        """Kernel arguments for keys k (B, H, Tk, ·): the last Tk entries of the padding mask
-        (a cache may hold fewer keys than the tokens seen, e.g. a band's last w)."""
-        key_mask = None if self.key_mask is None else self.key_mask[:, -k.shape[-2]:]
+    def kwargs(self, k: Tensor, first: int = 0) -> dict:
+        """Kernel arguments for keys k (B, H, Tk, ·): the padding mask of the positions a cache
+        kept (it may hold fewer keys than the tokens seen: a band's first ``first`` and last ones)."""
+        key_mask = None if self.key_mask is None else kept(self.key_mask, k.shape[-2], first, dim=1)
         return {"causal": self.causal, "key_mask": key_mask, "dropout_p": self.dropout_p}
+
+
+def kept(t: Tensor, n: int, first: int = 0, dim: int = 2) -> Tensor:
+    """The n entries of t along ``dim`` that a cache keeping the first ``first`` and the last
+    n - first positions holds (all of t when it has n). Band keys decode as if these were
+    contiguous: the rule gives the same pairs, since a kept first position is global."""
+    size = t.shape[dim]
+    if size == n:
+        return t
+    return torch.cat([t.narrow(dim, 0, first), t.narrow(dim, size - (n - first), n - first)], dim=dim)
 
 
 Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), weights, scores
 
 
 def run_kernel(ctx: Context, kernel: Callable, reference: Callable, q: Tensor, k: Tensor, v: Tensor,
-               *args, **kwargs) -> Result:
-    """The fast kernel, or its reference when the weights are wanted (``ctx.reference``)."""
+               *args, first: int = 0, **kwargs) -> Result:
+    """The fast kernel, or its reference when the weights are wanted (``ctx.reference``);
+    ``first``: the cache kept the first positions of the keys (see ``Context.kwargs``)."""
     if ctx.reference:
-        return reference(q, k, v, *args, **kwargs, **ctx.kwargs(k))
-    return kernel(q, k, v, *args, **kwargs, **ctx.kwargs(k)), None, None
+        return reference(q, k, v, *args, **kwargs, **ctx.kwargs(k, first))
+    return kernel(q, k, v, *args, **kwargs, **ctx.kwargs(k, first)), None, None
 
 
 # ----------------------------------------------------------------------------- the spec and its check
@@ -301,17 +312,24 @@ class LowRank(ScoringSpec):
 
 
 def band_module(m, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
-    """Guo et al.'s band module on q, k, v (B, H, T, D)."""
-    v = v[:, :, -k.shape[-2]:]  # a cache keeps only the band's keys; values may reach further back
-    return run_kernel(ctx, band_attention, band_attention_reference, q, k, v, window=m.window, scale=m.scaling)
+    """Guo et al.'s band module on q, k, v (B, H, T, D), with m.global_tokens global positions."""
+    g = m.global_tokens
+    v = kept(v, k.shape[-2], g)  # a cache keeps only the band's keys; values may reach further back
+    return run_kernel(ctx, band_attention, band_attention_reference, q, k, v, window=m.window, scale=m.scaling,
+                      global_tokens=g, first=g)
 
 
 def _band(m, p: Projected, ctx: Context) -> Result:
     return band_module(m, p.q, p.k, p.v, ctx)
 
 
-def _band_cache(module) -> dict[str, int | None]:
-    return {"k": module.window, "v": module.window}
+def band_keep(module) -> int | tuple[int, int]:
+    """Positions a band's cache keeps: the last w, or (first g, last w) with global tokens."""
+    return (module.global_tokens, module.window) if module.global_tokens else module.window
+
+
+def _band_cache(module) -> dict[str, int | tuple[int, int] | None]:
+    return {"k": band_keep(module), "v": band_keep(module)}
 
 
 def _band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
@@ -322,14 +340,14 @@ class Band(ScoringSpec):
     name = "band"
     summary = "scores kept only where |i−j| ≤ w (bidirectional) or 0 ≤ i−j ≤ w (causal), w = attention_window"
     paper = "guo2019"
-    settings = ("attention_window",)
+    settings = ("attention_window", "attention_global_tokens")
     forward = _band
     kernels = ((band_attention, band_attention_reference),)
     projections = _full_size
     cache = _band_cache
     flops = _band_flops
     example_fields = {"attention_window": 8}
-    test_cases = ({"attention_window": 2},)
+    test_cases = ({"attention_window": 2},)  # attention_global_tokens: tests/test_global_tokens.py
 
 
 # ----------------------------------------------------------------------------- low rank + band
@@ -393,8 +411,8 @@ def _low_rank_band_parameters(module) -> dict:
     return {"band_gate": ((module.num_heads,), "zeros")} if module.band_combine == "gate" else {}  # σ(0) = ½
 
 
-def _low_rank_band_cache(module) -> dict[str, int | None]:
-    return {"k": module.window, "v": None, "k_low_rank": None}
+def _low_rank_band_cache(module) -> dict[str, int | tuple[int, int] | None]:
+    return {"k": band_keep(module), "v": None, "k_low_rank": None}
 
 
 def _low_rank_band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
@@ -412,7 +430,7 @@ class LowRankBand(ScoringSpec):
     summary = ("a low-rank (global) and a band (local) module, joined by band_combine: "
                "sum, gate, heads or sequential")
     paper = "guo2019"
-    settings = ("attention_rank", "attention_window", "band_combine")
+    settings = ("attention_rank", "attention_window", "band_combine", "attention_global_tokens")
     forward = _low_rank_band
     kernels = ((low_rank_attention, low_rank_attention_reference), (band_attention, band_attention_reference))
     projections = _low_rank_band_shapes

@@ -50,7 +50,8 @@ def test_card_metadata_round_trip(model, tmp_path):
     assert results == {"accuracy": 0.8125, "macro_f1": 0.8}
     assert loaded.data.model_name == "tiny-variant"
     body = loaded.text
-    assert "| 0 | `band` | attention_window=3 |" in body and "| 1 | `low_rank` | attention_rank=4 |" in body
+    assert "| 0 | `band` | attention_window=3, attention_global_tokens=0 |" in body
+    assert "| 1 | `low_rank` | attention_rank=4 |" in body
     assert "Guo, Qiu, Xue, Zhang" in body and "Bahdanau" not in body
     assert 'AutoModelForSequenceClassification.from_pretrained("me/tiny-variant", trust_remote_code=True)' in body
     assert "| MR | test | accuracy | 0.8125 |" in body
