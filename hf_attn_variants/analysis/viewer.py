@@ -52,8 +52,11 @@ from .metrics import DEFAULT_WINDOWS, per_head_metrics
 
 Tensor = torch.Tensor
 
-PRECISIONS = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+PRECISIONS = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1")}
 ENCODINGS = ("base64", "zlib+base64")
+# "auto": pages up to this many stored weights (all layers, heads, models: about 16 MB as float16)
+# keep float16 without compression; larger ones (e.g. 512 tokens x 144 heads = 37.7M) use uint8 + zlib
+AUTO_LIMIT = 8 * 2**20
 THUMB_SIZE = 40
 METRIC_KEYS = ("entropy", "uniform_entropy", "mean_distance", "sink_mass", "prev_token", "next_token")
 DEFAULT_METRIC_WINDOW = 16  # "mass within w" for models without a band window (and no band partner)
@@ -144,18 +147,15 @@ def score_singular_values(q: Tensor, k: Tensor, scale: float) -> Tensor:
 
 
 class _Recorder:
-    """Forward hooks that keep what the singular values and the LSTMN zero slot need."""
+    """Forward hooks that keep what the singular values need (each layer's input or q/k projections)."""
 
     def __init__(self, modules: list[nn.Module]):
         self.modules, self.handles = modules, []
         self.inputs: dict[int, Tensor] = {}
         self.stock: dict[int, dict[str, Tensor]] = {}
-        self.capture_before = [getattr(m, "capture", None) for m in modules]
         for i, m in enumerate(modules):
-            if hasattr(m, "variant"):  # Variant modules: their input; LSTMN: its captured zero slot
+            if hasattr(m, "variant"):  # Variant modules: their input
                 self.handles.append(m.register_forward_pre_hook(self._keep_input(i)))
-                if m.variant == "lstmn":
-                    m.capture = True
             elif hasattr(m, "c_attn"):
                 self.handles.append(m.c_attn.register_forward_hook(self._keep_output(i, "qkv")))
             else:
@@ -175,9 +175,6 @@ class _Recorder:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
-        for m, before in zip(self.modules, self.capture_before):
-            if before is not None:
-                m.capture = before
 
     def singular_values(self, i: int) -> list[list[float]] | None:
         m = self.modules[i]
@@ -188,11 +185,6 @@ class _Recorder:
         if pairs is None:
             return None
         return [score_singular_values(q, k, s).tolist() for q, k, s in pairs]
-
-    def zero_slot(self, i: int) -> Tensor | None:
-        captured = getattr(self.modules[i], "captured", None) or {}
-        z = captured.get("zero_slot")
-        return None if z is None else z[0].detach().float()  # (directions, T)
 
 
 def _byte_level(tokenizer) -> bool:
@@ -249,21 +241,42 @@ def _thumbnail(weights: Tensor, size: int) -> list[str]:
     return [base64.b64encode(img[h].tobytes()).decode("ascii") for h in range(img.shape[0])]
 
 
-def encode_matrix(matrix: Tensor, precision: str = "float16", encoding: str = "base64") -> str:
-    """One (T, T) (or (T,)) tensor as base64 of little-endian float16/float32, optionally zlib-compressed."""
-    raw = matrix.detach().cpu().float().numpy().astype(PRECISIONS[precision]).tobytes()
+def encode_matrix(matrix: Tensor, precision: str = "float16", encoding: str = "base64", value_max: float = 1.0
+                  ) -> str:
+    """One (T, T) (or (T,)) tensor of weights in [0, value_max] as base64 of little-endian float32 /
+    float16, or of uint8 u = round(255 sqrt(w / value_max)) (absolute error <= value_max / 255);
+    zlib-compressed first when encoding is "zlib+base64"."""
+    x = matrix.detach().cpu().float()
+    if precision == "uint8":
+        x = (x / value_max).clamp(0, 1).sqrt().mul(255).round()
+    raw = x.numpy().astype(PRECISIONS[precision]).tobytes()
     return base64.b64encode(zlib.compress(raw, 6) if encoding == "zlib+base64" else raw).decode("ascii")
 
 
-def decode_matrix(text: str, shape: tuple[int, ...], precision: str = "float16", encoding: str = "base64") -> Tensor:
+def decode_matrix(text: str, shape: tuple[int, ...], precision: str = "float16", encoding: str = "base64",
+                  value_max: float = 1.0) -> Tensor:
+    """The inverse of ``encode_matrix`` (what the page's JavaScript computes too)."""
     raw = base64.b64decode(text)
     raw = zlib.decompress(raw) if encoding == "zlib+base64" else raw
-    return torch.from_numpy(np.frombuffer(raw, dtype=PRECISIONS[precision]).astype(np.float32).reshape(shape))
+    x = torch.from_numpy(np.frombuffer(raw, dtype=PRECISIONS[precision]).astype(np.float32).reshape(shape))
+    return (x / 255).square() * value_max if precision == "uint8" else x
+
+
+def storage(weights: int, precision: str = "auto", encoding: str | None = None) -> tuple[str, str]:
+    """(precision, encoding) for a page storing ``weights`` numbers: "auto" picks float16 without
+    compression up to AUTO_LIMIT, uint8 with zlib above (so a 512-token, 12 x 12-head page stays small)."""
+    large = weights > AUTO_LIMIT
+    if precision == "auto":
+        precision = "uint8" if large else "float16"
+    if encoding is None:
+        encoding = "zlib+base64" if large else "base64"
+    _check_options(precision, encoding)
+    return precision, encoding
 
 
 def _check_options(precision: str, encoding: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is invalid: expected one of {tuple(PRECISIONS)}")
+        raise ValueError(f"precision={precision!r} is invalid: expected 'auto' or one of {tuple(PRECISIONS)}")
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding={encoding!r} is invalid: expected one of {ENCODINGS}")
 
@@ -286,14 +299,20 @@ def attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | None
     for i, weights in enumerate(attentions):
         heads = weights.shape[0]
         info = layer_info(config, i, heads)
-        zero = recorder.zero_slot(i) if info["kind"] == "lstmn" else None
+        # LSTMN: each step's softmax runs over [zero slot, earlier tokens]; what the tokens do not take
+        # is the zero slot's (the output drops that column)
+        zero = (1 - weights.sum(-1)).clamp_min(0) if info["kind"] == "lstmn" else None  # (directions, T)
+        value_max = 2.0 if info["band_combine"] == "sum" else 1.0  # band_combine="sum": L + B, rows sum to 2
+        value_max = max(value_max, float(weights.max()))
+        enc = (precision, encoding, value_max)
         info.update(
-            attention=[encode_matrix(weights[h], precision, encoding) for h in range(heads)],
+            attention=[encode_matrix(weights[h], *enc) for h in range(heads)],
             thumbnails=_thumbnail(weights, min(t, THUMB_SIZE)),
             metrics=_metrics(weights, special, causal, windows),
             singular_values=recorder.singular_values(i),
-            zero_slot=None if zero is None else [encode_matrix(zero[h], precision, encoding) for h in range(heads)],
+            zero_slot=None if zero is None else [encode_matrix(zero[h], *enc) for h in range(heads)],
             max_weight=round(float(weights.max()), 6),
+            value_max=value_max,
         )
         layers.append(info)
     return {"name": name or getattr(config, "_name_or_path", "") or type(model).__name__,
@@ -338,14 +357,20 @@ def _as_pair(other, tokenizer):
 
 
 def view(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, compare=None, *,
-         names: tuple[str, str] | None = None, precision: str = "float16", encoding: str = "base64") -> str:
+         names: tuple[str, str] | None = None, precision: str = "auto", encoding: str | None = None) -> str:
     """The attention viewer for ``model`` on ``text`` (and ``text_pair``) as an HTML fragment.
 
     compare: a second model (same tokenizer) or a (model, tokenizer) pair, shown side by side.
-    In a notebook: ``IPython.display.HTML(view(model, tokenizer, "..."))``.
+    precision: "float32" (exact), "float16", "uint8" (sqrt-quantised, error <= 1/255) or "auto"
+    (float16 for small pages, uint8 above AUTO_LIMIT weights); encoding: "base64" or "zlib+base64"
+    (None: compressed exactly when large). In a notebook:
+    ``IPython.display.HTML(view(model, tokenizer, "..."))``.
     """
     others = [] if compare is None else [_as_pair(compare, tokenizer)]
     pairs = [(model, tokenizer), *others]
+    stored = sum(len(tok(text, text_pair)["input_ids"]) ** 2 * _num_layers(m.config) * m.config.num_attention_heads
+                 for m, tok in pairs)
+    precision, encoding = storage(stored, precision, encoding)
     band = [getattr(m.config, "attention_window", None) for m, _ in pairs
             if hasattr(m.config, "variant_for_layer") and any(
                 m.config.variant_for_layer(i) in ("band", "low_rank_band") for i in range(_num_layers(m.config)))]
@@ -369,10 +394,10 @@ def read_view_data(page_html: str) -> dict:
     data = json.loads(match.group(1))
     for m in data["models"]:
         t, args = m["length"], (m["precision"], m["encoding"])
-        m["attentions"] = [torch.stack([decode_matrix(s, (t, t), *args) for s in layer["attention"]])
-                           for layer in m["layers"]]
+        m["attentions"] = [torch.stack([decode_matrix(s, (t, t), *args, layer["value_max"])
+                                        for s in layer["attention"]]) for layer in m["layers"]]
         m["zero_slots"] = [None if layer["zero_slot"] is None else
-                           torch.stack([decode_matrix(s, (t,), *args) for s in layer["zero_slot"]])
+                           torch.stack([decode_matrix(s, (t,), *args, layer["value_max"]) for s in layer["zero_slot"]])
                            for layer in m["layers"]]
     return data
 
@@ -417,10 +442,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--compare", default=None, help="a second model shown side by side on the same text")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id, if MODEL has none")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="float16",
-                   help="how the attention weights are stored (float32: exact; float16: half the size)")
-    p.add_argument("--compress", action="store_true", help="zlib-compress the weights (needs a browser "
-                   "with DecompressionStream: Chrome 80+, Firefox 113+, Safari 16.4+)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="how the weights are stored: float32 exact, float16, uint8 (sqrt-quantised, error <= "
+                        "1/255); auto: float16, or uint8 for large pages (default)")
+    p.add_argument("--compress", action=argparse.BooleanOptionalAction, default=None,
+                   help="zlib-compress the weights (default: only large pages; needs a browser with "
+                        "DecompressionStream: Chrome 80+, Firefox 113+, Safari 16.4+)")
     return p
 
 
@@ -437,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         compare = (other, other_tok or tokenizer)
     fragment = view(model, tokenizer, args.text, args.text_pair, compare,
                     names=(args.model, args.compare or ""), precision=args.precision,
-                    encoding="zlib+base64" if args.compress else "base64")
+                    encoding=None if args.compress is None else ("zlib+base64" if args.compress else "base64"))
     title = f"attention: {args.model}" + (f" vs {args.compare}" if args.compare else "")
     out = write_text(args.out, page(fragment, title))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

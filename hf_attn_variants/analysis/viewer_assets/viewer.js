@@ -38,19 +38,25 @@
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
     return new Response(stream).arrayBuffer().then(function (b) { return new Uint8Array(b); });
   }
-  function toFloats(bytes, precision) {
+  function toFloats(bytes, precision, valueMax) {
+    if (precision === 'uint8') {  // u = round(255 sqrt(w / valueMax))
+      var q = new Float32Array(256), f = new Float32Array(bytes.length);
+      for (var k = 0; k < 256; k++) { q[k] = (k / 255) * (k / 255) * valueMax; }
+      for (var n = 0; n < bytes.length; n++) { f[n] = q[bytes[n]]; }
+      return f;
+    }
     if (precision === 'float32') { return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4); }
     var lut = halfTable(), u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
     var out = new Float32Array(u16.length);
     for (var i = 0; i < u16.length; i++) { out[i] = lut[u16[i]]; }
     return out;
   }
-  function decode(text, model) {
-    var bytes = b64bytes(text);
+  function decode(text, model, layer) {
+    var bytes = b64bytes(text), vmax = layer.value_max || 1;
     if (model.encoding === 'zlib+base64') {
-      return inflate(bytes).then(function (b) { return toFloats(b, model.precision); });
+      return inflate(bytes).then(function (b) { return toFloats(b, model.precision, vmax); });
     }
-    return Promise.resolve(toFloats(bytes, model.precision));
+    return Promise.resolve(toFloats(bytes, model.precision, vmax));
   }
 
   function esc(s) {
@@ -90,7 +96,7 @@
   Viewer.prototype.matrix = function (mi, layer, head) {
     var key = mi + ':' + layer + ':' + head, self = this;
     if (this.cache.has(key)) { return this.cache.get(key); }
-    var m = this.models[mi], p = decode(m.layers[layer].attention[head], m);
+    var m = this.models[mi], p = decode(m.layers[layer].attention[head], m, m.layers[layer]);
     this.cache.set(key, p);
     if (this.cache.size > 64) { this.cache.delete(this.cache.keys().next().value); }
     p.catch(function () { self.cache.delete(key); });
@@ -340,7 +346,7 @@
 
   Panel.prototype.drawOverview = function (ctx, heads, mats, width, T, L) {
     // lines bucketed by weight so that each (head, bucket) is one path: fast at 512 tokens x 12 heads
-    var scale = Math.max(1, L.max_weight > 1.001 ? 2 : 1), alphaScale = heads.length > 1 ? 0.6 : 0.9;
+    var scale = L.value_max || 1, alphaScale = heads.length > 1 ? 0.6 : 0.9;
     ctx.lineWidth = 1.2;
     heads.forEach(function (h, k) {
       var A = mats[k], buckets = [];
@@ -402,7 +408,7 @@
     if (!this.builtModel) {
       var maxH = Math.max.apply(null, m.layers.map(function (L) { return L.heads; }));
       var grid = el('div', 'hav-modelgrid');
-      grid.style.gridTemplateColumns = 'auto repeat(' + maxH + ', 58px)';
+      grid.style.gridTemplateColumns = 'max-content repeat(' + maxH + ', 58px)';
       grid.appendChild(el('div'));
       for (var h = 0; h < maxH; h++) { grid.appendChild(el('div', 'hav-collabel', 'h' + h)); }
       var S = m.thumb_size, lut = new Uint8ClampedArray(256 * 4);
@@ -444,6 +450,7 @@
         t.drawn = true;
         t.canvas.dataset.drawn = '1';
       };
+      this.drawThumb = draw;
       if (typeof IntersectionObserver !== 'undefined') {
         var byCanvas = new Map(this.thumbs.map(function (t) { return [t.canvas, t]; }));
         var io = new IntersectionObserver(function (entries) {
@@ -454,6 +461,17 @@
         this.thumbs.forEach(draw);
       }
     }
+    // draw now what is on screen (the observer draws the rest when it scrolls into view)
+    var vw = window.innerWidth, vh = window.innerHeight, gridBox = box.querySelector('.hav-modelgrid');
+    var gr = gridBox.getBoundingClientRect();
+
+    this.thumbs.forEach(function (t) {
+      if (t.drawn) { return; }
+      var r = t.canvas.getBoundingClientRect();
+      if (r.bottom >= Math.max(0, gr.top) && r.top <= Math.min(vh, gr.bottom) && r.right >= 0 && r.left <= vw) {
+        self.drawThumb(t);
+      }
+    });
     var s = v.state;
     this.thumbs.forEach(function (t) {
       t.canvas.classList.toggle('hav-current', t.layer === self.layer() && t.head === s.matrixHead);
@@ -466,7 +484,7 @@
     var v = this.v, s = v.state, m = this.m, layer = this.layer(), L = m.layers[layer], self = this;
     var head = Math.min(s.matrixHead, L.heads - 1), T = m.length;
     return v.matrix(this.mi, layer, head).then(function (A) {
-      var zeroP = L.zero_slot ? decode(L.zero_slot[head], m) : Promise.resolve(null);
+      var zeroP = L.zero_slot ? decode(L.zero_slot[head], m, L) : Promise.resolve(null);
       return zeroP.then(function (zero) { self.drawMatrix(A, zero, L, layer, head, T); });
     });
   };
@@ -491,10 +509,11 @@
         '): row t = the step reading token t, column i = tape slot of token i; \u2205 = the initial zero slot'));
     } else {
       box.appendChild(el('div', 'hav-note', 'row = query token, column = key token' +
-        (L.max_weight > 1.001 ? ' \u00b7 band_combine=sum: rows sum to 2 (low-rank + band)' : '')));
+        (L.band_combine === 'sum' ? ' \u00b7 band_combine=sum: rows sum to 2 (low-rank + band)' : '')));
     }
     var wrap = el('div', 'hav-matrix-wrap'), row = el('div', 'hav-matrix-row');
-    var size = Math.max(240, Math.min(560, T * 24)), scale = Math.max(1, L.max_weight > 1.001 ? 2 : 1);
+    var avail = (this.el.clientWidth || 900) - 320 - (zero ? 30 : 0);
+    var size = Math.max(200, Math.min(560, T * 24, avail)), scale = L.value_max || 1;
     if (zero) {
       var zc = el('canvas', 'hav-zero');
       zc.width = 1; zc.height = T;

