@@ -55,6 +55,7 @@ _STEPS_JS = """<script>(function () {
     var s = {view: root.dataset.view, layer: root.dataset.layer, error: root.dataset.error || null,
              layerSelect: root.querySelector('select.hav-layer').value, renderMs: root.hav.lastRenderMs,
              tip: (root.querySelector('.hav-tip') || {}).textContent || '', decoded: root.hav.cache.size,
+             resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
              panels: []};
     all('.hav-panel').forEach(function (p) {
       var title = p.querySelector('.hav-matrix-title');

@@ -140,10 +140,10 @@ def _stock_pairs(module: nn.Module, outputs: dict) -> list[tuple[Tensor, Tensor,
 
 
 def score_singular_values(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    """Singular values of scale * q kᵀ (q, k (T, d)) via QR: svd(R_q R_kᵀ), at most min(T, d) values."""
+    """Singular values of scale * q kᵀ (q, k (..., T, d), batched) via QR: svd(R_q R_kᵀ), min(T, d) values each."""
     r_q = torch.linalg.qr(q.double(), mode="r")[1]
     r_k = torch.linalg.qr(k.double(), mode="r")[1]
-    return torch.linalg.svdvals(scale * r_q @ r_k.T).float()
+    return torch.linalg.svdvals(scale * r_q @ r_k.transpose(-1, -2)).float()
 
 
 class _Recorder:
@@ -184,6 +184,10 @@ class _Recorder:
             pairs = _stock_pairs(m, self.stock[i]) if i in self.stock else None
         if pairs is None:
             return None
+        same = len({(q.shape, s) for q, k, s in pairs}) == 1  # batch the heads when they agree (all but 'heads')
+        if same:
+            q, k = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (H, T, d)
+            return score_singular_values(q, k, pairs[0][2]).tolist()
         return [score_singular_values(q, k, s).tolist() for q, k, s in pairs]
 
 
@@ -250,7 +254,7 @@ def encode_matrix(matrix: Tensor, precision: str = "float16", encoding: str = "b
     if precision == "uint8":
         x = (x / value_max).clamp(0, 1).sqrt().mul(255).round()
     raw = x.numpy().astype(PRECISIONS[precision]).tobytes()
-    return base64.b64encode(zlib.compress(raw, 6) if encoding == "zlib+base64" else raw).decode("ascii")
+    return base64.b64encode(zlib.compress(raw, 1) if encoding == "zlib+base64" else raw).decode("ascii")
 
 
 def decode_matrix(text: str, shape: tuple[int, ...], precision: str = "float16", encoding: str = "base64",
