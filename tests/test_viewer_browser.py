@@ -192,4 +192,6 @@ def test_screenshots_of_each_view(tmp_path):
         if name == "viewer-matrix.png":
             assert [p["bands"] for p in last["panels"]] == [0, 1]
         if name == "viewer-matrix-low-rank.png":
-            assert [p["svBars"] for p in last["panels"]] == [dense.config.hidden_size // 12 if MINILM else 8, 4]
+            length = len(tok(text)["input_ids"])
+            head_dim = dense.config.hidden_size // dense.config.num_attention_heads
+            assert [p["svBars"] for p in last["panels"]] == [min(length, head_dim), 4]

@@ -178,3 +178,82 @@ def run_steps(page_html: str, steps: list[dict] | None = None, *, screenshot: st
             shutil.move(str(tmp_png), shot)
             result["console"] += console_errors(proc.stderr)
     return result
+
+
+class _Pipe:
+    """Chrome DevTools Protocol over --remote-debugging-pipe (fd 3: commands in, fd 4: replies out)."""
+
+    def __init__(self, args: list[str]):
+        binary = find_chromium()
+        if binary is None:
+            raise FileNotFoundError("no chromium binary: apt-get install chromium (or set $CHROMIUM)")
+        self.profile = tempfile.TemporaryDirectory(prefix="hav-chromium-")
+        cmd_r, self.cmd_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+
+        def child_fds():
+            os.dup2(cmd_r, 3)
+            os.dup2(out_w, 4)
+
+        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile.name}",
+                                      "--remote-debugging-pipe", *args], preexec_fn=child_fds, pass_fds=(3, 4),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(out_w)
+        self.buffer, self.next_id = b"", 0
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.cmd_w, json.dumps(msg).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                chunk = os.read(self.out_r, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"chromium closed the pipe during {method}")
+                self.buffer += chunk
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        for fd in (self.cmd_w, self.out_r):
+            os.close(fd)
+        self.profile.cleanup()
+
+
+def run_steps_real_time(page_html: str, steps: list[dict] | None = None, *,
+                        window: tuple[int, int] = (1400, 900)) -> dict:
+    """``run_steps`` without virtual time, driven over the DevTools pipe: the page's
+    ``performance.now()`` readings (firstRenderMs, renderMs) are wall-clock milliseconds."""
+    with tempfile.TemporaryDirectory(prefix="hav-page-") as tmp:
+        path = Path(tmp) / "page.html"
+        path.write_text(instrument(page_html, steps or []), encoding="utf-8")
+        pipe = _Pipe([f"--window-size={window[0]},{window[1]}", "about:blank"])
+        try:
+            target = pipe.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            pipe.call("Page.enable", session=session)
+            pipe.call("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
+            wait = ("new Promise(function (done) { (function poll() { var e = document.getElementById("
+                    "'hav-test-result'); if (e) { done(e.textContent); } else { setTimeout(poll, 10); } })(); })")
+            value = pipe.call("Runtime.evaluate", {"expression": wait, "awaitPromise": True, "returnByValue": True},
+                              session=session)["result"]["value"]
+        finally:
+            pipe.close()
+    result = json.loads(value)
+    result["console"] = []
+    return result

@@ -408,7 +408,8 @@
     if (!this.builtModel) {
       var maxH = Math.max.apply(null, m.layers.map(function (L) { return L.heads; }));
       var grid = el('div', 'hav-modelgrid');
-      grid.style.gridTemplateColumns = 'max-content repeat(' + maxH + ', 58px)';
+      var px = v.models.length > 1 ? 42 : 56;  // compare mode: two grids side by side
+      grid.style.gridTemplateColumns = 'max-content repeat(' + maxH + ', ' + (px + 2) + 'px)';
       grid.appendChild(el('div'));
       for (var h = 0; h < maxH; h++) { grid.appendChild(el('div', 'hav-collabel', 'h' + h)); }
       var S = m.thumb_size, lut = new Uint8ClampedArray(256 * 4);
@@ -424,6 +425,7 @@
           if (h >= L.heads) { grid.appendChild(el('div')); continue; }
           var c = el('canvas', 'hav-thumb');
           c.width = S; c.height = S;
+          c.style.width = c.style.height = px + 'px';
           c.dataset.layer = String(l);
           c.dataset.head = String(h);
           self.thumbs.push({canvas: c, layer: l, head: h, drawn: false});
