@@ -18,13 +18,13 @@ from hf_attn_variants.analysis.viewer import (
     AUTO_LIMIT,
     decode_matrix,
     encode_matrix,
-    main,
     page,
     read_view_data,
     score_singular_values,
     storage,
     view,
 )
+from hf_attn_variants.cli import main as cli_main
 
 TEXT = "the cat sat on the mat"
 PAIR = "a dog ran in the park"
@@ -212,6 +212,7 @@ def test_bad_input_is_a_clear_error(tokenizers):
 
 
 def test_command_line_writes_the_page(tmp_path, tokenizers):
+    """hf-attn-variants view BAND --text ... --text-pair ... --compare DENSE --out page.html"""
     tok = tokenizers["bert"]
     model = model_for("bert", "band", {"attention_window": 1}, tok)
     model.save_pretrained(tmp_path / "band")
@@ -219,7 +220,7 @@ def test_command_line_writes_the_page(tmp_path, tokenizers):
     dense = model_for("bert", "dense", {}, tok)
     dense.save_pretrained(tmp_path / "dense")
     out = tmp_path / "pages" / "view.html"
-    assert main([str(tmp_path / "band"), "--text", TEXT, "--text-pair", PAIR, "--out", str(out),
+    assert cli_main(["view", str(tmp_path / "band"), "--text", TEXT, "--text-pair", PAIR, "--out", str(out),
                  "--compare", str(tmp_path / "dense"), "--precision", "float32"]) == 0
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") and not list(out.parent.glob(".*tmp"))
