@@ -97,6 +97,7 @@ _STEPS_JS = """<script>(function () {
   if (!root || !root.hav) { out.fatal = 'the viewer did not mount'; finish(out); return; }
   root.hav.idle().then(function () {
     out.firstRenderMs = performance.now();
+    out.timings = root.hav.timings;
     out.initial = snapshot(root);
     var chain = Promise.resolve();
     STEPS.forEach(function (step) {

@@ -291,13 +291,25 @@
         var t = el('div', 'hav-tok', tok);
         t.dataset.i = String(i);
         t.title = i + ': ' + tok;
-        t.addEventListener('click', function () {
-          var s = v.state, same = s.token === i && s.side === side;
-          v.set({token: same ? null : i, side: side});
-        });
         (side === 'left' ? self.leftCol : self.rightCol).appendChild(t);
         (side === 'left' ? self.leftToks : self.rightToks).push(t);
       });
+    });
+    [[this.leftCol, 'left'], [this.rightCol, 'right']].forEach(function (pair) {  // one listener per column
+      pair[0].addEventListener('click', function (ev) {
+        var t = ev.target.closest('.hav-tok');
+        if (!t) { return; }
+        var i = Number(t.dataset.i), s = v.state, same = s.token === i && s.side === pair[1];
+        v.set({token: same ? null : i, side: pair[1]});
+      });
+    });
+    // the overview draws the lines of the query rows in view; redrawn as the list scrolls
+    this.scroller = scroll;
+    var pending = false;
+    scroll.addEventListener('scroll', function () {
+      if (pending || !self.overview) { return; }
+      pending = true;
+      requestAnimationFrame(function () { pending = false; if (self.overview) { self.drawOverview(); } });
     });
     this.lines.style.height = (m.length * ROW) + 'px';
     grid.appendChild(this.leftCol);
@@ -337,21 +349,32 @@
       ctx.clearRect(0, 0, width, T * ROW);
       if (token === null) {
         self.svgWrap.innerHTML = '';
-        self.drawOverview(ctx, heads, mats, width, T, L);
+        self.overview = {ctx: ctx, heads: heads, mats: mats, width: width, T: T, L: L};
+        self.drawOverview();
       } else {
+        self.overview = null;
         self.drawSelected(heads, mats, width, T, token, s.side);
       }
     });
   };
 
-  Panel.prototype.drawOverview = function (ctx, heads, mats, width, T, L) {
-    // lines bucketed by weight so that each (head, bucket) is one path: fast at 512 tokens x 12 heads
-    var scale = L.value_max || 1, alphaScale = heads.length > 1 ? 0.6 : 0.9;
+  Panel.prototype.drawOverview = function () {
+    // lines bucketed by weight so that each (head, bucket) is one path; long texts: only the query rows
+    // in view (and a margin), so that 512 tokens x 12 heads draw in milliseconds
+    var o = this.overview, ctx = o.ctx, heads = o.heads, mats = o.mats, width = o.width, T = o.T;
+    var scale = o.L.value_max || 1, alphaScale = heads.length > 1 ? 0.6 : 0.9;
+    var first = 0, last = T;
+    if (T > 160 && this.scroller.clientHeight > 0) {
+      first = Math.max(0, Math.floor(this.scroller.scrollTop / ROW) - 40);
+      last = Math.min(T, Math.ceil((this.scroller.scrollTop + this.scroller.clientHeight) / ROW) + 40);
+    }
+    ctx.clearRect(0, 0, width, T * ROW);
     ctx.lineWidth = 1.2;
+    this.v.root.dataset.overviewRows = first + '-' + last;
     heads.forEach(function (h, k) {
       var A = mats[k], buckets = [];
       for (var b = 0; b < 8; b++) { buckets.push([]); }
-      for (var i = 0; i < T; i++) {
+      for (var i = first; i < last; i++) {
         for (var j = 0; j < T; j++) {
           var w = A[i * T + j] / scale;
           if (w >= LINE_MIN) { buckets[Math.min(7, Math.floor(Math.sqrt(w) * 8))].push(i, j); }
@@ -447,7 +470,10 @@
       var draw = function (t) {
         if (t.drawn) { return; }
         var bytes = b64bytes(m.layers[t.layer].thumbnails[t.head]), img = new ImageData(S, S);
-        for (var p = 0; p < S * S; p++) { img.data.set(lut.subarray(4 * bytes[p], 4 * bytes[p] + 4), 4 * p); }
+        for (var p = 0, d = img.data; p < S * S; p++) {
+          var b = 4 * bytes[p];
+          d[4 * p] = lut[b]; d[4 * p + 1] = lut[b + 1]; d[4 * p + 2] = lut[b + 2]; d[4 * p + 3] = 255;
+        }
         t.canvas.getContext('2d').putImageData(img, 0, 0);
         t.drawn = true;
         t.canvas.dataset.drawn = '1';
@@ -643,8 +669,11 @@
 
   HAV.mount = function (root) {
     try {
+      var t0 = performance.now();  // from navigation start: the page read and parsed up to here
       var data = JSON.parse(root.querySelector('script.hav-data').textContent);
+      var t1 = performance.now();
       root.hav = new Viewer(root, data);
+      root.hav.timings = {mountAt: t0, jsonMs: t1 - t0, buildMs: performance.now() - t1};
     } catch (err) {
       root.dataset.error = String(err && err.message || err);
       root.appendChild(el('div', 'hav-error', 'attention viewer failed: ' + root.dataset.error));
