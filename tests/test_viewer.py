@@ -135,6 +135,18 @@ def test_stock_models(family, tokenizers):
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_stock_model_on_sdpa_is_read_on_eager_and_set_back(tokenizers):
+    tok = tokenizers["bert"]
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, attn_implementation="sdpa")).eval()
+    m = read_view_data(view(model, tok, TEXT, precision="float32"))["models"][0]
+    assert model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("eager")
+    expected, _ = reference_attentions(model, tok, TEXT)
+    assert len(m["attentions"]) == 2 and all(torch.equal(a, b) for a, b in zip(m["attentions"], expected))
+
+
 def test_singular_values_show_the_rank(tokenizers):
     """A low-rank head has at most r singular values above noise; a dense head of size D has D."""
     tok = tokenizers["bert"]

@@ -210,18 +210,30 @@ def _encode_inputs(tokenizer, text: str, text_pair: str | None) -> tuple[dict, l
     return dict(enc), tokens, special
 
 
-def _run(model: nn.Module, inputs: dict) -> tuple[list[Tensor], _Recorder]:
-    """The model's output_attentions (each (H, T, T)) and the recorder of what it computed."""
-    modules = _attention_modules(model)
-    recorder = _Recorder(modules)
+def _forward(model: nn.Module, inputs: dict) -> tuple[tuple | None, _Recorder]:
+    recorder = _Recorder(_attention_modules(model))
     try:
         with torch.no_grad():
             out = model(**inputs, output_attentions=True, return_dict=True)
     finally:
         recorder.close()
     attentions = out.attentions
-    if attentions is None or any(a is None for a in attentions):
-        raise ValueError("the model returned no attention weights: load a stock model with "
+    return (None if not attentions or any(a is None for a in attentions) else attentions), recorder
+
+
+def _run(model: nn.Module, inputs: dict) -> tuple[list[Tensor], _Recorder]:
+    """The model's output_attentions (each (H, T, T)) and the recorder of what it computed. A stock
+    model on sdpa/flash returns none: it runs once more on eager attention, then is set back."""
+    attentions, recorder = _forward(model, inputs)
+    before = getattr(model.config, "_attn_implementation", None)
+    if attentions is None and before not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+        try:
+            attentions, recorder = _forward(model, inputs)
+        finally:
+            model.set_attn_implementation(before)
+    if attentions is None:
+        raise ValueError(f"attn_implementation={before!r} returned no attention weights: load the model with "
                          "attn_implementation='eager' (Variant models return them on output_attentions=True)")
     return [a[0].detach().float() for a in attentions], recorder
 
