@@ -30,7 +30,7 @@ from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, 
 import torch
 
 import hf_attn_variants as hv
-from hf_attn_variants import attention
+from hf_attn_variants import variants
 from hf_attn_variants.costs import model_costs
 
 TOKENS, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 2048, 256, 4, 4, 1024, 1000
@@ -55,16 +55,16 @@ def train_step(model, optimizer, ids, compiled_additive: bool = False):
     """One training step; ``compiled_additive`` runs the additive kernel with ``compiled=True``
     (the model code calls ``additive_attention`` without it, so it is swapped in for the step)."""
     def step():
-        original = attention.additive_attention
+        original = variants.additive_attention
         if compiled_additive:
-            attention.additive_attention = functools.partial(original, compiled=True)
+            variants.additive_attention = functools.partial(original, compiled=True)
         try:
             optimizer.zero_grad(set_to_none=True)
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             optimizer.step()
         finally:
-            attention.additive_attention = original
+            variants.additive_attention = original
     return step
 
 

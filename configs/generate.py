@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+import hf_attn_variants as hv
+
 HERE = Path(__file__).resolve().parent
 BERT = {"family": "bert", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
         "intermediate_size": 1024}
@@ -17,15 +19,8 @@ TRAINING = {"eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limi
             "logging_steps": 50,
             "load_best_model_at_end": True, "warmup_steps": 0.06, "weight_decay": 0.01, "seed": 42,
             "report_to": "tensorboard"}
-# the variant fields per variant (head size 64): window w, rank r, additive size a
-VARIANTS = {
-    "dense": {},
-    "low_rank": {"attention_rank": 16},
-    "band": {"attention_window": 8},
-    "low_rank_band": {"attention_rank": 16, "attention_window": 8, "band_combine": "sum"},
-    "additive": {"additive_dim": 64},
-    "lstmn": {},
-}
+# the variant fields per variant (head size 64: window w, rank r, additive size a), from each variant's spec
+VARIANTS = {name: dict(spec.example_fields) for name, spec in hv.VARIANTS.items()}
 TASKS = {
     "mr": {"task": "classification", "model": BERT, "tokenizer": {"vocab_size": 8000},
            "data": {"dataset": "mr", "max_length": 64},
@@ -44,7 +39,7 @@ TASKS = {
 
 def config(task: str, variant: str) -> dict:
     spec = TASKS[task]
-    fields = dict(VARIANTS[variant])
+    fields = dict(hv.VARIANTS[variant].example_fields)
     if task == "shakespeare" and "attention_window" in fields:
         fields["attention_window"] = 32  # a causal look-back of 32 tokens
     return {"task": spec["task"], "model": dict(spec["model"]), "variant": {"attention_variant": variant, **fields},

@@ -1,11 +1,14 @@
 """Self-attention modules of the variants, shared by the BERT and GPT-2 families.
 
 A ``VariantAttention`` projects the layer input to per-head queries, keys and values and
-hands them to one entry of ``VARIANT_FORWARD`` (a dict registry: variant name -> function).
-The two families differ only in how the projections are stored (BERT: ``query``/``key``/
-``value`` Linears; GPT-2: one fused ``c_attn`` Conv1D), so that stock checkpoints load.
+hands them to its variant's ``forward`` adapter; everything variant-specific (projection
+shapes, added parameters and their init, the cache rule) is read from the variant's spec in
+``variants.VARIANTS``. The two families differ only in how the projections are stored (BERT:
+``query``/``key``/``value`` Linears; GPT-2: one fused ``c_attn`` Conv1D), so that stock
+checkpoints load.
 
-``LSTMNAttention`` replaces the attention sublayer with Cheng et al.'s LSTMN.
+A variant whose spec names its own ``modules`` (``lstmn``: ``attention_lstmn.py``) replaces the
+sublayer; ``attention_class(family, variant)`` picks the class of a layer.
 
 Every module can record what it computed for analysis: set ``module.capture = True`` and the
 next forward stores ``module.captured = {"weights": (B, H, Tq, Tk), "scores": ... or None}``.
@@ -16,167 +19,24 @@ Hub code: imports only torch, transformers and sibling files.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
 from .caching import extend
-from .kernels import (
-    additive_attention,
-    additive_attention_reference,
-    band_attention,
-    band_attention_reference,
-    dense_attention,
-    dense_attention_reference,
-    low_rank_attention,
-    low_rank_attention_reference,
-    lstmn_gates,
-    lstmn_reference,
-    lstmn_scan,
-)
+from .variants import BAND_COMBINE, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
 
-
-@dataclass
-class Projected:
-    """Per-head projections, each (B, heads, T, dim). The low-rank pair only for low_rank_band."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    q_low_rank: Tensor | None = None
-    k_low_rank: Tensor | None = None
-
-
-@dataclass
-class Context:
-    """What every kernel call of one forward shares."""
-
-    causal: bool
-    key_mask: Tensor | None  # (B, T_all) bool, True = real token; None = no padding
-    dropout_p: float
-    reference: bool  # use the naive kernels (they return weights and scores)
-
-    def kwargs(self, k: Tensor) -> dict:
-        """Kernel arguments for keys k (B, H, Tk, ·): the last Tk entries of the padding mask
-        (a cache may hold fewer keys than the tokens seen, e.g. a band's last w)."""
-        key_mask = None if self.key_mask is None else self.key_mask[:, -k.shape[-2]:]
-        return {"causal": self.causal, "key_mask": key_mask, "dropout_p": self.dropout_p}
-
-
-Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), weights, scores
-
-
-# ----------------------------------------------------------------------------- the modules per variant
-
-
-def _low_rank_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
-    if ctx.reference:
-        return low_rank_attention_reference(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs(k))
-    return low_rank_attention(q, k, v, scale=m.low_rank_scaling, **ctx.kwargs(k)), None, None
-
-
-def _band_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
-    v = v[:, :, -k.shape[-2]:]  # a cache keeps only the band's keys; values may reach further back
-    if ctx.reference:
-        return band_attention_reference(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k))
-    return band_attention(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k)), None, None
-
-
-def _dense(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    if ctx.reference:
-        return dense_attention_reference(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k))
-    return dense_attention(p.q, p.k, p.v, scale=m.scaling, **ctx.kwargs(p.k)), None, None
-
-
-def _low_rank(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    return _low_rank_module(m, p.q, p.k, p.v, ctx)
-
-
-def _band(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    return _band_module(m, p.q, p.k, p.v, ctx)
-
-
-def _additive(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    if ctx.reference:
-        return additive_attention_reference(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k))
-    return additive_attention(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k)), None, None
-
-
-def _add(a: Tensor | None, b: Tensor | None, wa: Tensor | float = 1.0, wb: Tensor | float = 1.0):
-    return None if a is None or b is None else wa * a + wb * b
-
-
-def _combine_sum(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    """A = L + B: the output is the low-rank output plus the band output."""
-    lr, bd = _low_rank_module(m, p.q_low_rank, p.k_low_rank, p.v, ctx), _band_module(m, p.q, p.k, p.v, ctx)
-    return lr[0] + bd[0], _add(lr[1], bd[1]), None
-
-
-def _combine_gate(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    """g_h L + (1 - g_h) B with a learned per-head gate g_h = σ(band_gate_h)."""
-    g = torch.sigmoid(m.band_gate).view(1, -1, 1, 1)  # (1, H, 1, 1)
-    lr, bd = _low_rank_module(m, p.q_low_rank, p.k_low_rank, p.v, ctx), _band_module(m, p.q, p.k, p.v, ctx)
-    return g * lr[0] + (1 - g) * bd[0], _add(lr[1], bd[1], g, 1 - g), None
-
-
-def _combine_heads(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    """The first H // 2 heads are low-rank (global), the others band (local)."""
-    n = m.low_rank_heads
-    lr = _low_rank_module(m, p.q_low_rank, p.k_low_rank, p.v[:, :n], ctx)
-    bd = _band_module(m, p.q, p.k, p.v[:, n:], ctx)
-    weights = None if lr[1] is None else torch.cat([lr[1], bd[1]], dim=1)
-    return torch.cat([lr[0], bd[0]], dim=1), weights, None
-
-
-def _combine_sequential(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    """Band attention whose queries are W_q applied to the low-rank output y and whose keys and
-    values come from the layer input: out = Band(W_q y, W_k x, W_v x), y = LowRank(x)."""
-    y = _low_rank_module(m, p.q_low_rank, p.k_low_rank, p.v, ctx)[0]  # (B, H, T, D)
-    y = y.transpose(1, 2).flatten(2)  # (B, T, H·D)
-    q = m.split_heads(m.project_query(y), m.qk_heads)  # (B, H, T, D)
-    return _band_module(m, q, p.k, p.v, ctx)
-
-
-BAND_COMBINE: dict[str, Callable[..., Result]] = {
-    "sum": _combine_sum,
-    "gate": _combine_gate,
-    "heads": _combine_heads,
-    "sequential": _combine_sequential,
-}
-
-
-def _low_rank_band(m: VariantAttention, p: Projected, ctx: Context) -> Result:
-    return BAND_COMBINE[m.band_combine](m, p, ctx)
-
-
-VARIANT_FORWARD: dict[str, Callable[[VariantAttention, Projected, Context], Result]] = {
-    "dense": _dense,
-    "low_rank": _low_rank,
-    "band": _band,
-    "low_rank_band": _low_rank_band,
-    "additive": _additive,
-}
+__all__ = ["BAND_COMBINE", "GPT2LSTMNAttention", "LSTMNAttention", "LSTMNCell", "Context", "Projected", "Result",
+           "VARIANTS", "lstmn_continue"]
 
 
 def projection_shapes(config, variant: str) -> dict[str, tuple[int, int]]:
     """(heads, dim) of the query/key pair(s) a variant projects to: ``main`` and ``low_rank``."""
-    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
-    rank = config.attention_rank
-    if variant in ("dense", "band"):
-        return {"main": (heads, head_dim)}
-    if variant == "low_rank":
-        return {"main": (heads, rank)}
-    if variant == "additive":
-        return {"main": (heads, config.additive_dim)}
-    if variant == "low_rank_band":
-        low = heads // 2 if config.band_combine == "heads" else heads
-        main = heads - low if config.band_combine == "heads" else heads
-        return {"main": (main, head_dim), "low_rank": (low, rank)}
-    raise ValueError(f"attention_variant={variant!r} has no query/key projections")
+    return spec_of(variant).projections(config)
 
 
 class VariantAttention(nn.Module):
@@ -198,15 +58,15 @@ class VariantAttention(nn.Module):
         self.band_combine = config.band_combine
         self.attention_dropout = attention_dropout
         self.scaling = scaling
-        shapes = projection_shapes(config, self.variant)
+        self.spec = spec_of(self.variant)
+        shapes = self.spec.projections(config)
         self.qk_heads, self.qk_dim = shapes["main"]
         self.low_rank_heads, self.rank = shapes.get("low_rank", (0, config.attention_rank))
-        self.low_rank_scaling = (self.rank if self.variant == "low_rank_band" else self.qk_dim) ** -0.5
+        # the low-rank module scores at the size of the pair it uses: its own pair, else the main one
+        self.low_rank_scaling = (self.rank if "low_rank" in shapes else self.qk_dim) ** -0.5
         self._build_projections(config.hidden_size)
-        if self.variant == "additive":
-            self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.qk_dim))  # v_h, (H, a)
-        if self.variant == "low_rank_band" and self.band_combine == "gate":
-            self.band_gate = nn.Parameter(torch.zeros(self.num_heads))  # σ(0) = ½: an even mix
+        for name, (shape, _) in self.spec.parameters(self).items():  # set by the spec's init
+            setattr(self, name, nn.Parameter(torch.zeros(shape)))
         self.capture = False
         self.captured: dict | None = None
 
@@ -236,16 +96,14 @@ class VariantAttention(nn.Module):
 
     def cache_spec(self) -> dict[str, int | None]:
         """What a generation cache keeps: projection name -> how many last positions (None: all)."""
-        if self.variant == "band":
-            return {"k": self.window, "v": self.window}
-        if self.variant == "low_rank_band":
-            return {"k": self.window, "v": None, "k_low_rank": None}
-        return {"k": None, "v": None}  # dense, low_rank (keys at rank r), additive (keys W_k x)
+        return self.spec.cache(self)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+                layer_cache: dict[str, Tensor] | None = None,
+                attention_mask: object = "unprepared") -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
-        state in a ``VariantCache`` (extended in place) -> ((B, T, H·D), weights or None)."""
+        state in a ``VariantCache`` (extended in place), attention_mask: what dense layers hand to
+        transformers' attention interface -> ((B, T, H·D), weights or None)."""
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
@@ -255,8 +113,8 @@ class VariantAttention(nn.Module):
         eager = self.variant == "dense" and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
-                      reference=need_weights or self.capture or eager)
-        out, weights, scores = VARIANT_FORWARD[self.variant](self, p, ctx)
+                      reference=need_weights or self.capture or eager, attention_mask=attention_mask)
+        out, weights, scores = self.spec.forward(self, p, ctx)
         if self.capture:
             self.captured = {"weights": weights.detach(), "scores": None if scores is None else scores.detach()}
         return out.transpose(1, 2).flatten(2), weights  # (B, H, T, D) -> (B, T, H·D)
@@ -307,145 +165,38 @@ class GPT2VariantAttention(VariantAttention):
 
     def project_query(self, y: Tensor) -> Tensor:
         qk = self.sizes[0]
-        if not isinstance(self.c_attn, Conv1D):  # wrapped (e.g. a PEFT LoRA layer): call it, adapter included
+        if not isinstance(self.c_attn, Conv1D) or self.c_attn.weight.device != y.device:
+            # wrapped (a PEFT LoRA layer: adapter included) or offloaded (accelerate hooks load the weights when
+            # the module is called, device_map with CPU/disk offload): call it
             return self.c_attn(y)[..., :qk]
         return torch.addmm(self.c_attn.bias[:qk], y.flatten(0, -2), self.c_attn.weight[:, :qk]).view(
             *y.shape[:-1], qk)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
+                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
-# ----------------------------------------------------------------------------- LSTMN
+# ----------------------------------------------------------------------------- which class a layer gets
 
 
-class LSTMNCell(nn.Module):
-    """The parameters of one LSTMN direction (Cheng et al. 2016, eq. 7-10 with DESIGN.md's names).
-
-    w_tape: W_h (on tape slots h_i), w_input: W_x (on x_t), w_summary: W_h̃ (on h̃_{t-1}),
-    score: v, gates: W and b on [h̃_t; x_t] -> [i; f; o; ĉ].
-    """
-
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.w_tape = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.w_input = nn.Linear(input_size, hidden_size, bias=False)
-        self.w_summary = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.score = nn.Parameter(torch.empty(hidden_size))
-        self.gates = nn.Linear(hidden_size + input_size, 4 * hidden_size)
+SCORING_MODULES: dict[str, type[nn.Module]] = {"bert": BertVariantSelfAttention, "gpt2": GPT2VariantAttention}
 
 
-class LSTMNAttention(nn.Module):
-    """The attention sublayer replaced by an LSTMN, causal by nature.
-
-    ``forward`` direction: one cell of size hidden. ``bidirectional``: a forward cell of size
-    hidden // 2 and a backward cell (run on the reversed sequence) of the rest, concatenated.
-    Returns (B, T, hidden) and, on request, the intra-attention weights (B, directions, T, T)
-    in token coordinates; the mass a row puts on the initial zero slot is left out.
-    """
-
-    def __init__(self, config, layer_idx: int):
-        super().__init__()
-        hidden = config.hidden_size
-        self.layer_idx = layer_idx
-        self.variant = "lstmn"
-        self.bidirectional = config.lstmn_direction == "bidirectional"
-        forward_size = hidden // 2 if self.bidirectional else hidden
-        self.forward_cell = LSTMNCell(hidden, forward_size)
-        if self.bidirectional:
-            self.backward_cell = LSTMNCell(hidden, hidden - forward_size)
-        self.capture = False
-        self.captured: dict | None = None
-
-    def _run(self, cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, need_weights: bool):
-        if need_weights:
-            return lstmn_reference(cell, x, key_mask)
-        return lstmn_scan(cell, x, key_mask)
-
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        if layer_cache is not None:
-            if self.bidirectional:
-                raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
-            new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
-            return lstmn_continue(self.forward_cell, hidden_states, new_mask, layer_cache), None
-        need_weights = need_weights or self.capture
-        h, attn = self._run(self.forward_cell, hidden_states, key_mask, need_weights)
-        outputs, weights = [h], [attn]
-        if self.bidirectional:
-            flipped = None if key_mask is None else key_mask.flip(1)
-            h, attn = self._run(self.backward_cell, hidden_states.flip(1), flipped, need_weights)
-            outputs.append(h.flip(1))
-            weights.append(None if attn is None else torch.cat([attn[..., :1], attn[..., 1:].flip(1, 2)], -1))
-        out = torch.cat(outputs, dim=-1)
-        if not need_weights:
-            return out, None
-        full = torch.stack(weights, dim=1)  # (B, directions, T, 1 + T): [zero slot, tokens]
-        if self.capture:
-            self.captured = {"weights": full[..., 1:], "scores": None, "zero_slot": full[..., 0]}
-        return out, full[..., 1:]
-
-
-class GPT2LSTMNAttention(LSTMNAttention):
-    """LSTMN sublayer followed by GPT-2's output projection and residual dropout."""
-
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
-        self.c_proj = Conv1D(config.hidden_size, config.hidden_size)
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
-
-    def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
-        out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache)
-        return self.resid_dropout(self.c_proj(out)), weights
-
-
-def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor]) -> Tensor:
-    """The LSTMN recurrence of ``kernels.lstmn_reference`` continued over new tokens x (B, n, d_in)
-    from the tapes in ``state`` (started with the zero slot on first use), which it extends:
-    h, c (B, S, d), keys k = W_h h (B, S, d), readable (B, S), summary h̃ of the last step (B, d).
-    key_mask (B, n) marks the new tokens that are real. Used for cached decoding."""
-    batch, n, _ = x.shape
-    if not state:
-        zeros = x.new_zeros(batch, 1, cell.hidden_size)
-        state.update(h=zeros, c=zeros, k=zeros, summary=zeros[:, 0],
-                     readable=torch.ones(batch, 1, dtype=torch.bool, device=x.device))
-    outputs = []
-    for t in range(n):
-        query = cell.w_input(x[:, t]) + cell.w_summary(state["summary"])  # (B, d)
-        a = torch.tanh(state["k"] + query[:, None]) @ cell.score  # (B, S)
-        s = torch.softmax(a.masked_fill(~state["readable"], float("-inf")), dim=-1)
-        h_sum = torch.einsum("bs,bsd->bd", s, state["h"])
-        c_sum = torch.einsum("bs,bsd->bd", s, state["c"])
-        h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x[:, t]], dim=-1)), c_sum)
-        readable = torch.ones_like(state["readable"][:, :1]) if key_mask is None else key_mask[:, t:t + 1]
-        for name, value in (("h", h[:, None]), ("c", c[:, None]), ("k", cell.w_tape(h)[:, None]),
-                            ("readable", readable)):
-            extend(state, name, value, None, dim=1)
-        state["summary"] = h_sum
-        outputs.append(h)
-    return torch.stack(outputs, dim=1)
-
-
-BERT_ATTENTION: dict[str, type[nn.Module]] = {
-    "dense": BertVariantSelfAttention, "low_rank": BertVariantSelfAttention, "band": BertVariantSelfAttention,
-    "low_rank_band": BertVariantSelfAttention, "additive": BertVariantSelfAttention, "lstmn": LSTMNAttention,
-}
-GPT2_ATTENTION: dict[str, type[nn.Module]] = {
-    "dense": GPT2VariantAttention, "low_rank": GPT2VariantAttention, "band": GPT2VariantAttention,
-    "low_rank_band": GPT2VariantAttention, "additive": GPT2VariantAttention, "lstmn": GPT2LSTMNAttention,
-}
+def attention_class(family: str, variant: str) -> type[nn.Module]:
+    """The self-attention class of a layer: the spec's own sublayer, or the scoring module of the family."""
+    return (spec_of(variant).modules or SCORING_MODULES)[family]
 
 
 def init_variant_parameters(module: nn.Module, std: float, init) -> None:
-    """Initialise the parameters the variants add (``init`` is transformers.initialization)."""
-    if isinstance(module, VariantAttention):
-        if hasattr(module, "score_vector"):
-            init.normal_(module.score_vector, mean=0.0, std=std)
-        if hasattr(module, "band_gate"):
-            init.zeros_(module.band_gate)
-    elif isinstance(module, LSTMNCell):
-        init.normal_(module.score, mean=0.0, std=std)
+    """Initialise the parameters the variants add, by the spec of the module's variant
+    (``init`` is transformers.initialization)."""
+    variant = getattr(module, "variant", None)
+    if isinstance(variant, str) and variant in VARIANTS and isinstance(module, nn.Module):
+        VARIANTS[variant].init(module, std, init)
+
+
+def variant_forward(variant: str) -> Callable[..., Result]:
+    """The (module, Projected, Context) -> Result adapter of a scoring variant."""
+    return spec_of(variant).forward

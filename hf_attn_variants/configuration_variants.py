@@ -1,7 +1,9 @@
 """Configs of the variant model families: a ``BertConfig`` and a ``GPT2Config`` with the
 attention-variant fields, validated in one place (``VariantFields.validate_variant_fields``).
 
-Hub code: imports only transformers and the standard library's dataclasses.
+The variant names are those of the registry (``variants.VARIANTS``), read when a config is validated.
+
+Hub code: imports only transformers, the standard library's dataclasses and sibling files.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from dataclasses import dataclass
 
 from transformers import BertConfig, GPT2Config
 
-VARIANTS = ("dense", "low_rank", "band", "low_rank_band", "additive", "lstmn")
-BAND_COMBINES = ("sum", "gate", "heads", "sequential")
+from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
+from .variants import VARIANTS  # name -> spec; iterating gives the names
+
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
 
 # Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
@@ -78,14 +81,14 @@ class VariantFields:
         if not _is_int(hidden) or hidden < 1 or hidden % heads:
             raise _bad("hidden_size", hidden, f"a positive multiple of num_attention_heads={heads}")
         if self.attention_variant not in VARIANTS:
-            raise _bad("attention_variant", self.attention_variant, f"one of {VARIANTS}")
+            raise _bad("attention_variant", self.attention_variant, f"one of {tuple(VARIANTS)}")
         if self.layer_variants is not None:
             if not isinstance(self.layer_variants, (list, tuple)) or len(self.layer_variants) != layers:
                 raise _bad("layer_variants", self.layer_variants,
                            f"a list of {layers} variant names (one per layer, num_hidden_layers={layers})")
             for name in self.layer_variants:
                 if name not in VARIANTS:
-                    raise _bad("layer_variants", self.layer_variants, f"names from {VARIANTS}, not {name!r}")
+                    raise _bad("layer_variants", self.layer_variants, f"names from {tuple(VARIANTS)}, not {name!r}")
             self.layer_variants = list(self.layer_variants)
         head_dim = hidden // heads
         if self.attention_rank is None:
@@ -95,7 +98,7 @@ class VariantFields:
         if not _is_int(self.attention_window) or self.attention_window < 0:
             raise _bad("attention_window", self.attention_window, "an integer >= 0")
         if self.band_combine not in BAND_COMBINES:
-            raise _bad("band_combine", self.band_combine, f"one of {BAND_COMBINES}")
+            raise _bad("band_combine", self.band_combine, f"one of {tuple(BAND_COMBINES)}")
         used = set(self.layer_variants or [self.attention_variant])
         if "low_rank_band" in used and self.band_combine == "heads" and heads < 2:
             raise _bad("band_combine", "heads", f"at least 2 attention heads, not num_attention_heads={heads}")

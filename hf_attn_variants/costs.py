@@ -12,65 +12,54 @@ Not Hub code (a tool).
 from __future__ import annotations
 
 import argparse
+from functools import lru_cache
 
-from .attention import projection_shapes
+import torch
+
+from .attention import attention_class
 from .configuration_variants import VARIANTS, VariantBertConfig, VariantGPT2Config
+from .pairs import pair_allowed
+from .variants import spec_of
 
 
+@lru_cache(maxsize=256)
 def attended_pairs(seq_len: int, causal: bool, window: int | None = None) -> int:
-    """Number of (i, j) pairs with j readable from i (padding-free)."""
+    """Number of (i, j) pairs with j readable from i (padding-free), counted with the kernels' own
+    rule (``pairs.pair_allowed``), a block of rows at a time."""
+    k_pos = torch.arange(seq_len)[None, :]
     total = 0
-    for i in range(seq_len):
-        lo = max(0, i - window) if window is not None else 0
-        hi = i if causal else (min(seq_len - 1, i + window) if window is not None else seq_len - 1)
-        total += hi - lo + 1
+    for start in range(0, seq_len, 1024):
+        q_pos = torch.arange(start, min(seq_len, start + 1024))[:, None]
+        total += int(pair_allowed(q_pos, k_pos, causal=causal, window=window).sum())
     return total
 
 
+def _family(config) -> str:
+    return "bert" if config.model_type == "variant_bert" else "gpt2"
+
+
+def _sublayer_parameters(config, layer_idx: int) -> int:
+    """Parameters of layer i's attention sublayer, counted on the module itself (built on the meta
+    device: no memory, no init), output projection included."""
+    with torch.device("meta"):
+        module = attention_class(_family(config), config.variant_for_layer(layer_idx))(config, layer_idx)
+    params = sum(p.numel() for p in module.parameters())
+    if not hasattr(module, "c_proj"):  # BERT keeps the output projection outside the self-attention
+        params += config.hidden_size * config.hidden_size + config.hidden_size
+    return params
+
+
 def layer_costs(config, layer_idx: int, seq_len: int) -> dict[str, int]:
-    """Parameters and forward FLOPs of one layer's attention sublayer (output projection included)."""
-    variant = config.variant_for_layer(layer_idx)
-    d, heads = config.hidden_size, config.num_attention_heads
-    head_dim, causal = d // heads, config.is_causal
-    out_proj = {"params": d * d + d, "flops": 2 * seq_len * d * d}
-    if variant == "lstmn":
-        return _add(out_proj, _lstmn_costs(config, seq_len))
-    shapes = projection_shapes(config, variant)
-    main_heads, main_dim = shapes["main"]
-    low_heads, rank = shapes.get("low_rank", (0, 0))
-    qk_out = 2 * (main_heads * main_dim + low_heads * rank)
-    params = (qk_out + d) * (d + 1)  # q, k (and low-rank q, k) and v, with biases
-    flops = 2 * seq_len * d * (qk_out + d)
-    full, band = attended_pairs(seq_len, causal), attended_pairs(seq_len, causal, config.attention_window)
-    if variant == "dense":
-        flops += 4 * full * heads * head_dim
-    elif variant == "low_rank":
-        flops += 2 * full * heads * (rank or main_dim) + 2 * full * heads * head_dim
-    elif variant == "band":
-        flops += 4 * band * heads * head_dim
-    elif variant == "additive":
-        params += heads * main_dim
-        flops += 4 * full * heads * main_dim + 2 * full * heads * head_dim  # add, tanh, multiply-add; then ·v
-    elif variant == "low_rank_band":
-        both = 2 * full * low_heads * (rank + head_dim) + 4 * band * main_heads * head_dim
-        if config.band_combine == "gate":
-            params += heads
-        if config.band_combine == "sequential":
-            flops += 2 * seq_len * d * d  # the band queries projected from the low-rank output
-        flops += both
-    return _add(out_proj, {"params": params, "flops": flops})
+    """Parameters and forward FLOPs of one layer's attention sublayer (output projection included).
+    FLOPs come from the variant's spec (``variants.VariantSpec.flops``), parameters from the module."""
+    spec = spec_of(config.variant_for_layer(layer_idx))
+    d = config.hidden_size
 
+    def pairs(band: bool) -> int:
+        return attended_pairs(seq_len, config.is_causal, config.attention_window if band else None)
 
-def _lstmn_costs(config, seq_len: int) -> dict[str, int]:
-    d_in = config.hidden_size
-    sizes = [d_in // 2, d_in - d_in // 2] if config.lstmn_direction == "bidirectional" else [d_in]
-    params = flops = 0
-    for d in sizes:
-        params += d * d * 2 + d_in * d + d + 4 * d * (d + d_in) + 4 * d
-        per_token = 2 * d * d * 2 + 2 * d_in * d + 2 * 4 * d * (d + d_in) + 10 * d  # W_h, W_h̃, W_x, gates, cell
-        tape_reads = sum(t + 1 for t in range(seq_len))  # slots read, the zero slot included
-        flops += seq_len * per_token + tape_reads * (4 * d + 4 * d)  # scores; h̃ and c̃ sums
-    return {"params": params, "flops": flops}
+    return {"params": _sublayer_parameters(config, layer_idx),
+            "flops": 2 * seq_len * d * d + spec.flops(config, seq_len, pairs)}
 
 
 def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -88,14 +77,15 @@ def model_costs(config, seq_len: int) -> dict[str, int]:
 def cost_table(family: str, seq_len: int, **config_fields) -> str:
     """A markdown table: every variant (and band_combine) against dense, for one model size."""
     config_class = VariantBertConfig if family == "bert" else VariantGPT2Config
-    cases = [(v, {}) for v in VARIANTS if v != "low_rank_band"]
-    cases += [("low_rank_band", {"band_combine": c}) for c in ("sum", "gate", "heads", "sequential")]
+    # every variant, once per field choice its test cases vary (low_rank_band: each band_combine)
+    cases = [(name, {k: v for k, v in case.items() if isinstance(v, str)}) for name, spec in VARIANTS.items()
+             for case in spec.test_cases]
     dense = model_costs(config_class(**config_fields), seq_len)
     rows = ["| variant | attention params | vs dense | attention GFLOPs | vs dense |", "|---|---:|---:|---:|---:|"]
     for variant, extra in cases:
         config = config_class(attention_variant=variant, **extra, **config_fields)
         c = model_costs(config, seq_len)
-        name = variant + (f" ({extra['band_combine']})" if extra else "")
+        name = variant + (f" ({', '.join(extra.values())})" if extra else "")
         rows.append(f"| {name} | {c['params']:,} | {c['params'] / dense['params']:.2f} | "
                     f"{c['flops'] / 1e9:.2f} | {c['flops'] / dense['flops']:.2f} |")
     return "\n".join(rows)

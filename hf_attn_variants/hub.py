@@ -30,6 +30,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .variants import PAPERS, VARIANTS
+
 CARD_KEYS = ("task", "datasets", "dataset_name", "metrics", "base_model", "license", "extra_tags", "model_name",
              "training")
 TEMPLATE_NAME = "variant_model_card.md"
@@ -39,16 +41,6 @@ TASK_SENTENCES = {"classification": "It classifies single sentences.",
                   "pair_classification": "It classifies sentence pairs (natural language inference).",
                   "masked_lm": "It is a masked language model.",
                   "causal_lm": "It is a causal (left-to-right) language model."}
-PAPERS = {
-    "dense": "Vaswani et al., \"Attention Is All You Need\", NeurIPS 2017 (`dense`).",
-    "low_rank": "Guo, Qiu, Xue, Zhang, \"Low-Rank and Locality Constrained Self-Attention for Sequence Modeling\", "
-                "IEEE/ACM TASLP 27(12), 2019 (`low_rank`, `band`, `low_rank_band`).",
-    "additive": "Bahdanau, Cho, Bengio, \"Neural Machine Translation by Jointly Learning to Align and Translate\", "
-                "ICLR 2015 (`additive`).",
-    "lstmn": "Cheng, Dong, Lapata, \"Long Short-Term Memory-Networks for Machine Reading\", EMNLP 2016 (`lstmn`).",
-}
-PAPER_OF = {"dense": "dense", "low_rank": "low_rank", "band": "low_rank", "low_rank_band": "low_rank",
-            "additive": "additive", "lstmn": "lstmn"}
 AUTO_CLASS_BY_SUFFIX = (("ForSequenceClassification", "AutoModelForSequenceClassification"),
                         ("ForTokenClassification", "AutoModelForTokenClassification"),
                         ("ForMaskedLM", "AutoModelForMaskedLM"), ("LMHeadModel", "AutoModelForCausalLM"))
@@ -85,23 +77,20 @@ def _check_card_data(card_data: dict) -> dict:
 
 
 def _layer_rows(config) -> list[dict]:
-    """One row per layer: its variant and the settings that variant reads."""
+    """One row per layer: its variant and the settings its spec says it reads."""
     rows = []
     for i in range(config.num_hidden_layers):
         variant = config.variant_for_layer(i)
-        settings = []
-        if variant in ("low_rank", "low_rank_band"):
-            settings.append(f"attention_rank={config.attention_rank}")
-        if variant in ("band", "low_rank_band"):
-            settings.append(f"attention_window={config.attention_window}")
-        if variant == "low_rank_band":
-            settings.append(f"band_combine={config.band_combine}")
-        if variant == "additive":
-            settings.append(f"additive_dim={config.additive_dim}")
-        if variant == "lstmn":
-            settings.append(f"lstmn_direction={config.lstmn_direction}")
+        settings = [f"{field}={getattr(config, field)}" for field in VARIANTS[variant].settings]
         rows.append({"layer": i, "variant": variant, "settings": ", ".join(settings) or "-"})
     return rows
+
+
+def _papers(variants: list[str]) -> list[str]:
+    """The papers of the given variants, each with every registered variant it describes."""
+    keys = dict.fromkeys(VARIANTS[v].paper for v in variants)
+    return [PAPERS[key] + " (" + ", ".join(f"`{name}`" for name, spec in VARIANTS.items() if spec.paper == key) + ")."
+            for key in keys]
 
 
 def _auto_class(model) -> str:
@@ -141,7 +130,7 @@ def build_model_card(model, card_data: dict, repo_id: str = "path/to/this/folder
         data, template_path=str(template_path()), model_name=model_name, family_name=family,
         variant_summary=summary, task_sentence=TASK_SENTENCES.get(task, ""), layers=_layer_rows(config),
         base_model=card_data.get("base_model"),
-        papers=[PAPERS[p] for p in dict.fromkeys(PAPER_OF[v] for v in variants)],
+        papers=_papers(variants), summaries=[(v, VARIANTS[v].summary) for v in variants],
         auto_class=_auto_class(model), repo_id=repo_id, metrics=metrics, dataset_name=dataset_name,
         training_summary=card_data.get("training") or "See the run configuration in the repository that built it.",
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}", license=data.license)

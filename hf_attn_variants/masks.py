@@ -1,21 +1,33 @@
-"""Input checks shared by both families: padding masks, length limits, output wrapping.
+"""Input checks and defaults shared by both families: padding masks, length limits, the config
+defaults a stock model honours (``use_cache``, ``return_dict``, ``output_*``), unknown keyword
+arguments, the attention implementations a variant can honour, and the mask that dense layers
+hand to transformers' attention interface.
 
-The variant models work with a 2-D key padding mask (B, T) of bools, never a dense
+The variant kernels work with a 2-D key padding mask (B, T) of bools, never a dense
 (B, 1, T, T) mask: the band kernel must not see T x T work.
 
-Hub code: imports only torch.
+Hub code: imports only torch and transformers.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 Tensor = torch.Tensor
+
+# attn_implementation values every variant honours: its efficient kernels ("sdpa", the default) or
+# the naive readable references that also return weights ("eager"). Dense layers honour any name of
+# transformers' ALL_ATTENTION_FUNCTIONS (flex_attention, flash_attention_*, registered ones).
+OWN_IMPLEMENTATIONS = (None, "sdpa", "eager")
+# keyword arguments a forward accepts beyond its named parameters: Trainer's loss normalisation
+LOSS_KWARGS = ("num_items_in_batch",)
 
 
 def key_padding_mask(attention_mask: Tensor | None, shape: tuple[int, int] | torch.Size) -> Tensor | None:
     """attention_mask (B, T) with 1 for real tokens and 0 for padding -> bool (B, T), or None
-    when there is no padding at all (lets the kernels take their unmasked fast paths)."""
+    when there is no padding at all (lets the kernels take their unmasked fast paths). Under
+    ``torch.compile`` an all-ones mask is returned as it is (deciding would break the graph)."""
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != tuple(shape):
@@ -24,6 +36,8 @@ def key_padding_mask(attention_mask: Tensor | None, shape: tuple[int, int] | tor
             "with 1 for real tokens and 0 for padding (4-D masks are not supported by variant models)."
         )
     mask = attention_mask.bool()
+    if torch.compiler.is_compiling():
+        return mask
     return None if bool(mask.all()) else mask
 
 
@@ -36,6 +50,51 @@ def check_length(seq_length: int, max_positions: int) -> None:
         )
 
 
-def wrap_output(output, return_dict: bool | None):
-    """ModelOutput by default; a plain tuple when ``return_dict=False``."""
-    return output.to_tuple() if return_dict is False else output
+def reject_unknown_kwargs(model, kwargs: dict, allowed: tuple[str, ...] = LOSS_KWARGS) -> None:
+    """A stock model would swallow unknown keyword arguments; a variant model names them."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword argument(s) {unknown} "
+                        "(variant models have no cross-attention, no packed-sequence kwargs).")
+
+
+def config_default(value, config, name: str):
+    """An argument left as None takes the config's value, as in stock models."""
+    return getattr(config, name) if value is None else value
+
+
+def wrap_output(output, return_dict: bool | None, config):
+    """ModelOutput, or a plain tuple (None fields dropped, as stock) when ``return_dict`` (or
+    ``config.return_dict`` when it is None) is False."""
+    return output if config_default(return_dict, config, "return_dict") else output.to_tuple()
+
+
+def used_variants(config) -> set[str]:
+    return set(config.layer_variants or [config.attention_variant])
+
+
+def check_attn_implementation(config) -> None:
+    """Raise a clear ValueError for an ``attn_implementation`` that a layer's variant cannot honour."""
+    name = config._attn_implementation
+    if name in OWN_IMPLEMENTATIONS:
+        return
+    if name.startswith("paged|"):
+        raise ValueError(f"attn_implementation={name!r} is not supported by variant models: paged attention needs "
+                         "continuous batching's PagedAttentionCache; use 'sdpa', 'eager' or (dense) flex_attention.")
+    others = sorted(used_variants(config) - {"dense"})
+    if others:
+        raise ValueError(
+            f"attn_implementation={name!r} cannot be honoured by attention_variant(s) {others}: they run their own "
+            "kernels. Use 'sdpa' (their efficient kernels, the default) or 'eager' (the naive reference kernels); "
+            "only dense layers dispatch through transformers' ALL_ATTENTION_FUNCTIONS.")
+
+
+def dense_attention_mask(config, inputs_embeds: Tensor, key_mask: Tensor | None, cache=None):
+    """The mask dense layers hand to transformers' attention interface, built once per forward with
+    ``masking_utils`` as stock models do (a 4-D bool mask for sdpa, a BlockMask for flex_attention,
+    None where the function needs none), or the string "unprepared" when no layer dispatches there
+    (no dense layer, or "eager": the reference kernels)."""
+    if "dense" not in used_variants(config) or config._attn_implementation in (None, "eager"):
+        return "unprepared"
+    make = create_causal_mask if config.is_causal else create_bidirectional_mask
+    return make(config=config, inputs_embeds=inputs_embeds, attention_mask=key_mask, cache=cache)

@@ -2,7 +2,7 @@
 
 The module tree and parameter names are those of ``transformers``' BERT, so a stock BERT
 checkpoint loads into any variant: only the parameters a variant adds (or reshapes) are
-reported missing. The self-attention of layer i is ``BERT_ATTENTION[config.variant_for_layer(i)]``.
+reported missing. The self-attention of layer i is ``attention_class("bert", config.variant_for_layer(i))``.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -22,9 +22,17 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .attention import BERT_ATTENTION, init_variant_parameters
+from .attention import attention_class, init_variant_parameters
 from .configuration_variants import VariantBertConfig
-from .masks import check_length, key_padding_mask, wrap_output
+from .masks import (
+    check_attn_implementation,
+    check_length,
+    config_default,
+    dense_attention_mask,
+    key_padding_mask,
+    reject_unknown_kwargs,
+    wrap_output,
+)
 
 Tensor = torch.Tensor
 
@@ -68,11 +76,11 @@ class VariantBertSelfOutput(nn.Module):
 class VariantBertAttention(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
-        self.self = BERT_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.self = attention_class("bert", config.variant_for_layer(layer_idx))(config, layer_idx)
         self.output = VariantBertSelfOutput(config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False):
-        context, weights = self.self(hidden_states, key_mask, need_weights)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared"):
+        context, weights = self.self(hidden_states, key_mask, need_weights, attention_mask=attention_mask)
         return self.output(context, hidden_states), weights
 
 
@@ -99,8 +107,8 @@ class VariantBertLayer(GradientCheckpointingLayer):
         self.intermediate = VariantBertIntermediate(config)
         self.output = VariantBertOutput(config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False):
-        attention_output, weights = self.attention(hidden_states, key_mask, need_weights)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared"):
+        attention_output, weights = self.attention(hidden_states, key_mask, need_weights, attention_mask=attention_mask)
         return self.output(self.intermediate(attention_output), attention_output), weights
 
 
@@ -126,6 +134,7 @@ class VariantBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantBertEmbeddings", "VariantBertLayer"]
 
     def _init_weights(self, module):
@@ -148,6 +157,7 @@ class VariantBertModel(VariantBertPreTrainedModel):
         self.encoder = VariantBertEncoder(config)
         self.pooler = VariantBertPooler(config) if add_pooling_layer else None
         self.post_init()
+        check_attn_implementation(config)
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
@@ -165,21 +175,28 @@ class VariantBertModel(VariantBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ):
+        """``use_cache`` is accepted for stock compatibility; variant BERT models keep no cache (an
+        explicit ``use_cache=True`` on a decoder config is refused)."""
+        reject_unknown_kwargs(self, kwargs, allowed=())
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        if use_cache and self.config.is_decoder:
+            raise ValueError("use_cache=True: variant BERT models keep no cache; generate with the GPT-2 family.")
+        check_attn_implementation(self.config)
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         check_length(shape[1], self.config.max_position_embeddings)
         key_mask = key_padding_mask(attention_mask, shape)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        output_attentions = config_default(output_attentions, self.config, "output_attentions")
+        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        dense_mask = dense_attention_mask(self.config, hidden, key_mask)
         all_hidden, all_attentions = [hidden], []
         for layer in self.encoder.layer:
-            hidden, weights = layer(hidden, key_mask, output_attentions)
+            hidden, weights = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)
             all_hidden.append(hidden)
             all_attentions.append(weights)
         output = BaseModelOutputWithPoolingAndCrossAttentions(
@@ -188,7 +205,7 @@ class VariantBertModel(VariantBertPreTrainedModel):
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 class VariantBertPredictionHeadTransform(nn.Module):
@@ -253,6 +270,7 @@ class VariantBertForMaskedLM(VariantBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
         outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
                                            inputs_embeds, output_attentions, output_hidden_states))
         logits = self.cls(outputs.last_hidden_state)
@@ -261,7 +279,7 @@ class VariantBertForMaskedLM(VariantBertPreTrainedModel):
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                 attentions=outputs.attentions)
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 class VariantBertForSequenceClassification(VariantBertPreTrainedModel):
@@ -281,6 +299,7 @@ class VariantBertForSequenceClassification(VariantBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
         outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
                                            inputs_embeds, output_attentions, output_hidden_states))
         logits = self.classifier(self.dropout(outputs.pooler_output))
@@ -289,7 +308,7 @@ class VariantBertForSequenceClassification(VariantBertPreTrainedModel):
             loss = self.loss_function(labels, logits, self.config)
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                           attentions=outputs.attentions)
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 class VariantBertForTokenClassification(VariantBertPreTrainedModel):
@@ -309,6 +328,7 @@ class VariantBertForTokenClassification(VariantBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
         outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
                                            inputs_embeds, output_attentions, output_hidden_states))
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
@@ -317,4 +337,4 @@ class VariantBertForTokenClassification(VariantBertPreTrainedModel):
             loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
         output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                        attentions=outputs.attentions)
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)

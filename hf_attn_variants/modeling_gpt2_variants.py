@@ -2,7 +2,12 @@
 
 Module tree and parameter names follow ``transformers``' GPT-2 (``transformer.h.N.attn.c_attn``
 ...), so stock GPT-2 checkpoints load. Positions are counted from the attention mask, so a
-left-padded sequence gets the same positions as when it runs alone.
+left-padded sequence gets the same positions as when it runs alone (stock GPT-2 counts them from
+the start of the row; ``generate`` passes mask-based positions to both, so generation agrees).
+
+As stock: ``use_cache``, ``return_dict`` and ``output_*`` default to the config; gradient
+checkpointing in training returns no cache; ``generate`` builds the model's own cache
+(``VariantCache``) and supports greedy, sampling, beam search, assisted and prompt-lookup decoding.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -16,6 +21,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -24,10 +30,18 @@ from transformers.modeling_outputs import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from .attention import GPT2_ATTENTION, init_variant_parameters
+from .attention import attention_class, init_variant_parameters
 from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
-from .masks import check_length, key_padding_mask, wrap_output
+from .masks import (
+    check_attn_implementation,
+    check_length,
+    config_default,
+    dense_attention_mask,
+    key_padding_mask,
+    reject_unknown_kwargs,
+    wrap_output,
+)
 
 Tensor = torch.Tensor
 
@@ -51,12 +65,13 @@ class VariantGPT2Block(GradientCheckpointingLayer):
         super().__init__()
         hidden = config.hidden_size
         self.ln_1 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
-        self.attn = GPT2_ATTENTION[config.variant_for_layer(layer_idx)](config, layer_idx)
+        self.attn = attention_class("gpt2", config.variant_for_layer(layer_idx))(config, layer_idx)
         self.ln_2 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None):
-        attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared"):
+        attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache,
+                                         attention_mask=attention_mask)
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
 
@@ -67,12 +82,37 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantGPT2Block"]
     _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # each variant caches its own state (VariantCache), created in forward
+        return False  # each variant caches its own state (VariantCache): see _prepare_cache_for_generation
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode,
+                                      batch_size: int, max_cache_length: int) -> None:
+        """``generate``'s cache: a ``VariantCache`` (transformers would build a DynamicCache). A
+        user's cache must be a VariantCache; ``cache_implementation`` may only be None or "dynamic"
+        (our cache); an assistant's cache records its past so that drafts can be cropped."""
+        implementation = generation_config.cache_implementation
+        user_cache = model_kwargs.get("cache")
+        if user_cache is not None:
+            if implementation is not None:
+                raise ValueError("Passing both `cache_implementation` and `cache` is unsupported; use one of them.")
+            if not isinstance(user_cache, VariantCache):
+                raise ValueError(f"cache of type {type(user_cache).__name__}: variant models need a VariantCache")
+            user_cache._is_user_defined = True
+            return
+        if implementation not in (None, "dynamic"):
+            raise ValueError(f"cache_implementation={implementation!r} is not supported by variant models: each "
+                             "variant keeps its own state in a VariantCache; use cache_implementation=None or "
+                             "'dynamic' (both mean the VariantCache).")
+        if generation_config.use_cache is False:
+            return
+        model_kwargs["cache"] = VariantCache(config=self.config)
+        if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
+            model_kwargs["cache"].activate_past_recording()
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -97,7 +137,9 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([VariantGPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
         self.post_init()
+        check_attn_implementation(config)
 
     def get_input_embeddings(self):
         return self.wte
@@ -120,25 +162,31 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         past_key_values: VariantCache | None = None,
         **kwargs,
     ):
-        """With ``use_cache=True`` (or a ``cache``), returns a ``VariantCache`` to continue from;
-        then ``attention_mask`` covers the past and the new tokens, (B, T_past + T)."""
+        """With ``use_cache`` (default ``config.use_cache``), returns a ``VariantCache`` to continue
+        from (given as ``cache``; then ``attention_mask`` covers the past and the new tokens,
+        (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned."""
+        reject_unknown_kwargs(self, kwargs, allowed=())
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        check_attn_implementation(self.config)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, VariantCache):
             raise ValueError(f"cache of type {type(cache).__name__}: variant models need a VariantCache "
                              "(pass use_cache=True and reuse the returned cache)")
+        use_cache = config_default(use_cache, self.config, "use_cache")
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache, cache = False, None  # as stock: the checkpointed blocks cannot fill a cache
         if use_cache and cache is None:
             cache = VariantCache(len(self.h))
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         check_length(past + length, self.config.max_position_embeddings)
         key_mask = key_padding_mask(attention_mask, (batch, past + length))
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        output_attentions = config_default(output_attentions, self.config, "output_attentions")
+        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
+        dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
 
@@ -150,7 +198,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         for i, block in enumerate(self.h):
             all_hidden.append(hidden)
             layer_cache = cache.layers[i] if cache is not None else None
-            hidden, weights = block(hidden, key_mask, output_attentions, cache=layer_cache)
+            hidden, weights = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask)
             all_attentions.append(weights)
         if cache is not None:
             cache.seen_tokens += length
@@ -158,11 +206,11 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         all_hidden.append(hidden)
         output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden,
-            cache=cache,
+            cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
         )
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:
@@ -201,6 +249,7 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
                 inputs_embeds=None, labels=None, cache=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, past_key_values=None,
                 **kwargs):
+        reject_unknown_kwargs(self, kwargs)
         outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
                                                   inputs_embeds, output_attentions, output_hidden_states,
                                                   cache if cache is not None else past_key_values, use_cache))
@@ -211,7 +260,7 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=outputs.cache,
                                                    hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 class VariantGPT2ForSequenceClassification(VariantGPT2PreTrainedModel):
@@ -229,18 +278,20 @@ class VariantGPT2ForSequenceClassification(VariantGPT2PreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, cache=None, past_key_values=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
         outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
-                                                  inputs_embeds, output_attentions, output_hidden_states))
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
         logits = self.score(outputs.last_hidden_state)  # (B, T, labels)
         last = last_token_index(attention_mask, input_ids, self.config.pad_token_id, logits.shape[1])
         pooled_logits = logits[torch.arange(logits.shape[0], device=logits.device), last]
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, pooled_logits, self.config)
-        output = SequenceClassifierOutputWithPast(loss=loss, logits=pooled_logits,
+        output = SequenceClassifierOutputWithPast(loss=loss, logits=pooled_logits, cache=outputs.cache,
                                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return wrap_output(output, return_dict)
+        return wrap_output(output, return_dict, self.config)
 
 
 def last_token_index(attention_mask: Tensor | None, input_ids: Tensor | None, pad_token_id: int | None,

@@ -2,7 +2,8 @@
 
 PEFT knows the ``target_modules`` of stock model types only; for a custom ``model_type`` they
 must be given. ``lora_target_modules`` returns the attention projections of every variant in the
-model (the union over a mixed ``layer_variants`` stack):
+model (the union over a mixed ``layer_variants`` stack), as each variant's spec names them
+(``variants.VariantSpec.lora_targets``):
 
 | family | dense, low_rank, band, additive | low_rank_band                  | lstmn                             |
 |--------|---------------------------------|--------------------------------|-----------------------------------|
@@ -13,35 +14,18 @@ GPT-2's ``c_attn`` is a ``Conv1D`` (weights stored transposed): LoRA needs ``fan
 there; ``lora_fan_in_fan_out`` says whether a model has such targets.
 
 A tool module: it works on a model or config of either family, also one loaded with
-``trust_remote_code=True`` where this package is not imported (it reads ``model_type`` and the
-variant fields, never the classes).
+``trust_remote_code=True`` (it reads ``model_type`` and the variant fields, never the classes).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .variants import VARIANTS
+
 FAMILY_OF_MODEL_TYPE = {"variant_bert": "bert", "variant_gpt2": "gpt2"}
 
-# family -> variant -> names of the projection modules (leaf names, as PEFT matches them)
-LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "bert": {
-        "dense": ("query", "key", "value"),
-        "low_rank": ("query", "key", "value"),
-        "band": ("query", "key", "value"),
-        "additive": ("query", "key", "value"),
-        "low_rank_band": ("query", "key", "value", "query_low_rank", "key_low_rank"),
-        "lstmn": ("w_tape", "w_input", "w_summary", "gates"),
-    },
-    "gpt2": {
-        "dense": ("c_attn",),
-        "low_rank": ("c_attn",),
-        "band": ("c_attn",),
-        "additive": ("c_attn",),
-        "low_rank_band": ("c_attn", "c_attn_low_rank"),
-        "lstmn": ("w_tape", "w_input", "w_summary", "gates"),
-    },
-}
+
 CONV1D_TARGETS = frozenset({"c_attn", "c_attn_low_rank"})
 
 
@@ -66,12 +50,12 @@ def lora_target_modules(model_or_config: Any) -> list[str]:
     over its layers (in the order of the table above, without repeats).
     """
     config = _config_of(model_or_config)
-    table = LORA_TARGETS[FAMILY_OF_MODEL_TYPE[config.model_type]]
+    family = FAMILY_OF_MODEL_TYPE[config.model_type]
     names: list[str] = []
     for variant in _layer_variants(config):
-        if variant not in table:
-            raise ValueError(f"attention_variant={variant!r} is not one of {tuple(table)}")
-        names += [name for name in table[variant] if name not in names]
+        if variant not in VARIANTS:
+            raise ValueError(f"attention_variant={variant!r} is not one of {tuple(VARIANTS)}")
+        names += [name for name in VARIANTS[variant].lora_targets[family] if name not in names]
     return names
 
 

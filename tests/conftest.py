@@ -7,18 +7,9 @@ import torch
 
 import hf_attn_variants as hv
 
-# every scoring rule once, low_rank_band once per way of combining its two modules
-VARIANT_CASES = [
-    ("dense", {}),
-    ("low_rank", {"attention_rank": 4}),
-    ("band", {"attention_window": 2}),
-    ("low_rank_band", {"band_combine": "sum"}),
-    ("low_rank_band", {"band_combine": "gate"}),
-    ("low_rank_band", {"band_combine": "heads"}),
-    ("low_rank_band", {"band_combine": "sequential"}),
-    ("additive", {"additive_dim": 6}),
-    ("lstmn", {}),
-]
+# every variant of the registry, once per test case its spec lists (low_rank_band: once per way of
+# combining its two modules): a new variant joins every shared test through its spec's test_cases
+VARIANT_CASES = [(name, dict(case)) for name, spec in hv.VARIANTS.items() for case in spec.test_cases]
 CASE_IDS = [v + "".join(f"-{x}" for x in kw.values()) for v, kw in VARIANT_CASES]
 FAMILIES = ["bert", "gpt2"]
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_attn_variants import kernels as K
+from hf_attn_variants import kernels_additive, kernels_lstmn
 from hf_attn_variants.attention import LSTMNCell
 
 
@@ -133,7 +134,7 @@ def test_band_never_builds_the_full_matrix(monkeypatch):
         seen.append((q.shape[-2], k.shape[-2]))
         return real(q, k, v, **kw)
 
-    monkeypatch.setattr(K.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     q = k = v = torch.randn(1, 2, 512, 8)
     K.band_attention(q, k, v, window=8, scale=0.3, causal=False, block_size=16)
     assert seen == [(16, 32)]
@@ -254,7 +255,7 @@ def test_additive_tanh_path_and_decoding(causal, monkeypatch):
     fast = K.additive_attention(q, k, v, w, causal=causal, chunk_size=4, tile_k=6)
     ref = K.additive_attention_reference(q, k, v, w, causal=causal)[0]
     assert_same_with_grads(fast, ref, (q, k, v, w), g)
-    monkeypatch.setattr(K, "EXP_TANH_BOUND", 0.0)
+    monkeypatch.setattr(kernels_additive, "EXP_TANH_BOUND", 0.0)
     last = K.additive_attention(q[:, :, -3:], k, v, w, causal=causal, chunk_size=2, tile_k=5)
     torch.testing.assert_close(last, ref[:, :, -3:])
 
@@ -301,7 +302,7 @@ def test_lstmn_recurrence_matches_reference(padding, exp_path, monkeypatch):
     """The hand-written backward through time (both ways of computing tanh) against autograd
     through the step-by-step reference."""
     if not exp_path:
-        monkeypatch.setattr(K, "EXP_TANH_BOUND", 0.0)
+        monkeypatch.setattr(kernels_lstmn, "EXP_TANH_BOUND", 0.0)
     g = torch.Generator().manual_seed(11)
     b, t = 3, 13
     cell = random_cell(5, 4, 11)

@@ -1,0 +1,222 @@
+"""The LSTMN recurrence (Cheng et al. 2016): the reference, step by step (also used for cached
+decoding, for the attention weights and for wrapped projections such as PEFT LoRA), and the fast
+path ``lstmn_scan`` with a hand-written backward through time.
+
+Hub code: imports only torch and sibling files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kernels_additive import EXP_TANH_BOUND
+
+Tensor = torch.Tensor
+
+
+def lstmn_gates(gates: Tensor, c_summary: Tensor) -> tuple[Tensor, Tensor]:
+    """[i; f; o; ĉ] = [σ; σ; σ; tanh](gates); c = f ⊙ c̃ + i ⊙ ĉ; h = o ⊙ tanh(c)."""
+    i, f, o, c_hat = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c_summary + torch.sigmoid(i) * torch.tanh(c_hat)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def lstmn_start(x: Tensor, hidden_size: int) -> dict[str, Tensor]:
+    """An empty LSTMN state for a batch like x (B, ·, ·): the tape holds only the zero slot
+    (h_0 = c_0 = 0, key W_h h_0 = 0, readable), and the summary h̃_0 = 0."""
+    zeros = x.new_zeros(x.shape[0], 1, hidden_size)
+    return {"h": zeros, "c": zeros, "k": zeros, "summary": zeros[:, 0],
+            "readable": torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)}
+
+
+def lstmn_step(cell, state: dict[str, Tensor], x_t: Tensor, readable_t: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of Cheng et al. 2016's LSTMN (eq. 7-10), exactly as written:
+
+        a_i^t = vᵀ tanh(W_h h_i + W_x x_t + W_h̃ h̃_{t-1}),  s^t = softmax_i(a^t), i < t
+        [h̃_t; c̃_t] = Σ_i s_i^t [h_i; c_i]
+        [i_t; f_t; o_t; ĉ_t] = [σ; σ; σ; tanh](W [h̃_t; x_t] + b)
+        c_t = f_t ⊙ c̃_t + i_t ⊙ ĉ_t,   h_t = o_t ⊙ tanh(c_t)
+
+    ``cell`` holds w_tape (W_h), w_input (W_x), w_summary (W_h̃), score (v), gates (W, b), called as
+    modules (so wrapped projections such as PEFT LoRA work). ``state`` (see ``lstmn_start``): the
+    tape h, c (B, S, d), its keys k = W_h h (B, S, d; each slot's key is taken once, when the slot
+    is written), which slots are readable (B, S) and the summary h̃_{t-1} (B, d); the step appends
+    slot (h_t, c_t), readable where ``readable_t`` (B,) is True. x_t (B, d_in) -> h_t (B, d), s^t (B, S).
+    """
+    query = cell.w_input(x_t) + cell.w_summary(state["summary"])  # (B, d)
+    a = torch.tanh(state["k"] + query[:, None]) @ cell.score  # (B, S)
+    s = torch.softmax(a.masked_fill(~state["readable"], float("-inf")), dim=-1)
+    h_sum = torch.einsum("bs,bsd->bd", s, state["h"])
+    c_sum = torch.einsum("bs,bsd->bd", s, state["c"])
+    h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x_t], dim=-1)), c_sum)
+    for name, value in (("h", h), ("c", c), ("k", cell.w_tape(h)), ("readable", readable_t)):
+        state[name] = torch.cat([state[name], value[:, None]], dim=1)
+    state["summary"] = h_sum
+    if "summaries" in state:  # a decoding cache keeps every step's summary (exact crops)
+        state["summaries"] = torch.cat([state["summaries"], h_sum[:, None]], dim=1)
+    return h, s
+
+
+def lstmn_reference(cell, x: Tensor, key_mask: Tensor | None = None,
+                    state: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Cheng et al. 2016, LSTMN, one direction: ``lstmn_step`` for t = 0 .. T-1.
+
+    The tape starts with a zero slot (h_0 = c_0 = 0), or continues ``state`` (cached decoding:
+    extended in place); the slots of padding tokens (``key_mask`` (B, T) False) are never read.
+    x (B, T, d_in) -> h (B, T, d), and the attention s (B, T, S + T) over [tape before x, x's slots]
+    (S = 1, the zero slot, for a fresh state).
+    """
+    B, T, _ = x.shape
+    state = lstmn_start(x, cell.hidden_size) if state is None else state
+    start = state["h"].shape[1]
+    outputs, attention = [], x.new_zeros(B, T, start + T)
+    real = torch.ones(B, T, dtype=torch.bool, device=x.device) if key_mask is None else key_mask.bool()
+    for t in range(T):
+        h, s = lstmn_step(cell, state, x[:, t], real[:, t])
+        outputs.append(h)
+        attention[:, t, : start + t] = s.detach()
+    return torch.stack(outputs, 1), attention
+
+
+def softmax_backward(grad: Tensor, s: Tensor) -> Tensor:
+    """d loss / d a for s = softmax(a) along the last dim, given grad = d loss / d s:
+    s ⊙ (grad - Σ_j grad_j s_j) (what torch's private ``_softmax_backward_data`` computes)."""
+    return s * (grad - (grad * s).sum(-1, keepdim=True))
+
+
+def _lstmn_exp_trick(xs: Tensor, w_tape: Tensor, w_summary: Tensor) -> bool:
+    """Whether every key and query of the recurrence is bounded by ``EXP_TANH_BOUND``: |h| < 1 and
+    h̃ is a convex mix of h's, so |W_h h| <= max row-sum |W_h| and |W_x x + W_h̃ h̃| <= |W_x x| + |W_h̃|."""
+    if xs.dtype not in (torch.float32, torch.float64):
+        return False
+    key_bound = w_tape.abs().sum(1).max()
+    query_bound = xs.abs().max() + w_summary.abs().sum(1).max()
+    return bool(key_bound <= EXP_TANH_BOUND) and bool(query_bound <= EXP_TANH_BOUND)
+
+
+def _lstmn_scores(keys: Tensor, query: Tensor, score: Tensor, exp_trick: bool) -> tuple[Tensor, Tensor]:
+    """One step's tape scores: keys (B, n, d), query (B, d) -> (scores (B, n), R or tanh (B, n, d)).
+
+    tanh path: a_i = vᵀ tanh(k_i + q). exp path: keys hold e^{2k_i}; R = 1 / (1 + e^{2k_i} e^{2q}),
+    tanh = 1 - 2R, and a_i = -2 vᵀ R_i (the constant Σ v drops out of the softmax).
+    """
+    if exp_trick:
+        r = (keys * (2 * query).exp_()[:, None]).add_(1).reciprocal_()
+        return r @ (-2 * score), r
+    u = torch.tanh(keys + query[:, None])
+    return u @ score, u
+
+
+class _LSTMNRecurrence(torch.autograd.Function):
+    """The LSTMN recurrence (Cheng et al. 2016, eq. 7-10) with a hand-written backward through time.
+
+    Inputs: xs (B, T, d) = W_x x_t, xg (B, T, 4d) = W_gx x_t + b (both for all t at once),
+    W_h, W_h̃ (d, d), v (d,), W_gh (4d, d) and the readable mask (B, T + 1) of the tape slots.
+    The forward pass runs without autograd and keeps only O(T·d) per sequence: the tape
+    [h_i | c_i] and its keys W_h h_i, the queries W_x x_t + W_h̃ h̃_{t-1}, the summaries
+    [h̃_t | c̃_t] and the gate pre-activations. The backward pass walks t = T-1 .. 0, recomputes
+    step t's attention s^t from the stored keys and query, and sends gradients to the tape
+    slots it read; when it reaches step t, every later read of slot t + 1 is accounted for.
+    """
+
+    @staticmethod
+    def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable):
+        B, T, d = xs.shape
+        tape = xs.new_zeros(B, T + 1, 2 * d)  # [h | c]; slot 0 is the zero slot, slot t + 1 is token t
+        keys = xs.new_zeros(B, T + 1, d)  # W_h h_i, once per slot
+        queries, gates = xs.new_empty(B, T, d), xs.new_empty(B, T, 4 * d)
+        sums = xs.new_zeros(B, T + 1, 2 * d)  # [h̃_{t-1} | c̃_{t-1}] at index t
+        bias = torch.zeros(readable.shape, dtype=xs.dtype, device=xs.device).masked_fill_(~readable, float("-inf"))
+        exp_trick = _lstmn_exp_trick(xs, w_tape, w_summary)
+        if exp_trick:
+            keys.fill_(1)  # keys hold e^{2 W_h h_i}
+        for t in range(T):
+            q = torch.addmm(xs[:, t], sums[:, t, :d], w_summary.T, out=queries[:, t])  # (B, d)
+            a = _lstmn_scores(keys[:, : t + 1], q, score, exp_trick)[0]  # (B, t + 1)
+            s = torch.softmax(a.add_(bias[:, : t + 1]), dim=-1)
+            hc_sum = torch.bmm(s[:, None], tape[:, : t + 1], out=sums[:, t + 1, None]).squeeze(1)  # (B, 2d)
+            g = torch.addmm(xg[:, t], hc_sum[:, :d], w_gates_h.T, out=gates[:, t])  # (B, 4d)
+            sg = g.sigmoid()
+            c = torch.addcmul(sg[:, d:2 * d] * hc_sum[:, d:], sg[:, :d], g[:, 3 * d:].tanh(), out=tape[:, t + 1, d:])
+            h = torch.mul(sg[:, 2 * d:3 * d], c.tanh(), out=tape[:, t + 1, :d])
+            k = torch.mm(h, w_tape.T, out=keys[:, t + 1])
+            if exp_trick:
+                k.mul_(2).exp_()
+        ctx.exp_trick = exp_trick
+        ctx.save_for_backward(w_tape, w_summary, score, w_gates_h, bias, tape, keys, queries, sums, gates)
+        return tape[:, 1:, :d].clone()
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        w_tape, w_summary, score, w_gates_h, bias, tape, keys, queries, sums, gates = ctx.saved_tensors
+        B, T, d = grad_h.shape
+        # what the gate derivatives need, for all t at once: σ(i, f, o), tanh ĉ, tanh c_t
+        sg = gates.sigmoid()
+        i, f, o = sg[..., :d], sg[..., d:2 * d], sg[..., 2 * d:3 * d]
+        tanh_chat, tanh_c = gates[..., 3 * d:].tanh(), tape[:, 1:, d:].tanh()
+        coef = torch.cat([tanh_chat * i * (1 - i), sums[:, 1:, d:] * f * (1 - f),
+                          tanh_c * o * (1 - o), i * (1 - tanh_chat**2)], dim=-1)  # (B, T, 4d)
+        dc_from_h = o * (1 - tanh_c**2)  # (B, T, d)
+        d_tape, d_keys = torch.zeros_like(tape), torch.zeros_like(keys)
+        d_queries, d_gates = torch.zeros_like(queries), torch.zeros_like(gates)
+        d_sum, d_score = grad_h.new_empty(B, 2 * d), torch.zeros_like(score)
+        d_h_sum_next = grad_h.new_zeros(B, d)  # from step t + 1's query W_h̃ h̃_t
+        for t in range(T - 1, -1, -1):
+            # slot t + 1 holds (h_t, c_t): every read of it (steps > t) is already in d_tape, d_keys
+            dh = torch.addmm(grad_h[:, t] + d_tape[:, t + 1, :d], d_keys[:, t + 1], w_tape)  # (B, d)
+            dc = torch.addcmul(d_tape[:, t + 1, d:], dh, dc_from_h[:, t])
+            dg = torch.mul(torch.cat([dc, dc, dh, dc], dim=-1), coef[:, t], out=d_gates[:, t])  # (B, 4d)
+            torch.addmm(d_h_sum_next, dg, w_gates_h, out=d_sum[:, :d])
+            torch.mul(dc, f[:, t], out=d_sum[:, d:])  # d loss / d [h̃_t | c̃_t]
+            # recompute step t's attention over slots 0..t
+            a, u = _lstmn_scores(keys[:, : t + 1], queries[:, t], score, ctx.exp_trick)  # (B, t + 1), (B, t + 1, d)
+            s = torch.softmax(a.add_(bias[:, : t + 1]), dim=-1)  # (B, t + 1)
+            d_tape[:, : t + 1].baddbmm_(s[:, :, None], d_sum[:, None])
+            ds = torch.bmm(tape[:, : t + 1], d_sum[:, :, None]).squeeze(-1)  # (B, t + 1)
+            da = softmax_backward(ds, s)
+            # d loss / d v = Σ da_i tanh_i and d loss / d(k_i + q_t) = da_i v (1 - tanh_i²), where on
+            # the exp path tanh = 1 - 2R and 1 - tanh² = 4R(1 - R)
+            if ctx.exp_trick:
+                d_score.addmv_(u.view(-1, d).T, da.view(-1), alpha=-2).add_(da.sum())
+                dz = da[..., None] * (4 * score)
+                dz.mul_(u.addcmul_(u, u, value=-1))  # (B, t + 1, d)
+            else:
+                d_score.addmv_(u.view(-1, d).T, da.view(-1))
+                dz = da[..., None] * score
+                dz.addcmul_(dz * u, u, value=-1)  # (B, t + 1, d)
+            d_keys[:, : t + 1] += dz
+            dq = torch.sum(dz, 1, out=d_queries[:, t])
+            d_h_sum_next = dq @ w_summary
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # (B, T, n) -> (B·T, n)
+        d_w_tape = flat(d_keys[:, 1:]).T @ flat(tape[:, 1:, :d])
+        d_w_summary = flat(d_queries).T @ flat(sums[:, :-1, :d])
+        d_w_gates_h = flat(d_gates).T @ flat(sums[:, 1:, :d])
+        return d_queries, d_gates, d_w_tape, d_w_summary, d_score, d_w_gates_h, None
+
+
+def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bool = False
+               ) -> tuple[Tensor, Tensor | None]:
+    """The LSTMN recurrence of ``lstmn_reference``, fast and lean.
+
+    W_x x_t and the x-part of the gates are computed for all t at once; each tape slot's key
+    W_h h_i is computed once, when the slot is written; the recurrence itself runs in
+    ``_LSTMNRecurrence`` (activation memory O(T·d), backward through time by hand).
+    x (B, T, d_in) -> h (B, T, d), attention (B, T, T + 1) or None. ``need_weights``, and projections
+    that are wrapped (e.g. PEFT LoRA: they must be called, not read), take ``lstmn_reference`` under
+    autograd, which records the attention.
+    """
+    plain = all(type(getattr(cell, n)) is torch.nn.Linear for n in ("w_tape", "w_summary", "gates"))
+    if need_weights or not plain:
+        h, attention = lstmn_reference(cell, x, key_mask)
+        return h, attention if need_weights else None
+    B, T, _ = x.shape
+    d = cell.hidden_size
+    w_gates = cell.gates.weight  # (4d, d + d_in): columns [h̃ part | x part]
+    xs = cell.w_input(x)  # (B, T, d)
+    xg = F.linear(x, w_gates[:, d:], cell.gates.bias)  # (B, T, 4d)
+    first = torch.ones(B, 1, dtype=torch.bool, device=x.device)
+    readable = torch.cat([first, key_mask.bool() if key_mask is not None else first.expand(B, T)], dim=1)
+    h = _LSTMNRecurrence.apply(xs, xg, cell.w_tape.weight, cell.w_summary.weight, cell.score, w_gates[:, :d],
+                               readable)
+    return h, None
