@@ -113,6 +113,20 @@ def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
     assert calls == [jobs[7]["id"]]
 
 
+def test_changed_settings_make_records_stale(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
+    jobs = experiments.expand(grid)[:2]
+    calls: list = []
+    monkeypatch.setitem(experiments.RUNNERS, "probe", fake_runner(calls))
+    experiments.run_grid(grid, jobs)
+    changed = tiny_grid(tmp_path, lr={**PROBE_SUITE, "probe": {"name": "long_range", "margin": 5}})
+    new_jobs = experiments.expand(changed)[:2]
+    assert [j["id"] for j in new_jobs] == [j["id"] for j in jobs]
+    assert experiments.pending(changed, new_jobs) == new_jobs
+    rows = exp_report.cells(new_jobs, exp_report.load_records(changed["out"], "lr"))
+    assert all("mean" not in r for r in rows)  # stale records are not aggregated
+
+
 def test_failed_job_stays_pending(tmp_path, monkeypatch):
     grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
     jobs = experiments.expand(grid)[:3]

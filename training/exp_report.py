@@ -58,7 +58,10 @@ def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
     for job in jobs:
         planned[cell_key(job)].add((job["lr"], job["seed"]))
     done = defaultdict(lambda: defaultdict(list))
+    current = {json.dumps(j, sort_keys=True, default=float) for j in jobs}
     for rec in records:
+        if "id" in rec["job"] and json.dumps(rec["job"], sort_keys=True, default=float) not in current:
+            continue  # stale: the grid's settings for this job changed since it ran
         done[cell_key(rec["job"])][rec["job"]["lr"]].append(rec)
     rows = []
     for key, runs in planned.items():

@@ -18,7 +18,8 @@ expands only for the models that use it (``attention_window`` for band and low_r
 suite's ``quick`` mapping is merged over it under ``--quick``.
 
 Each job writes one JSON record ``<out>/records/<suite>/<job id>.json`` (temp file, then rename);
-a rerun skips jobs that have a record, so a killed run loses at most the jobs in flight. A job is
+a rerun skips jobs that have a record of the same settings (a record whose job settings changed is
+stale and reruns), so a killed run loses at most the jobs in flight. A job is
 deterministic given its seed on one machine: one torch thread per process, seeded init and data
 order, and one tokenizer per dataset trained once (``<out>/data``) before any job starts.
 """
@@ -462,8 +463,16 @@ def _worker(args) -> tuple[str, float, str | None]:
         return job["id"], 0.0, f"{type(e).__name__}: {e}"
 
 
+def is_done(out: str | Path, job: dict) -> bool:
+    """A record exists for exactly this job (a record of a job whose settings changed since is stale)."""
+    path = record_path(out, job)
+    if not path.exists():
+        return False
+    return json.loads(path.read_text())["job"] == json.loads(json.dumps(job, default=float))
+
+
 def pending(grid: dict, jobs: list[dict]) -> list[dict]:
-    return [j for j in jobs if not record_path(grid["out"], j).exists()]
+    return [j for j in jobs if not is_done(grid["out"], j)]
 
 
 def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu", aggregate_every: int = 0) -> int:
@@ -511,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = expand(grid, [s for s in args.only.split(",") if s] or None)
     if args.command == "list":
         for job in jobs:
-            print(("done " if record_path(grid["out"], job).exists() else "todo ") + f"{job['suite']}/{job['id']}")
+            print(("done " if is_done(grid["out"], job) else "todo ") + f"{job['suite']}/{job['id']}")
         return 0
     if args.command == "run":
         selected = pending(grid, jobs)[:args.limit] if args.limit else jobs
