@@ -289,13 +289,17 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
                                                                    "intermediate": 16},
                "train": {"steps": 2, "batch_size": 8, "max_length": 24, "vocab_size": 500, "eval_size": 40},
                "plot": {"type": "bars", "anchors": {"Kim 2014 CNN-rand": 0.761}}},
+        "lm": {"kind": "lm", "dataset": "shakespeare", "models": ["dense", "band"], "seeds": [0],
+               "learning_rates": [3e-3], "size": {"hidden": 16, "layers": 1, "heads": 2},
+               "train": {"steps": 2, "batch_size": 2, "max_length": 16, "eval_size": 2},
+               "sweep": {"attention_window": [4]}, "plot": {"kinds": ["positions", "bars"], "bucket": 4}},
     }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "results": str(tmp_path / "res"),
                                     "suites": suites}))
     assert experiments.main(["run", str(path), "--quick"]) == 0
     res = tmp_path / "res" / "quick"
-    for name in ("lr-phase.png", "lr-lines.png", "reg-phase.png", "mr-bars.png", "summary.json"):
+    for name in ("lr-phase.png", "lr-lines.png", "reg-phase.png", "mr-bars.png", "lm-positions.png", "summary.json"):
         assert (res / name).stat().st_size > 0, name
     summary = json.loads((res / "summary.json").read_text())
     assert {r["model"] for r in summary["mr"]} == {"dense", "bag_of_embeddings", "bilstm"}
@@ -304,5 +308,7 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     mr = (res / "mr.md").read_text()
     assert "| dense |" in mr and "not run" not in mr
     records = list((tmp_path / "out-quick" / "records").rglob("*.json"))
-    assert len(records) == 6 + 12 + 6
+    assert len(records) == 6 + 12 + 6 + 2
+    lm = json.loads(next((tmp_path / "out-quick" / "records" / "lm").glob("band*.json")).read_text())
+    assert len(lm["test_loss_by_position"]) == 16 and lm["metric"] == "loss"
     assert experiments.main(["run", str(path), "--quick"]) == 0  # resumed: nothing left to do

@@ -303,7 +303,10 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
             continue
         axes = list(suite["sweep"])
         rows = sort_rows(cells(suite_jobs, records), suite["models"], axes)
-        text = [f"# {name}", "", suite.get("description", "").strip(), "",
+        command = f"python training/experiments.py run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick")
+                                                                                     else "")
+        text = [f"# {name}", "", suite.get("description", "").strip(), "", f"Made by `{command}` (records: "
+                f"`{grid['out']}/records/{name}/`).", "",
                 f"{sum(r['ran'] for r in rows)} of {sum(r['planned'] for r in rows)} planned jobs ran. ",
                 "Learning rate chosen per cell on the mean validation metric over seeds; test statistics at that "
                 "learning rate. 95% CI: percentile bootstrap of the mean (10,000 resamples).", "",

@@ -75,7 +75,7 @@ def load_grid(path: str | Path, quick: bool = False) -> dict:
     for name, suite in grid["suites"].items():
         suite = deep_merge(suite, suite.get("quick") or {}) if quick else suite
         suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
-    return {**grid, "suites": suites, "quick": quick,
+    return {**grid, "suites": suites, "quick": quick, "path": str(path),
             "out": grid["out"] + ("-quick" if quick else ""), "results": grid["results"] + ("/quick" if quick else "")}
 
 
