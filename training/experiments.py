@@ -7,15 +7,16 @@ Usage:
     python training/experiments.py aggregate configs/experiments/full.yaml [--quick]
     python training/experiments.py list configs/experiments/full.yaml [--quick]     # the jobs, done or not
 
-A grid file (``configs/experiments/*.yaml``) names where job records go (``out``) and where tables
-and plots go (``results``), and declares suites. A suite has a ``kind`` (classification, lm, probe),
-``models`` (attention variants and, for classification, the baselines ``bag_of_embeddings`` and
-``bilstm``), ``seeds``, ``learning_rates`` (the same sweep for every model, chosen on validation),
-``size`` (hidden, layers, heads, intermediate, architecture), ``variant`` (attention_rank,
-attention_window, ...), ``train`` (steps or epochs, batch size, ...), ``probe`` (probe name and its
-parameters) and ``sweep`` (axes: any of those fields, each value a job). A variant field in a sweep
-expands only for the models that use it (``attention_window`` for band and low_rank_band, ...). A
-suite's ``quick`` mapping is merged over it under ``--quick``.
+A grid file (``configs/experiments/*.yaml``) names where job records go (``out``), where tables and plots go
+(``results``) and optionally where the tokenised datasets go (``data``, default ``<out>/data``; grids that
+share it share one tokenizer per dataset), and declares suites. A suite has a ``kind`` (classification, lm,
+probe), ``models`` (attention variants and, for classification, the baselines ``bag_of_embeddings`` and
+``bilstm``), ``seeds``, ``learning_rates`` (the same sweep for every model, chosen on validation), ``size``
+(hidden, layers, heads, intermediate, architecture), ``variant`` (attention_rank, attention_window, ...),
+``train`` (steps or epochs, batch size, ...), ``probe`` (probe name and its parameters) and ``sweep`` (axes:
+any of those fields, each value a job). A variant field in a sweep expands only for the models that use it
+(``attention_window`` for band and low_rank_band, ...). A suite's ``quick`` mapping is merged over it under
+``--quick``.
 
 Each job writes one JSON record ``<out>/records/<suite>/<job id>.json`` (temp file, then rename);
 a rerun skips jobs that have a record of the same settings (a record whose job settings changed is
@@ -75,7 +76,8 @@ def load_grid(path: str | Path, quick: bool = False) -> dict:
     for name, suite in grid["suites"].items():
         suite = deep_merge(suite, suite.get("quick") or {}) if quick else suite
         suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
-    return {**grid, "suites": suites, "quick": quick, "path": str(path),
+    data = grid.get("data") or grid["out"] + ("-quick" if quick else "") + "/data"
+    return {**grid, "suites": suites, "quick": quick, "path": str(path), "data": data,
             "out": grid["out"] + ("-quick" if quick else ""), "results": grid["results"] + ("/quick" if quick else "")}
 
 
@@ -212,10 +214,10 @@ def step(model, loss, opt, schedule) -> float:
 
 # ----------------------------------------------------------------------------- data of the real tasks
 
-def data_path(out: str | Path, dataset: str, train: dict) -> Path:
+def data_path(folder: str | Path, dataset: str, train: dict) -> Path:
     if dataset == "shakespeare":
-        return Path(out) / "data" / "shakespeare-chars.pt"
-    return Path(out) / "data" / f"{dataset}-v{train.get('vocab_size', 8000)}-L{train.get('max_length', 64)}.pt"
+        return Path(folder) / "shakespeare-chars.pt"
+    return Path(folder) / f"{dataset}-v{train.get('vocab_size', 8000)}-L{train.get('max_length', 64)}.pt"
 
 
 def prepare_data(grid: dict, jobs: list[dict]) -> None:
@@ -226,14 +228,14 @@ def prepare_data(grid: dict, jobs: list[dict]) -> None:
     for job in jobs:
         if job["kind"] == "probe":
             continue
-        path = data_path(grid["out"], job["dataset"], job["train"])
+        path = data_path(grid["data"], job["dataset"], job["train"])
         if path in seen or path.exists():
             seen.add(path)
             continue
         seen.add(path)
         print(f"preparing {path}", flush=True)
         data = shakespeare_chars() if job["dataset"] == "shakespeare" else \
-            encode_classification(job["dataset"], job["train"], Path(grid["out"]) / "data")
+            encode_classification(job["dataset"], job["train"], Path(grid["data"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(data, tmp)
@@ -305,11 +307,11 @@ def evaluate_classifier(model, split: dict, limit: int | None, pad_id: int, devi
 
 # ----------------------------------------------------------------------------- the three kinds of job
 
-def run_classification(job: dict, out: str, device) -> dict:
+def run_classification(job: dict, data_dir: str, device) -> dict:
     import exp_models
     import torch
 
-    data = torch.load(data_path(out, job["dataset"], job["train"]), weights_only=False)
+    data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
     set_determinism(job["seed"])
     model = exp_models.classifier(job["model"], job["variant"], job["size"], data["vocab_size"],
@@ -341,11 +343,11 @@ def run_classification(job: dict, out: str, device) -> dict:
             "final_train_loss": float(np.mean(losses[-20:])), "test_correct": test["correct"]}
 
 
-def run_lm(job: dict, out: str, device) -> dict:
+def run_lm(job: dict, data_dir: str, device) -> dict:
     import exp_models
     import torch
 
-    data = torch.load(data_path(out, job["dataset"], job["train"]), weights_only=False)
+    data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
     length, batch, steps = int(train.get("max_length", 256)), int(train.get("batch_size", 16)), int(train["steps"])
     set_determinism(job["seed"])
@@ -404,7 +406,7 @@ def probe_metric(logits, batch) -> tuple:
     return torch.nn.functional.cross_entropy(pred, y), float((pred.argmax(-1) == y).float().mean())
 
 
-def run_probe(job: dict, out: str, device) -> dict:
+def run_probe(job: dict, data_dir: str, device) -> dict:
     import exp_models
     import probes
     import torch
@@ -442,12 +444,13 @@ def run_probe(job: dict, out: str, device) -> dict:
 RUNNERS = {"classification": run_classification, "lm": run_lm, "probe": run_probe}
 
 
-def run_job(job: dict, out: str, device: str = "cpu") -> dict:
-    """Run one job and write its record; return the record."""
+def run_job(job: dict, out: str, device: str = "cpu", data_dir: str | None = None) -> dict:
+    """Run one job and write its record (under ``out``); return the record. ``data_dir``: the
+    prepared datasets (default ``<out>/data``)."""
     import torch
 
     start = time.time()
-    result = RUNNERS[job["kind"]](job, out, torch.device(device))
+    result = RUNNERS[job["kind"]](job, data_dir or str(Path(out) / "data"), torch.device(device))
     record = {"job": job, **result, "seconds": round(time.time() - start, 2), "device": device,
               "torch": torch.__version__}
     write_json(record_path(out, job), record)
@@ -455,9 +458,9 @@ def run_job(job: dict, out: str, device: str = "cpu") -> dict:
 
 
 def _worker(args) -> tuple[str, float, str | None]:
-    job, out, device = args
+    job, out, device, data_dir = args
     try:
-        record = run_job(job, out, device)
+        record = run_job(job, out, device, data_dir)
         return job["id"], record["seconds"], None
     except Exception as e:  # one failed job must not stop the grid; it stays pending and is reported
         return job["id"], 0.0, f"{type(e).__name__}: {e}"
@@ -480,7 +483,7 @@ def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu"
     todo = pending(grid, jobs)
     print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run", flush=True)
     prepare_data(grid, todo)
-    failures, args = 0, [(j, grid["out"], device) for j in todo]
+    failures, args = 0, [(j, grid["out"], device, grid["data"]) for j in todo]
     if workers > 1:
         import multiprocessing as mp
 
