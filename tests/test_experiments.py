@@ -228,17 +228,27 @@ def test_mqar_labels(seed, pairs, length, vocab):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dim, dim_max", [(1, 1), (3, 8), (8, 8)])
-def test_regression_labels(seed, dim, dim_max):
-    b = probes.regression(8, seed, dim=dim, dim_max=dim_max, examples=12, scored=4)
-    assert b.inputs.shape == (8, 24, dim_max + 1) and probes.check_regression(b, dim)
+def test_regression_labels_packed(seed, dim, dim_max):
+    b = probes.regression(8, seed, dim=dim, dim_max=dim_max, examples=16, scored=4)
+    assert b.inputs.shape == (8, 16, dim_max + 1) and probes.check_regression(b, dim)
+    assert (~b.targets.isnan()).sum(1).tolist() == [4] * 8
+    assert (b.inputs[:, :, dim:dim_max] == 0).all() and (b.inputs[:, 12:, -1] == 0).all()  # no y leaked
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dim, dim_max", [(1, 1), (3, 8)])
+def test_regression_labels_interleaved(seed, dim, dim_max):
+    b = probes.regression(8, seed, dim=dim, dim_max=dim_max, examples=12, scored=4, layout="interleaved")
+    assert b.inputs.shape == (8, 24, dim_max + 1) and probes.check_regression(b, dim, "interleaved")
     assert (~b.targets.isnan()).sum(1).tolist() == [4] * 8
     assert (b.inputs[:, 0::2, dim:] == 0).all()  # x-tokens: zero padding, no y leaked
 
 
-def test_regression_checker_catches_a_wrong_target():
-    b = probes.regression(4, 0, dim=3, examples=8, scored=2)
+@pytest.mark.parametrize("layout", ["packed", "interleaved"])
+def test_regression_checker_catches_a_wrong_target(layout):
+    b = probes.regression(4, 0, dim=3, examples=8, scored=2, layout=layout)
     b.targets[0, -2] += 1.0
-    assert not probes.check_regression(b, 3)
+    assert not probes.check_regression(b, 3, layout)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

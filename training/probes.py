@@ -14,10 +14,11 @@ loops (the brute-force checkers used by the tests).
 - ``mqar``: multi-query associative recall (scaled-down MQAR, Arora et al. 2023): ``pairs``
   key-value pairs, then queries (keys, each pair once, in random order) among noise tokens; the
   target at a query is its value. Keys, values and noise come from disjoint thirds of the vocab.
-- ``regression``: in-context linear regression (Garg et al. 2022 layout, interleaved): tokens
-  x_1, y_1, x_2, y_2, ... with x_i ~ N(0, I_dim), y_i = wᵀx_i, w ~ N(0, I_dim / dim) per
-  sequence; at each x-token the target is its y. x-tokens are [x_i, 0], y-tokens [0, y_i]
-  (F = dim_max + 1, zero-padded). Metric: normalised MSE at the last ``scored`` x-tokens.
+- ``regression``: in-context linear regression: x_i ~ N(0, I_dim), y_i = wᵀx_i, w ~ N(0, I_dim / dim)
+  per sequence (F = dim_max + 1 features, zero-padded). ``packed`` (default): ``examples - scored``
+  context tokens [x_i, y_i], then ``scored`` query tokens [x_q, 0] whose targets are their y (one
+  attention layer can read the answer off the context). ``interleaved`` (Garg et al. 2022): tokens
+  [x_i, 0], [0, y_i], ...; targets at the last ``scored`` x-tokens. Metric: R² = 1 - MSE / E[y²].
 - ``induction``: a random segment of random length repeated later at a random offset; targets are
   the next tokens inside the second copy (needs an induction head: two layers, Olsson et al. 2022).
 """
@@ -133,14 +134,26 @@ def check_mqar(b: Batch, pairs: int, vocab: int) -> list[list[int]]:
 # ----------------------------------------------------------------------------- in-context regression
 
 def regression(batch: int, seed, *, dim: int = 8, examples: int = 32, dim_max: int | None = None,
-               scored: int = 8) -> Batch:
+               scored: int = 8, layout: str = "packed") -> Batch:
     dim_max = dim_max or dim
     if not 1 <= dim <= dim_max or not 1 <= scored <= examples:
         raise ValueError(f"regression probe: need 1 <= dim={dim} <= dim_max={dim_max}, 1 <= scored={scored} "
                          f"<= examples={examples}")
+    if layout not in ("packed", "interleaved"):
+        raise ValueError(f"regression probe: layout={layout!r} is invalid: expected packed or interleaved")
     rng = _rng(seed)
-    xs = rng.standard_normal((batch, examples, dim))
     w = rng.standard_normal((batch, dim)) / np.sqrt(dim)
+    if layout == "packed":  # examples - scored context tokens [x_i, y_i], then scored queries [x_q, 0]
+        xs = rng.standard_normal((batch, examples, dim))
+        ys = np.einsum("bnd,bd->bn", xs, w)
+        tokens = np.zeros((batch, examples, dim_max + 1), dtype=np.float32)
+        tokens[:, :, :dim] = xs
+        context = examples - scored
+        tokens[:, :context, dim_max] = ys[:, :context]
+        targets = np.full((batch, examples), np.nan, dtype=np.float32)
+        targets[:, context:] = ys[:, context:]
+        return Batch(torch.as_tensor(tokens), torch.as_tensor(targets), 0)
+    xs = rng.standard_normal((batch, examples, dim))
     ys = np.einsum("bnd,bd->bn", xs, w)
     tokens = np.zeros((batch, 2 * examples, dim_max + 1), dtype=np.float32)
     tokens[:, 0::2, :dim] = xs
@@ -150,16 +163,26 @@ def regression(batch: int, seed, *, dim: int = 8, examples: int = 32, dim_max: i
     return Batch(torch.as_tensor(tokens), torch.as_tensor(targets), 0)
 
 
-def check_regression(b: Batch, dim: int) -> bool:
-    """The y-tokens' y equals the target at the x-token before it, and x·w fits exactly (least squares)."""
+def check_regression(b: Batch, dim: int, layout: str = "packed") -> bool:
+    """Every target (and every y the model sees) is w·x for one w per sequence, found by least squares
+    from the visible (x, y) pairs; no target's y is visible in the input."""
     inputs, targets = b.inputs.double().numpy(), b.targets.double().numpy()
     for row, target in zip(inputs, targets):
-        xs, ys = row[0::2, :dim], row[1::2, -1]
-        w, *_ = np.linalg.lstsq(xs, ys, rcond=None)
+        if layout == "packed":
+            scored = ~np.isnan(target)
+            xs, ys = row[:, :dim], np.where(scored, target, row[:, -1])
+            if np.any(row[scored, -1] != 0):
+                return False
+            if not np.all(scored[np.argmax(scored):]):  # queries come last
+                return False
+        else:
+            xs, ys = row[0::2, :dim], row[1::2, -1]
+            scored = ~np.isnan(target[0::2])
+            if not np.allclose(target[0::2][scored], ys[scored], atol=1e-5):
+                return False
+        known = ~scored
+        w, *_ = np.linalg.lstsq(xs[known], ys[known], rcond=None)
         if not np.allclose(xs @ w, ys, atol=1e-4):
-            return False
-        scored = ~np.isnan(target[0::2])
-        if not np.allclose(target[0::2][scored], ys[scored], atol=1e-5):
             return False
     return True
 
@@ -216,5 +239,5 @@ def max_length(name: str, params: dict) -> int:
     if name == "long_range":
         return params.get("distance", 8) + 1 + params.get("margin", 8)
     if name == "regression":
-        return 2 * params.get("examples", 32)
+        return params.get("examples", 32) * (2 if params.get("layout", "packed") == "interleaved" else 1)
     return params.get("length", {"local": 32, "mqar": 64, "induction": 64}[name])
