@@ -129,7 +129,7 @@ class VariantAttention(nn.Module):
         out, weights, scores = self.spec.forward(self, p, ctx)
         if self.capture:
             self.captured = {"weights": weights.detach(), "scores": None if scores is None else scores.detach()}
-        return out.transpose(1, 2).flatten(2), weights  # (B, H, T, D) -> (B, T, H·D)
+        return out.transpose(1, 2).flatten(2).contiguous(), weights  # (B, H, T, D) -> (B, T, H·D)
 
 
 class BertVariantSelfAttention(VariantAttention):

@@ -1,0 +1,324 @@
+"""The experiment suite: grid expansion, resume, aggregation on known inputs, probe labels against
+brute-force checkers, determinism of a job, and a quick end-to-end run on a tiny grid."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import exp_report  # noqa: E402
+import experiments  # noqa: E402
+import probes  # noqa: E402
+
+
+def tiny_grid(tmp_path: Path, **suites) -> dict:
+    grid = {"out": str(tmp_path / "out"), "results": str(tmp_path / "results"), "suites": suites}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return experiments.load_grid(path)
+
+
+PROBE_SUITE = {"kind": "probe", "models": ["dense", "band"], "seeds": [0, 1], "learning_rates": [1e-3, 3e-3],
+               "size": {"hidden": 16, "heads": 1}, "probe": {"name": "long_range", "margin": 2},
+               "train": {"steps": 3, "batch_size": 8, "eval_size": 16},
+               "sweep": {"layers": [1, 2], "distance": [2, 4], "attention_window": [1, 3, 5]},
+               "plot": {"kinds": ["phase", "lines"], "x": "distance", "y": "attention_window", "facets": ["layers"],
+                        "reach": True}}
+
+
+# ----------------------------------------------------------------------------- grid expansion
+
+def test_expand_counts_sections_and_order(tmp_path):
+    grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
+    jobs = experiments.expand(grid)
+    # dense ignores the window axis: 2 layers x 2 distances; band: x 3 windows; each x 2 lr x 2 seeds
+    assert len(jobs) == (2 * 2 + 2 * 2 * 3) * 2 * 2
+    assert len({j["id"] for j in jobs}) == len(jobs)
+    dense = [j for j in jobs if j["model"] == "dense"]
+    assert all("attention_window" not in j["params"] for j in dense)
+    band = next(j for j in jobs if j["model"] == "band" and j["params"]["attention_window"] == 5)
+    assert band["variant"]["attention_window"] == 5 and band["size"]["layers"] in (1, 2)
+    assert band["probe"]["distance"] in (2, 4) and band["probe"]["name"] == "long_range"
+    seeds = [j["seed"] for j in jobs]
+    assert seeds == sorted(seeds)  # seed-major
+    assert [j["lr"] for j in jobs if j["seed"] == 0] == sorted(j["lr"] for j in jobs if j["seed"] == 0)
+
+
+def test_quick_merges_and_moves_outputs(tmp_path):
+    suite = {**PROBE_SUITE, "quick": {"seeds": [7], "sweep": {"distance": [3]}}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"out": "o", "results": "r", "suites": {"s": suite}}))
+    grid = experiments.load_grid(path, quick=True)
+    assert grid["suites"]["s"]["seeds"] == [7] and grid["suites"]["s"]["sweep"]["distance"] == [3]
+    assert grid["suites"]["s"]["sweep"]["layers"] == [1, 2]  # untouched fields stay
+    assert grid["out"] == "o-quick" and grid["results"] == "r/quick"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": ["dense", "cnn"]}, "models="),
+    ({"sweep": {"colour": [1]}, "kind": "classification", "dataset": "mr"}, "sweep axis 'colour'"),
+    ({"seeds": []}, "seeds="),
+    ({"kind": "regression"}, "kind="),
+    ({"models": ["bilstm"]}, "models="),  # baselines only in classification suites
+])
+def test_bad_suites_are_refused(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_grid(tmp_path, s={**PROBE_SUITE, **change})
+
+
+def test_shipped_grids_expand():
+    for name in ("full", "session"):
+        for quick in (False, True):
+            grid = experiments.load_grid(ROOT / "configs" / "experiments" / f"{name}.yaml", quick)
+            jobs = experiments.expand(grid)
+            assert jobs and {j["suite"] for j in jobs} == set(grid["suites"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+def fake_runner(calls: list, fail_at: int | None = None):
+    def run(job, out, device):
+        calls.append(job["id"])
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt  # the process is stopped in the middle of this job
+        return {"metric": "accuracy", "val": job["seed"] / 10 + job["lr"], "test": job["seed"] / 10,
+                "parameters": 1}
+    return run
+
+
+def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
+    jobs = experiments.expand(grid)
+    calls: list = []
+    monkeypatch.setitem(experiments.RUNNERS, "probe", fake_runner(calls, fail_at=5))
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run_grid(grid, jobs)
+    assert len(experiments.pending(grid, jobs)) == len(jobs) - 4  # only the job in flight is lost
+    assert not list((Path(grid["out"]) / "records").rglob("*.tmp"))
+    calls.clear()
+    monkeypatch.setitem(experiments.RUNNERS, "probe", fake_runner(calls))
+    assert experiments.run_grid(grid, jobs) == 0
+    assert len(calls) == len(jobs) - 4 and not experiments.pending(grid, jobs)
+    calls.clear()
+    experiments.record_path(grid["out"], jobs[7]).unlink()
+    experiments.run_grid(grid, jobs)
+    assert calls == [jobs[7]["id"]]
+
+
+def test_changed_settings_make_records_stale(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
+    jobs = experiments.expand(grid)[:2]
+    calls: list = []
+    monkeypatch.setitem(experiments.RUNNERS, "probe", fake_runner(calls))
+    experiments.run_grid(grid, jobs)
+    changed = tiny_grid(tmp_path, lr={**PROBE_SUITE, "probe": {"name": "long_range", "margin": 5}})
+    new_jobs = experiments.expand(changed)[:2]
+    assert [j["id"] for j in new_jobs] == [j["id"] for j in jobs]
+    assert experiments.pending(changed, new_jobs) == new_jobs
+    rows = exp_report.cells(new_jobs, exp_report.load_records(changed["out"], "lr"))
+    assert all("mean" not in r for r in rows)  # stale records are not aggregated
+
+
+def test_failed_job_stays_pending(tmp_path, monkeypatch):
+    grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
+    jobs = experiments.expand(grid)[:3]
+
+    def run(job, out, device):
+        if job is jobs[1]:
+            raise RuntimeError("boom")
+        return {"metric": "accuracy", "val": 0.5, "test": 0.5, "parameters": 1}
+    monkeypatch.setitem(experiments.RUNNERS, "probe", run)
+    assert experiments.run_grid(grid, jobs) == 1
+    assert experiments.pending(grid, jobs) == [jobs[1]]
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def test_summary_of_known_values():
+    s = exp_report.summarise([1.0, 2.0, 3.0, 4.0])
+    assert s["n"] == 4 and s["mean"] == 2.5
+    assert s["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1)) == pytest.approx(1.2909944)
+    assert 1.0 <= s["lo"] < 2.5 < s["hi"] <= 4.0
+    assert exp_report.bootstrap_interval([0.7, 0.7, 0.7]) == (pytest.approx(0.7), pytest.approx(0.7))
+    assert np.isnan(exp_report.summarise([0.5])["std"]) and np.isnan(exp_report.summarise([0.5])["lo"])
+
+
+def test_bootstrap_interval_matches_a_direct_computation():
+    values = np.array([0.61, 0.74, 0.69, 0.72, 0.58])
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, 5, size=(10_000, 5))].mean(1)
+    assert exp_report.bootstrap_interval(values) == (pytest.approx(np.percentile(means, 2.5)),
+                                                     pytest.approx(np.percentile(means, 97.5)))
+    wide = exp_report.bootstrap_interval(values, level=0.99)
+    narrow = exp_report.bootstrap_interval(values)
+    assert wide[0] <= narrow[0] and wide[1] >= narrow[1]
+
+
+def _record(model, lr, seed, val, test, metric="accuracy"):
+    return {"job": {"model": model, "params": {"distance": 2}, "lr": lr, "seed": seed},
+            "metric": metric, "val": val, "test": test, "parameters": 10, "seconds": 1.0}
+
+
+@pytest.mark.parametrize("metric, best_lr", [("accuracy", 0.1), ("loss", 0.2)])
+def test_cells_choose_the_learning_rate_on_validation(metric, best_lr):
+    jobs = [{"model": "dense", "params": {"distance": 2}, "lr": lr, "seed": s} for lr in (0.1, 0.2) for s in (0, 1, 2)]
+    records = [_record("dense", 0.1, s, 0.9, 0.80 + s / 100, metric) for s in range(3)]
+    records += [_record("dense", 0.2, s, 0.5, 0.50 + s / 100, metric) for s in range(3)]
+    (row,) = exp_report.cells(jobs, records)
+    assert row["lr"] == best_lr and row["n"] == 3 and row["ran"] == 6 and row["planned"] == 6
+    base = 0.80 if best_lr == 0.1 else 0.50
+    assert row["mean"] == pytest.approx(base + 0.01) and row["std"] == pytest.approx(0.01)
+    assert row["val_by_lr"] == {0.1: pytest.approx(0.9), 0.2: pytest.approx(0.5)}
+
+
+def test_unrun_cells_are_listed_not_invented():
+    jobs = [{"model": m, "params": {"distance": 2}, "lr": 0.1, "seed": 0} for m in ("dense", "band")]
+    rows = exp_report.cells(jobs, [_record("dense", 0.1, 0, 0.6, 0.7)])
+    text = exp_report.table(exp_report.sort_rows(rows, ["dense", "band"], ["distance"]), ["distance"])
+    assert "| band | 2 | not run |" in text and "0.7000" in text
+    assert "mean" not in next(r for r in rows if r["model"] == "band")
+
+
+def test_single_seed_interval_over_test_examples():
+    jobs = [{"model": "dense", "params": {}, "lr": 0.1, "seed": 0}]
+    rec = {**_record("dense", 0.1, 0, 0.5, 0.75), "test_correct": [1, 1, 1, 0] * 50}
+    rec["job"]["params"] = {}
+    (row,) = exp_report.cells(jobs, [rec])
+    assert row["over"] == "test examples" and row["lo"] < 0.75 < row["hi"]
+
+
+# ----------------------------------------------------------------------------- probes vs brute force
+
+SEEDS = [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("ngram, window", [(1, 4), (2, 8), (3, 8), (4, 6)])
+def test_local_labels(seed, ngram, window):
+    b = probes.local(64, seed, ngram=ngram, window=window, length=20, vocab=6)
+    assert b.targets[:, -1].tolist() == probes.check_local(b, ngram, window)
+    assert (b.targets[:, :-1] == probes.IGNORE).all()
+    assert 0.2 < b.targets[:, -1].float().mean() < 0.9
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("distance", [1, 2, 7, 33])
+def test_long_range_labels(seed, distance):
+    b = probes.long_range(64, seed, distance=distance, margin=3, vocab=5)
+    assert b.inputs.shape == (64, distance + 4)
+    assert b.targets[:, -1].tolist() == probes.check_long_range(b, distance)
+    assert 0.25 < b.targets[:, -1].float().mean() < 0.75
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("pairs, length, vocab", [(1, 8, 9), (4, 64, 256), (16, 64, 64)])
+def test_mqar_labels(seed, pairs, length, vocab):
+    b = probes.mqar(16, seed, pairs=pairs, length=length, vocab=vocab)
+    assert b.targets.tolist() == probes.check_mqar(b, pairs, vocab)
+    assert ((b.targets != probes.IGNORE).sum(1) == pairs).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dim, dim_max", [(1, 1), (3, 8), (8, 8)])
+def test_regression_labels_packed(seed, dim, dim_max):
+    b = probes.regression(8, seed, dim=dim, dim_max=dim_max, examples=16, scored=4)
+    assert b.inputs.shape == (8, 16, dim_max + 1) and probes.check_regression(b, dim)
+    assert (~b.targets.isnan()).sum(1).tolist() == [4] * 8
+    assert (b.inputs[:, :, dim:dim_max] == 0).all() and (b.inputs[:, 12:, -1] == 0).all()  # no y leaked
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dim, dim_max", [(1, 1), (3, 8)])
+def test_regression_labels_interleaved(seed, dim, dim_max):
+    b = probes.regression(8, seed, dim=dim, dim_max=dim_max, examples=12, scored=4, layout="interleaved")
+    assert b.inputs.shape == (8, 24, dim_max + 1) and probes.check_regression(b, dim, "interleaved")
+    assert (~b.targets.isnan()).sum(1).tolist() == [4] * 8
+    assert (b.inputs[:, 0::2, dim:] == 0).all()  # x-tokens: zero padding, no y leaked
+
+
+@pytest.mark.parametrize("layout", ["packed", "interleaved"])
+def test_regression_checker_catches_a_wrong_target(layout):
+    b = probes.regression(4, 0, dim=3, examples=8, scored=2, layout=layout)
+    b.targets[0, -2] += 1.0
+    assert not probes.check_regression(b, 3, layout)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("length", [16, 40, 128])
+def test_induction_labels(seed, length):
+    b = probes.induction(16, seed, length=length, vocab=7)
+    assert probes.check_induction(b)
+    assert ((b.targets != probes.IGNORE).sum(1) >= 3).all()
+    b.targets[0, (b.targets[0] != probes.IGNORE).nonzero()[0]] += 1
+    assert not probes.check_induction(b)
+
+
+def test_probe_parameters_are_checked():
+    with pytest.raises(ValueError, match="ngram"):
+        probes.local(2, 0, ngram=9, window=8)
+    with pytest.raises(ValueError, match="pairs"):
+        probes.mqar(2, 0, pairs=40, length=64)
+    with pytest.raises(ValueError, match="probe='nope'"):
+        probes.make("nope", 2, 0)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_a_job_is_deterministic_given_its_seed(tmp_path):
+    suite = {**PROBE_SUITE, "models": ["band"], "seeds": [3], "learning_rates": [3e-3],
+             "sweep": {"layers": [2], "distance": [4], "attention_window": [2]}}
+    grid = tiny_grid(tmp_path, s=suite)
+    (job,) = experiments.expand(grid)
+    first = experiments.run_job(job, grid["out"])
+    second = experiments.run_job(job, grid["out"])
+    for key in ("val", "test", "final_train_loss", "parameters"):
+        assert first[key] == second[key]
+
+
+def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
+    suites = {
+        "lr": {**PROBE_SUITE, "seeds": [0], "learning_rates": [3e-3],
+               "quick": {"sweep": {"layers": [1], "distance": [2, 4], "attention_window": [1, 3]}}},
+        "reg": {"kind": "probe", "models": ["dense", "low_rank"], "seeds": [0, 1], "learning_rates": [1e-3],
+                "size": {"hidden": 8, "heads": 1, "layers": 1}, "probe": {"name": "regression", "dim_max": 4,
+                                                                            "examples": 6, "scored": 2},
+                "train": {"steps": 2, "batch_size": 4, "eval_size": 8}, "sweep": {"dim": [2, 4],
+                                                                                 "attention_rank": [1, 8]},
+                "quick": {"sweep": {"attention_rank": [1, 4]}},
+                "plot": {"kinds": ["phase"], "x": "dim", "y": "attention_rank", "vmin": 0, "vmax": 1}},
+        "mr": {"kind": "classification", "dataset": "mr", "models": ["dense", "bag_of_embeddings", "bilstm"],
+               "seeds": [0, 1], "learning_rates": [1e-3], "size": {"hidden": 16, "layers": 1, "heads": 2,
+                                                                   "intermediate": 16},
+               "train": {"steps": 2, "batch_size": 8, "max_length": 24, "vocab_size": 500, "eval_size": 40},
+               "plot": {"type": "bars", "anchors": {"Kim 2014 CNN-rand": 0.761}}},
+        "lm": {"kind": "lm", "dataset": "shakespeare", "models": ["dense", "band"], "seeds": [0],
+               "learning_rates": [3e-3], "size": {"hidden": 16, "layers": 1, "heads": 2},
+               "train": {"steps": 2, "batch_size": 2, "max_length": 16, "eval_size": 2},
+               "sweep": {"attention_window": [4]}, "plot": {"kinds": ["positions", "bars"], "bucket": 4}},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "results": str(tmp_path / "res"),
+                                    "suites": suites}))
+    assert experiments.main(["run", str(path), "--quick"]) == 0
+    res = tmp_path / "res" / "quick"
+    for name in ("lr-phase.png", "lr-lines.png", "reg-phase.png", "mr-bars.png", "lm-positions.png", "summary.json"):
+        assert (res / name).stat().st_size > 0, name
+    summary = json.loads((res / "summary.json").read_text())
+    assert {r["model"] for r in summary["mr"]} == {"dense", "bag_of_embeddings", "bilstm"}
+    assert all(r["n"] == 2 and 0 <= r["mean"] <= 1 for r in summary["mr"])
+    assert all(r["ran"] == r["planned"] for rows in summary.values() for r in rows)
+    mr = (res / "mr.md").read_text()
+    assert "| dense |" in mr and "not run" not in mr
+    records = list((tmp_path / "out-quick" / "records").rglob("*.json"))
+    assert len(records) == 6 + 12 + 6 + 2
+    lm = json.loads(next((tmp_path / "out-quick" / "records" / "lm").glob("band*.json")).read_text())
+    assert len(lm["test_loss_by_position"]) == 16 and lm["metric"] == "loss"
+    assert experiments.main(["run", str(path), "--quick"]) == 0  # resumed: nothing left to do

@@ -1,0 +1,325 @@
+"""Aggregation of the experiment suite's job records: learning rate chosen on validation, then mean,
+standard deviation and a bootstrap 95 % interval of the test metric, as markdown tables, JSON and
+PNG plots under the grid's ``results`` folder. Not imported by the package.
+
+The interval is a percentile bootstrap (10,000 resamples, seeded) over the seeds of a cell; a cell
+with a single seed gets one over its test examples instead when the records hold per-example
+results (classification), and the table says which. Cells without records are listed as not run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+LOWER_IS_BETTER = {"loss"}
+RESAMPLES = 10_000
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def bootstrap_interval(values, level: float = 0.95, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs when fewer than 2 values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def summarise(values) -> dict:
+    """n, mean, sample standard deviation (ddof 1; NaN for one value) and the bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    lo, hi = bootstrap_interval(values)
+    return {"n": len(values), "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
+            else float("nan"), "lo": lo, "hi": hi}
+
+
+# ----------------------------------------------------------------------------- records to cells
+
+def load_records(out: str | Path, suite: str) -> list[dict]:
+    folder = Path(out) / "records" / suite
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def cell_key(job: dict) -> tuple:
+    return job["model"], tuple(sorted(job["params"].items()))
+
+
+def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
+    """One row per (model, sweep point): the learning rate with the best mean validation metric
+    over the seeds that ran, and the test statistics at that learning rate."""
+    planned = defaultdict(set)
+    for job in jobs:
+        planned[cell_key(job)].add((job["lr"], job["seed"]))
+    done = defaultdict(lambda: defaultdict(list))
+    current = {json.dumps(j, sort_keys=True, default=float) for j in jobs}
+    for rec in records:
+        if "id" in rec["job"] and json.dumps(rec["job"], sort_keys=True, default=float) not in current:
+            continue  # stale: the grid's settings for this job changed since it ran
+        done[cell_key(rec["job"])][rec["job"]["lr"]].append(rec)
+    rows = []
+    for key, runs in planned.items():
+        model, params = key
+        by_lr = done.get(key, {})
+        row = {"model": model, "params": dict(params), "planned": len(runs),
+               "ran": sum(len(v) for v in by_lr.values())}
+        if by_lr:
+            metric = next(iter(by_lr.values()))[0]["metric"]
+            sign = -1 if metric in LOWER_IS_BETTER else 1
+            val = {lr: float(np.mean([r["val"] for r in recs])) for lr, recs in by_lr.items()}
+            lr = max(sorted(val), key=lambda k: sign * val[k])  # ties: the smaller learning rate
+            chosen = sorted(by_lr[lr], key=lambda r: r["job"]["seed"])
+            stats = summarise([r["test"] for r in chosen])
+            stats["over"] = "seeds"
+            if stats["n"] == 1 and "test_correct" in chosen[0]:
+                stats["lo"], stats["hi"] = bootstrap_interval(chosen[0]["test_correct"])
+                stats["over"] = "test examples"
+            row.update(metric=metric, lr=lr, val_by_lr=val, parameters=chosen[0]["parameters"], records=chosen,
+                       seconds=float(np.mean([r["seconds"] for r in chosen])), **stats)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def table(rows: list[dict], axes: list[str]) -> str:
+    head = ["model", *axes, "params", "lr (chosen on val)", "val by lr", "seeds", "test mean", "std", "95% CI",
+            "CI over", "s/job"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        point = [str(row["params"].get(a, "—")) for a in axes]
+        if "mean" not in row:
+            lines.append("| " + " | ".join([row["model"], *point] + ["not run"] + [""] * (len(head) - len(axes) - 2))
+                         + " |")
+            continue
+        val = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(row["val_by_lr"].items()))
+        seeds = f"{row['n']}/{row['planned'] // max(1, len(row['val_by_lr']))}"
+        lines.append("| " + " | ".join([
+            row["model"], *point, f"{row['parameters']:,}", f"{row['lr']:g}", val, seeds,
+            fmt(row["mean"]), fmt(row["std"]), f"[{fmt(row['lo'])}, {fmt(row['hi'])}]", row["over"],
+            f"{row['seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def sort_rows(rows: list[dict], models: list[str], axes: list[str]) -> list[dict]:
+    def key(row):
+        return (models.index(row["model"]), *[(str(type(row["params"].get(a))), row["params"].get(a) or 0)
+                                               for a in axes])
+    return sorted(rows, key=key)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label(row: dict, skip: tuple = ()) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()) if k not in skip)
+    return row["model"] + (f" ({extra})" if extra else "")
+
+
+def plot_bars(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    plt = _plt()
+    rows = [r for r in rows if "mean" in r]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    means = [r["mean"] for r in rows]
+    err = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] if not np.isnan(r["lo"]) else [0, 0] for r in rows]).T
+    ax.barh(y, means, xerr=err, color="tab:blue", alpha=0.7, capsize=3)
+    ax.set_yticks(y, [label(r) for r in rows])
+    for text, value in (spec.get("anchors") or {}).items():
+        ax.axvline(value, ls="--", color="gray")
+        ax.text(value, len(rows) - 0.4, text, rotation=90, va="top", ha="right", fontsize=7)
+    anchors = list((spec.get("anchors") or {}).values())
+    lo = min([r["lo"] if not np.isnan(r["lo"]) else r["mean"] for r in rows] + anchors)
+    ax.set_xlim(max(0.0, lo - 0.05), None)
+    ax.set_xlabel(f"test {rows[0]['metric']} (mean over seeds, 95% bootstrap CI)")
+    ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curve(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    plt = _plt()
+    x_axis = spec["x"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups = defaultdict(list)
+    for r in rows:
+        if "mean" in r:
+            groups[label(r, (x_axis,))].append(r)
+    for text, group in groups.items():
+        group.sort(key=lambda r: r["params"][x_axis])
+        xs = [r["params"][x_axis] for r in group]
+        ax.plot(xs, [r["mean"] for r in group], marker="o", label=text)
+        lo = [r["lo"] if not np.isnan(r["lo"]) else r["mean"] for r in group]
+        hi = [r["hi"] if not np.isnan(r["hi"]) else r["mean"] for r in group]
+        ax.fill_between(xs, lo, hi, alpha=0.15)
+    for text, value in (spec.get("anchors") or {}).items():
+        ax.axhline(value, ls="--", color="gray", lw=0.8)
+        ax.text(ax.get_xlim()[0], value, text, fontsize=7, va="bottom")
+    if spec.get("log_x", True):
+        ax.set_xscale("log", base=2 if spec.get("log2") else 10)
+    ax.set_xlabel(x_axis)
+    ax.set_ylabel(f"test {next(r['metric'] for r in rows if 'mean' in r)}")
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_positions(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    """Test loss by position in the context (mean over seeds, smoothed over ``bucket`` positions)."""
+    plt = _plt()
+    bucket = int(spec.get("bucket", 8))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if "mean" not in r:
+            continue
+        curve = np.mean([rec["test_loss_by_position"] for rec in r["records"]], axis=0)
+        n = len(curve) // bucket * bucket
+        ax.plot(np.arange(0, n, bucket) + bucket / 2, curve[:n].reshape(-1, bucket).mean(1), label=label(r))
+    ax.set_xlabel("position in the context")
+    ax.set_ylabel(f"test loss (nats/char), mean over {bucket} positions")
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_phase(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    """Heatmaps of the test metric over (x, y) for the models that use y, one per facet value,
+    and beside them the models that do not use y as one column (y does not apply)."""
+    plt = _plt()
+    x_axis, y_axis, facets = spec["x"], spec["y"], spec.get("facets", [])
+    done = [r for r in rows if "mean" in r]
+    if not done:
+        return
+    facet_values = sorted({tuple(r["params"].get(f) for f in facets) for r in done}, key=str)
+    models = list(dict.fromkeys(r["model"] for r in done))
+    xs = sorted({r["params"][x_axis] for r in done})
+    ys = sorted({r["params"][y_axis] for r in done if y_axis in r["params"]})
+    fig, axes = plt.subplots(len(facet_values), len(models), squeeze=False,
+                             figsize=(2.6 * len(models) + 1, 2.3 * len(facet_values) + 0.8))
+    vmin, vmax = spec.get("vmin", 0.5), spec.get("vmax", 1.0)
+    image = None
+    for i, fv in enumerate(facet_values):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            mine = [r for r in done if r["model"] == model and tuple(r["params"].get(f) for f in facets) == fv]
+            uses = any(y_axis in r["params"] for r in mine)
+            rows_y = ys if uses else [None]
+            grid = np.full((len(rows_y), len(xs)), np.nan)
+            for r in mine:
+                grid[rows_y.index(r["params"].get(y_axis)), xs.index(r["params"][x_axis])] = r["mean"]
+            image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=6, rotation=90)
+            ax.set_yticks(range(len(rows_y)), [str(y) if y is not None else "—" for y in rows_y], fontsize=6)
+            for (yi, xi), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(xi, yi, f"{v:.2f}", ha="center", va="center", fontsize=5, color="w" if v < 0.8 else "k")
+            if spec.get("reach") and uses:  # the reach L·w of a stacked causal band
+                layers = dict(zip(facets, fv)).get("layers")
+                if layers:
+                    for yi, w in enumerate(rows_y):
+                        reach = [xi for xi, x in enumerate(xs) if x <= layers * w]
+                        if reach:
+                            ax.plot([max(reach) + 0.5] * 2, [yi - 0.5, yi + 0.5], color="r", lw=1.5)
+            title = model + "".join(f", {f}={v}" for f, v in zip(facets, fv))
+            ax.set_title(title, fontsize=7)
+            ax.set_xlabel(x_axis, fontsize=7)
+            ax.set_ylabel(y_axis if uses else "", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label=f"test {done[0]['metric']}")
+    fig.suptitle(name + (": red bar = reach L·w" if spec.get("reach") else ""), fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_lines(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    """Metric against the probe parameter: one panel per facet value, a line per model (and per y value)."""
+    plt = _plt()
+    x_axis, facets = spec["x"], spec.get("facets", [])
+    done = [r for r in rows if "mean" in r]
+    if not done:
+        return
+    facet_values = sorted({tuple(r["params"].get(f) for f in facets) for r in done}, key=str)
+    fig, axes = plt.subplots(1, len(facet_values), squeeze=False, figsize=(5 * len(facet_values), 4), sharey=True)
+    for ax, fv in zip(axes[0], facet_values):
+        groups = defaultdict(list)
+        for r in done:
+            if tuple(r["params"].get(f) for f in facets) == fv:
+                groups[label(r, (x_axis, *facets))].append(r)
+        for text, group in groups.items():
+            group.sort(key=lambda r: r["params"][x_axis])
+            ax.errorbar([r["params"][x_axis] for r in group], [r["mean"] for r in group],
+                        yerr=[[0 if np.isnan(r["lo"]) else r["mean"] - r["lo"] for r in group],
+                              [0 if np.isnan(r["hi"]) else r["hi"] - r["mean"] for r in group]],
+                        marker="o", ms=3, capsize=2, label=text)
+        if spec.get("log_x", True):
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(x_axis)
+        ax.set_title(", ".join(f"{f}={v}" for f, v in zip(facets, fv)) or name, fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel(f"test {done[0]['metric']}")
+    fig.suptitle(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PLOTS = {"bars": plot_bars, "curve": plot_curve, "positions": plot_positions, "phase": plot_phase,
+         "lines": plot_lines}
+
+
+# ----------------------------------------------------------------------------- the results folder
+
+def write_results(grid: dict, jobs: list[dict]) -> dict:
+    """Tables (one markdown file per suite), a JSON summary and the plots the suites ask for."""
+    folder = Path(grid["results"])
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name, suite in grid["suites"].items():
+        suite_jobs = [j for j in jobs if j["suite"] == name]
+        records = load_records(grid["out"], name)
+        if not suite_jobs or not records:
+            continue
+        axes = list(suite["sweep"])
+        rows = sort_rows(cells(suite_jobs, records), suite["models"], axes)
+        command = f"python training/experiments.py run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick")
+                                                                                     else "")
+        text = [f"# {name}", "", suite.get("description", "").strip(), "", f"Made by `{command}` (records: "
+                f"`{grid['out']}/records/{name}/`).", "",
+                f"{sum(r['ran'] for r in rows)} of {sum(r['planned'] for r in rows)} planned jobs ran. ",
+                "Learning rate chosen per cell on the mean validation metric over seeds; test statistics at that "
+                "learning rate. 95% CI: percentile bootstrap of the mean (10,000 resamples).", "",
+                table(rows, axes), ""]
+        plots = suite["plot"].get("kinds") or ([suite["plot"]["type"]] if suite["plot"].get("type") else [])
+        for kind in plots:
+            png = folder / f"{name}-{kind}.png"
+            PLOTS[kind](name, rows, suite["plot"], png)
+            if png.exists():
+                text.append(f"![{name} {kind}]({png.name})")
+        (folder / f"{name}.md").write_text("\n".join(text) + "\n")
+        summary[name] = [{k: v for k, v in r.items() if k != "records"} for r in rows]
+    tmp = folder / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    tmp.replace(folder / "summary.json")
+    return summary

@@ -1,0 +1,538 @@
+"""The experiment suite: one declared grid of variants x tasks x seeds (x a learning-rate sweep and
+task parameters), run resumably, in parallel processes when asked, and aggregated into tables and plots.
+
+Usage:
+    python training/experiments.py run configs/experiments/full.yaml [--quick] [--jobs N] [--device cuda]
+                                   [--only SUITE,...] [--limit N]
+    python training/experiments.py aggregate configs/experiments/full.yaml [--quick]
+    python training/experiments.py list configs/experiments/full.yaml [--quick]     # the jobs, done or not
+
+A grid file (``configs/experiments/*.yaml``) names where job records go (``out``), where tables and plots go
+(``results``) and optionally where the tokenised datasets go (``data``, default ``<out>/data``; grids that
+share it share one tokenizer per dataset), and declares suites. A suite has a ``kind`` (classification, lm,
+probe), ``models`` (attention variants and, for classification, the baselines ``bag_of_embeddings`` and
+``bilstm``), ``seeds``, ``learning_rates`` (the same sweep for every model, chosen on validation), ``size``
+(hidden, layers, heads, intermediate, architecture), ``variant`` (attention_rank, attention_window, ...),
+``train`` (steps or epochs, batch size, ...), ``probe`` (probe name and its parameters) and ``sweep`` (axes:
+any of those fields, each value a job). A variant field in a sweep expands only for the models that use it
+(``attention_window`` for band and low_rank_band, ...). A suite's ``quick`` mapping is merged over it under
+``--quick``.
+
+Each job writes one JSON record ``<out>/records/<suite>/<job id>.json`` (temp file, then rename);
+a rerun skips jobs that have a record of the same settings (a record whose job settings changed is
+stale and reruns), so a killed run loses at most the jobs in flight. A job is
+deterministic given its seed on one machine: one torch thread per process, seeded init and data
+order, and one tokenizer per dataset trained once (``<out>/data``) before any job starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+KINDS = ("classification", "lm", "probe")
+SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
+                "quick", "plot", "description")
+VARIANT_USES = {"attention_window": ("band", "low_rank_band"), "attention_rank": ("low_rank", "low_rank_band"),
+                "band_combine": ("low_rank_band",), "additive_dim": ("additive",)}
+SIZE_FIELDS = ("hidden", "layers", "heads", "intermediate", "architecture")
+TRAIN_FIELDS = ("epochs", "steps", "batch_size", "max_length", "train_size", "vocab_size", "eval_size", "weight_decay",
+                "warmup", "min_steps")
+VARIANTS = ("dense", "low_rank", "band", "low_rank_band", "additive", "lstmn")
+BASELINES = ("bag_of_embeddings", "bilstm")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_grid(path: str | Path, quick: bool = False) -> dict:
+    """The grid file, checked; with ``quick``, each suite's ``quick`` mapping merged over it."""
+    grid = yaml.safe_load(Path(path).read_text())
+    if not isinstance(grid, dict) or not isinstance(grid.get("suites"), dict):
+        raise ValueError(f"grid {path}: expected a mapping with a 'suites' mapping")
+    for field in ("out", "results"):
+        if not isinstance(grid.get(field), str):
+            raise ValueError(f"grid {path}: '{field}' must be a folder path")
+    suites = {}
+    for name, suite in grid["suites"].items():
+        suite = deep_merge(suite, suite.get("quick") or {}) if quick else suite
+        suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
+    data = grid.get("data") or grid["out"] + ("-quick" if quick else "") + "/data"
+    return {**grid, "suites": suites, "quick": quick, "path": str(path), "data": data,
+            "out": grid["out"] + ("-quick" if quick else ""), "results": grid["results"] + ("/quick" if quick else "")}
+
+
+def check_suite(name: str, suite: dict) -> dict:
+    unknown = sorted(set(suite) - set(SUITE_FIELDS))
+    if unknown:
+        raise ValueError(f"suite {name}: unknown fields {unknown}, expected some of {SUITE_FIELDS}")
+    if suite.get("kind") not in KINDS:
+        raise ValueError(f"suite {name}: kind={suite.get('kind')!r} is invalid: expected one of {KINDS}")
+    allowed = VARIANTS + (BASELINES if suite["kind"] == "classification" else ())
+    models = suite.get("models") or []
+    bad = [m for m in models if m not in allowed]
+    if not models or bad:
+        raise ValueError(f"suite {name}: models={models!r} is invalid: expected a non-empty list from {allowed}")
+    for field in ("seeds", "learning_rates"):
+        if not isinstance(suite.get(field), list) or not suite[field]:
+            raise ValueError(f"suite {name}: {field}={suite.get(field)!r} is invalid: expected a non-empty list")
+    suite["learning_rates"] = [float(lr) for lr in suite["learning_rates"]]
+    for section in ("size", "variant", "train", "probe", "sweep", "plot"):
+        suite[section] = dict(suite.get(section) or {})
+    for axis, values in suite["sweep"].items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"suite {name}: sweep.{axis}={values!r} is invalid: expected a non-empty list")
+        section_of(axis, suite)  # raises on an unknown axis
+    if suite["kind"] == "probe" and not suite["probe"].get("name"):
+        raise ValueError(f"suite {name}: a probe suite needs probe.name")
+    if suite["kind"] != "probe" and not suite.get("dataset"):
+        raise ValueError(f"suite {name}: a {suite['kind']} suite needs a dataset")
+    return suite
+
+
+def section_of(axis: str, suite: dict) -> str:
+    if axis in VARIANT_USES:
+        return "variant"
+    if axis in SIZE_FIELDS:
+        return "size"
+    if axis in TRAIN_FIELDS:
+        return "train"
+    if suite["kind"] == "probe":
+        return "probe"
+    raise ValueError(f"sweep axis {axis!r} is unknown: expected a variant field {sorted(VARIANT_USES)}, a size "
+                     f"field {SIZE_FIELDS} or a train field {TRAIN_FIELDS}")
+
+
+def job_id(job: dict) -> str:
+    parts = [job["model"]] + [f"{k}={v}" for k, v in sorted(job["params"].items())]
+    parts += [f"lr={job['lr']:g}", f"seed={job['seed']}"]
+    return "__".join(parts).replace("/", "_")
+
+
+def expand(grid: dict, only: list[str] | None = None) -> list[dict]:
+    """Every job of the grid: suite x model x sweep point x learning rate x seed, ordered by suite, then
+    seed, then learning rate, then model and sweep point.
+
+    A variant-field axis expands only for the models that use it; for the others it is absent
+    (one job instead of one per value)."""
+    jobs = []
+    for name, suite in grid["suites"].items():
+        if only and name not in only:
+            continue
+        start = len(jobs)
+        for model in suite["models"]:
+            axes = {a: v for a, v in suite["sweep"].items() if a not in VARIANT_USES or model in VARIANT_USES[a]}
+            for point in itertools.product(*axes.values()):
+                params = dict(zip(axes, point))
+                for lr, seed in itertools.product(suite["learning_rates"], suite["seeds"]):
+                    job = {"suite": name, "kind": suite["kind"], "model": model, "params": params, "lr": lr,
+                           "seed": seed, **resolved(suite, params)}
+                    job["id"] = job_id(job)
+                    jobs.append(job)
+        # seed-major within a suite: a partly run grid holds whole seeds of every model, not all seeds of a few
+        jobs[start:] = sorted(jobs[start:], key=lambda j, s=suite: (s["seeds"].index(j["seed"]),
+                                                                    s["learning_rates"].index(j["lr"])))
+    ids = [(j["suite"], j["id"]) for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the grid expands to duplicate jobs: check the sweep axes")
+    return jobs
+
+
+def resolved(suite: dict, params: dict) -> dict:
+    """A job's sections with the sweep point applied."""
+    out = {s: dict(suite[s]) for s in ("size", "variant", "train", "probe")}
+    out["dataset"] = suite.get("dataset")
+    for axis, value in params.items():
+        out[section_of(axis, suite)][axis] = value
+    return out
+
+
+def record_path(out: str | Path, job: dict) -> Path:
+    return Path(out) / "records" / job["suite"] / f"{job['id']}.json"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write to a temp file, then rename: a killed writer leaves no half-written record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- training helpers
+
+def set_determinism(seed: int, threads: int = 1) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def optimiser(model, lr: float, steps: int, train: dict):
+    """AdamW with linear warmup (``warmup`` fraction, default 5 %) and linear decay to 0."""
+    import torch
+
+    decay = float(train.get("weight_decay", 0.01))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    warm = max(1, int(float(train.get("warmup", 0.05)) * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    return opt, schedule
+
+
+def step(model, loss, opt, schedule) -> float:
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    schedule.step()
+    return float(loss.detach())
+
+
+# ----------------------------------------------------------------------------- data of the real tasks
+
+def data_path(folder: str | Path, dataset: str, train: dict) -> Path:
+    if dataset == "shakespeare":
+        return Path(folder) / "shakespeare-chars.pt"
+    return Path(folder) / f"{dataset}-v{train.get('vocab_size', 8000)}-L{train.get('max_length', 64)}.pt"
+
+
+def prepare_data(grid: dict, jobs: list[dict]) -> None:
+    """Tokenise every dataset the jobs need, once, in this process (so every job shares one tokenizer)."""
+    import torch
+
+    seen = set()
+    for job in jobs:
+        if job["kind"] == "probe":
+            continue
+        path = data_path(grid["data"], job["dataset"], job["train"])
+        if path in seen or path.exists():
+            seen.add(path)
+            continue
+        seen.add(path)
+        print(f"preparing {path}", flush=True)
+        data = shakespeare_chars() if job["dataset"] == "shakespeare" else \
+            encode_classification(job["dataset"], job["train"], Path(grid["data"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
+
+
+def encode_classification(dataset: str, train: dict, folder: Path) -> dict:
+    """Token ids, segment ids and labels of every split, with a WordPiece tokenizer trained once on train."""
+    import corpora
+    import tasks
+
+    data = corpora.load_data({"dataset": dataset})
+    columns = tasks.DEFAULT_COLUMNS[dataset]
+    text, pair = columns["text_column"], columns.get("text_pair_column")
+    names = tasks.label_names(data, columns["label_column"])
+    vocab, max_length = int(train.get("vocab_size", 8000)), int(train.get("max_length", 64))
+    tokenizer = tasks.get_tokenizer({"vocab_size": vocab}, "bert", data, [c for c in (text, pair) if c],
+                                    folder / f"tokenizer-{dataset}-v{vocab}", max_length)
+    out = {"vocab_size": len(tokenizer), "pad_id": tokenizer.pad_token_id, "labels": names, "max_length": max_length}
+    for split, ds in data.items():
+        ds = tasks.drop_unlabelled(ds, columns["label_column"], split)
+        enc = tokenizer(list(ds[text]), list(ds[pair]) if pair else None, truncation=True, max_length=max_length)
+        out[split] = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"],
+                      "labels": list(ds[columns["label_column"]])}
+    return out
+
+
+def shakespeare_chars() -> dict:
+    """Character-level Shakespeare: the sorted character set of train (unknown characters -> id 0)."""
+    import corpora
+    import torch
+
+    data = corpora.load_data({"dataset": "shakespeare"})
+    texts = {split: "\n".join(ds["text"]) + "\n" for split, ds in data.items()}
+    chars = sorted(set(texts["train"]))
+    index = {c: i for i, c in enumerate(chars)}
+    return {"chars": "".join(chars), **{split: torch.tensor([index.get(c, 0) for c in t], dtype=torch.uint8)
+                                         for split, t in texts.items()}}
+
+
+def pad_batch(split: dict, rows, pad_id: int, device):
+    import torch
+
+    ids = [split["input_ids"][i] for i in rows]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(ids), width), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, (x, t) in enumerate(zip(ids, (split["token_type_ids"][i] for i in rows))):
+        input_ids[r, :len(x)], types[r, :len(t)], mask[r, :len(x)] = torch.tensor(x), torch.tensor(t), 1
+    labels = torch.tensor([split["labels"][i] for i in rows])
+    return input_ids.to(device), mask.to(device), types.to(device), labels.to(device)
+
+
+def evaluate_classifier(model, split: dict, limit: int | None, pad_id: int, device, batch: int = 256) -> dict:
+    import torch
+
+    n = len(split["labels"]) if limit is None else min(limit, len(split["labels"]))
+    correct = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            rows = list(range(start, min(n, start + batch)))
+            ids, mask, types, labels = pad_batch(split, rows, pad_id, device)
+            correct += (model(ids, mask, types).argmax(-1) == labels).tolist()
+    model.train()
+    return {"accuracy": float(np.mean(correct)), "n": n, "correct": [int(c) for c in correct]}
+
+
+# ----------------------------------------------------------------------------- the three kinds of job
+
+def run_classification(job: dict, data_dir: str, device) -> dict:
+    import exp_models
+    import torch
+
+    data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
+    train = job["train"]
+    set_determinism(job["seed"])
+    model = exp_models.classifier(job["model"], job["variant"], job["size"], data["vocab_size"],
+                                  len(data["labels"]), data["max_length"] + 2, data["pad_id"]).to(device)
+    n_train = len(data["train"]["labels"])
+    subset = np.random.default_rng(0).permutation(n_train)[:int(train.get("train_size") or n_train)]  # nested
+    batch = int(train.get("batch_size", 32))
+    per_epoch = math.ceil(len(subset) / batch)
+    steps = max(int(train.get("min_steps", 0)), int(train.get("epochs", 1)) * per_epoch)
+    if train.get("steps"):
+        steps = int(train["steps"])
+    opt, schedule = optimiser(model, job["lr"], steps, train)
+    order = np.random.default_rng(job["seed"])
+    losses, done = [], 0
+    while done < steps:
+        perm = subset[order.permutation(len(subset))]
+        for start in range(0, len(perm), batch):
+            if done == steps:
+                break
+            ids, mask, types, labels = pad_batch(data["train"], perm[start:start + batch], data["pad_id"], device)
+            loss = torch.nn.functional.cross_entropy(model(ids, mask, types), labels)
+            losses.append(step(model, loss, opt, schedule))
+            done += 1
+    limit = train.get("eval_size")
+    val = evaluate_classifier(model, data["validation"], limit, data["pad_id"], device)
+    test = evaluate_classifier(model, data["test"], None, data["pad_id"], device)
+    return {"metric": "accuracy", "val": val["accuracy"], "test": test["accuracy"],
+            "parameters": exp_models.count_parameters(model), "steps": steps, "train_examples": len(subset),
+            "final_train_loss": float(np.mean(losses[-20:])), "test_correct": test["correct"]}
+
+
+def run_lm(job: dict, data_dir: str, device) -> dict:
+    import exp_models
+    import torch
+
+    data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
+    train = job["train"]
+    length, batch, steps = int(train.get("max_length", 256)), int(train.get("batch_size", 16)), int(train["steps"])
+    set_determinism(job["seed"])
+    vocab = len(data["chars"])
+    model = exp_models.causal_lm(job["model"], job["variant"], job["size"], vocab, length).to(device)
+    opt, schedule = optimiser(model, job["lr"], steps, train)
+    stream = data["train"].long()
+    gen = torch.Generator().manual_seed(job["seed"])
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - length - 1, (batch,), generator=gen)
+        block = torch.stack([stream[s:s + length + 1] for s in starts.tolist()]).to(device)
+        logits = model(input_ids=block[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), block[:, 1:].flatten())
+        losses.append(step(model, loss, opt, schedule))
+    blocks = int(train.get("eval_size", 64))
+    val = lm_loss_by_position(model, data["validation"].long(), length, blocks, device)
+    test = lm_loss_by_position(model, data["test"].long(), length, blocks, device)
+    return {"metric": "loss", "val": float(val.mean()), "test": float(test.mean()),
+            "test_loss_by_position": [round(float(v), 5) for v in test], "eval_blocks": blocks,
+            "parameters": exp_models.count_parameters(model), "steps": steps,
+            "final_train_loss": float(np.mean(losses[-20:]))}
+
+
+def lm_loss_by_position(model, stream, length: int, blocks: int, device, batch: int = 32):
+    """Mean next-character NLL (nats) at each position 0..length-1 over the first ``blocks``
+    non-overlapping blocks of a split."""
+    import torch
+
+    blocks = min(blocks, (len(stream) - 1) // length)
+    starts = [i * length for i in range(blocks)]
+    total = torch.zeros(length, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, blocks, batch):
+            block = torch.stack([stream[s:s + length + 1] for s in starts[b:b + batch]]).to(device)
+            logits = model(input_ids=block[:, :-1]).logits
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), block[:, 1:], reduction="none")
+            total += nll.double().sum(0).cpu()
+    model.train()
+    return (total / blocks).numpy()
+
+
+def probe_metric(logits, batch) -> tuple:
+    """(loss to train on, metric to report: accuracy, or R² = 1 - normalised MSE for regression)."""
+    import torch
+
+    targets = batch.targets.to(logits.device)
+    if batch.num_classes == 0:
+        scored = ~torch.isnan(targets)
+        pred, y = logits[..., 0][scored], targets[scored]
+        mse = torch.mean((pred - y) ** 2)
+        return mse, float(1 - mse.detach() / torch.mean(y**2))
+    scored = targets != -100
+    pred, y = logits[scored], targets[scored]
+    return torch.nn.functional.cross_entropy(pred, y), float((pred.argmax(-1) == y).float().mean())
+
+
+def run_probe(job: dict, data_dir: str, device) -> dict:
+    import exp_models
+    import probes
+    import torch
+
+    params = {k: v for k, v in job["probe"].items() if k != "name"}
+    name, train, size = job["probe"]["name"], job["train"], job["size"]
+    set_determinism(job["seed"])
+    sample = probes.make(name, 2, [job["seed"], 0], **params)
+    tokens = sample.num_classes > 0
+    model = exp_models.ProbeModel(
+        job["model"], job["variant"], size.get("architecture", "attention_only"), int(size.get("hidden", 64)),
+        int(size.get("heads", 1)), int(size.get("layers", 1)), probes.max_length(name, params),
+        sample.num_classes if tokens else 1, vocab=probes.vocab_size(name, params),
+        features=0 if tokens else sample.inputs.shape[-1], mlp_readout=name in ("local", "long_range"))
+    model = model.to(device)
+    steps, batch = int(train.get("steps", 500)), int(train.get("batch_size", 64))
+    opt, schedule = optimiser(model, job["lr"], steps, train)
+    losses = []
+    for i in range(steps):
+        data = probes.make(name, batch, [job["seed"], 1, i], **params)
+        loss, _ = probe_metric(model(data.inputs.to(device)), data)
+        losses.append(step(model, loss, opt, schedule))
+    n_eval = int(train.get("eval_size", 1000))
+    model.eval()
+    with torch.no_grad():  # validation and test sets: fixed seeds, the same for every job of the suite
+        val = probe_metric(model(probes.make(name, n_eval, [10**6, 1], **params).inputs.to(device)),
+                           probes.make(name, n_eval, [10**6, 1], **params))[1]
+        test_data = probes.make(name, n_eval, [10**6, 2], **params)
+        test = probe_metric(model(test_data.inputs.to(device)), test_data)[1]
+    return {"metric": "r2" if name == "regression" else "accuracy", "val": val, "test": test,
+            "parameters": exp_models.count_parameters(model), "steps": steps,
+            "final_train_loss": float(np.mean(losses[-20:]))}
+
+
+RUNNERS = {"classification": run_classification, "lm": run_lm, "probe": run_probe}
+
+
+def run_job(job: dict, out: str, device: str = "cpu", data_dir: str | None = None) -> dict:
+    """Run one job and write its record (under ``out``); return the record. ``data_dir``: the
+    prepared datasets (default ``<out>/data``)."""
+    import torch
+
+    start = time.time()
+    result = RUNNERS[job["kind"]](job, data_dir or str(Path(out) / "data"), torch.device(device))
+    record = {"job": job, **result, "seconds": round(time.time() - start, 2), "device": device,
+              "torch": torch.__version__}
+    write_json(record_path(out, job), record)
+    return record
+
+
+def _worker(args) -> tuple[str, float, str | None]:
+    job, out, device, data_dir = args
+    try:
+        record = run_job(job, out, device, data_dir)
+        return job["id"], record["seconds"], None
+    except Exception as e:  # one failed job must not stop the grid; it stays pending and is reported
+        return job["id"], 0.0, f"{type(e).__name__}: {e}"
+
+
+def is_done(out: str | Path, job: dict) -> bool:
+    """A record exists for exactly this job (a record of a job whose settings changed since is stale)."""
+    path = record_path(out, job)
+    if not path.exists():
+        return False
+    return json.loads(path.read_text())["job"] == json.loads(json.dumps(job, default=float))
+
+
+def pending(grid: dict, jobs: list[dict]) -> list[dict]:
+    return [j for j in jobs if not is_done(grid["out"], j)]
+
+
+def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu", aggregate_every: int = 0) -> int:
+    """Run the jobs without a record; return how many failed. ``workers`` > 1: parallel processes."""
+    todo = pending(grid, jobs)
+    print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run", flush=True)
+    prepare_data(grid, todo)
+    failures, args = 0, [(j, grid["out"], device, grid["data"]) for j in todo]
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=set_determinism, initargs=(0,))
+        results = pool.imap_unordered(_worker, args)
+    else:
+        pool, results = None, map(_worker, args)
+    for n, (jid, seconds, error) in enumerate(results, 1):
+        failures += error is not None
+        print(f"[{n}/{len(todo)}] {jid}: " + (f"FAILED {error}" if error else f"{seconds:.1f} s"), flush=True)
+        if aggregate_every and n % aggregate_every == 0:
+            aggregate(grid)
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return failures
+
+
+def aggregate(grid: dict) -> None:
+    import exp_report
+
+    exp_report.write_results(grid, expand(grid))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("run", "aggregate", "list"))
+    parser.add_argument("grid")
+    parser.add_argument("--quick", action="store_true", help="each suite's quick settings: a smoke test")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="", help="comma-separated suite names")
+    parser.add_argument("--limit", type=int, default=0, help="run at most N pending jobs")
+    parser.add_argument("--aggregate-every", type=int, default=0, help="rewrite the results every N jobs")
+    args = parser.parse_args(argv)
+    grid = load_grid(args.grid, args.quick)
+    jobs = expand(grid, [s for s in args.only.split(",") if s] or None)
+    if args.command == "list":
+        for job in jobs:
+            print(("done " if is_done(grid["out"], job) else "todo ") + f"{job['suite']}/{job['id']}")
+        return 0
+    if args.command == "run":
+        selected = pending(grid, jobs)[:args.limit] if args.limit else jobs
+        failures = run_grid(grid, selected, args.jobs, args.device, args.aggregate_every)
+        aggregate(grid)
+        return 1 if failures else 0
+    aggregate(grid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
