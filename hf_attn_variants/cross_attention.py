@@ -44,6 +44,7 @@ from transformers.pytorch_utils import Conv1D
 from .kernels import additive_attention, additive_scores, dense_attention
 
 Tensor = torch.Tensor
+DIRECT_BUDGET = 1 << 23  # (query, key, dim) triples below which additive scores are built in one tensor
 
 
 def cross_allowed(key_mask: Tensor | None, tq: int, tk: int, device) -> Tensor:
@@ -85,6 +86,11 @@ def _dense_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_mask
 
 def _additive_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None,
                    dropout_p: float) -> Tensor:
+    """Small problems (B·H·Tq·Tk·a <= ``m.direct_budget``) in one expression (the reference's); larger
+    ones through the tiled kernel, once per group of rows with the same number of real encoder tokens."""
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3] <= m.direct_budget:
+        return cross_attention_reference(q, k, v, variant="additive", key_mask=key_mask,
+                                         score_vector=m.score_vector, dropout_p=dropout_p)[0]
     if key_mask is None:
         return additive_attention(q, k, v, m.score_vector, causal=False, dropout_p=dropout_p)
     lengths = key_mask.sum(-1)  # (B,) real encoder tokens per row; right padding (EncoderDecoderModel's)
@@ -129,6 +135,7 @@ class GPT2CrossAttention(nn.Module):
         self.c_attn = Conv1D(qk + hidden, hidden)  # [keys | values]
         if self.variant == "additive":
             self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.qk_dim))  # v_h, (H, a)
+        self.direct_budget = DIRECT_BUDGET
         self.c_proj = Conv1D(hidden, hidden)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
         self.capture = False
