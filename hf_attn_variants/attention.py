@@ -205,6 +205,8 @@ def init_variant_parameters(module: nn.Module, std: float, init) -> None:
     """Initialise the parameters the variants add, by the spec of the module's variant
     (``init`` is transformers.initialization)."""
     variant = getattr(module, "variant", None)
+    if getattr(module, "is_cross_attention", False):  # cross_attention.py initialises its own parameters
+        return
     if isinstance(variant, str) and variant in VARIANTS and isinstance(module, nn.Module):
         VARIANTS[variant].init(module, std, init)
 

