@@ -56,7 +56,8 @@ def reject_unknown_kwargs(model, kwargs: dict, allowed: tuple[str, ...] = LOSS_K
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(f"{type(model).__name__}.forward() got unexpected keyword argument(s) {unknown} "
-                        "(encoder_hidden_states only for GPT-2 decoders with add_cross_attention; no packed-sequence kwargs).")
+                        "(encoder_hidden_states only for GPT-2 decoders with add_cross_attention; "
+                        "no packed-sequence kwargs).")
 
 
 def config_default(value, config, name: str):
