@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .precision import autocast_on, in_fp32
+
 Tensor = torch.Tensor
 
 
@@ -347,6 +349,9 @@ class _AdditiveTiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k, compiled):
+        if autocast_on(q):  # mixed precision: this Function computes in fp32 (precision.py)
+            return in_fp32(_AdditiveTiled.forward, ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q,
+                           tile_k, compiled)
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
@@ -378,6 +383,8 @@ class _AdditiveTiled(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if autocast_on(grad_out):
+            return in_fp32(_AdditiveTiled.backward, ctx, grad_out)
         q, k, v, w, out, lse, key_mask = ctx.saved_tensors
         causal, window, dropout_p, tile_q, tile_k, exp_trick, seed, compiled = ctx.cfg
         B, H, tq_all, a = q.shape
@@ -565,6 +572,8 @@ class _LSTMNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable):
+        if autocast_on(xs):  # mixed precision: this Function computes in fp32 (precision.py)
+            return in_fp32(_LSTMNRecurrence.forward, ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable)
         B, T, d = xs.shape
         tape = xs.new_zeros(B, T + 1, 2 * d)  # [h | c]; slot 0 is the zero slot, slot t + 1 is token t
         keys = xs.new_zeros(B, T + 1, d)  # W_h h_i, once per slot
@@ -592,6 +601,8 @@ class _LSTMNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h):
+        if autocast_on(grad_h):
+            return in_fp32(_LSTMNRecurrence.backward, ctx, grad_h)
         w_tape, w_summary, score, w_gates_h, bias, tape, keys, queries, sums, gates = ctx.saved_tensors
         B, T, d = grad_h.shape
         # what the gate derivatives need, for all t at once: σ(i, f, o), tanh ĉ, tanh c_t
