@@ -83,7 +83,8 @@ def _band_module(m: VariantAttention, q: Tensor, k: Tensor, v: Tensor, ctx: Cont
     v = v[:, :, -k.shape[-2]:]  # a cache keeps only the band's keys; values may reach further back
     if ctx.reference:
         return band_attention_reference(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k))
-    return band_attention(q, k, v, window=m.window, scale=m.scaling, **ctx.kwargs(k)), None, None
+    return band_attention(q, k, v, window=m.window, scale=m.scaling, flex=True if m.compile_kernels else None,
+                          **ctx.kwargs(k)), None, None
 
 
 def _dense(m: VariantAttention, p: Projected, ctx: Context) -> Result:
@@ -103,7 +104,7 @@ def _band(m: VariantAttention, p: Projected, ctx: Context) -> Result:
 def _additive(m: VariantAttention, p: Projected, ctx: Context) -> Result:
     if ctx.reference:
         return additive_attention_reference(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k))
-    return additive_attention(p.q, p.k, p.v, m.score_vector, **ctx.kwargs(p.k)), None, None
+    return additive_attention(p.q, p.k, p.v, m.score_vector, compiled=m.compile_kernels, **ctx.kwargs(p.k)), None, None
 
 
 def _add(a: Tensor | None, b: Tensor | None, wa: Tensor | float = 1.0, wb: Tensor | float = 1.0):
@@ -198,6 +199,7 @@ class VariantAttention(nn.Module):
         self.band_combine = config.band_combine
         self.attention_dropout = attention_dropout
         self.scaling = scaling
+        self.compile_kernels = bool(getattr(config, "attention_compile", False))  # compiled additive / CPU flex
         shapes = projection_shapes(config, self.variant)
         self.qk_heads, self.qk_dim = shapes["main"]
         self.low_rank_heads, self.rank = shapes.get("low_rank", (0, config.attention_rank))

@@ -49,6 +49,9 @@ class VariantFields:
     band_combine:      how low_rank_band joins its two modules: sum, gate, heads, sequential.
     additive_dim:      a, hidden size of the additive scorer per head (default head size).
     lstmn_direction:   forward or bidirectional (BERT default bidirectional; GPT-2 forward only).
+    attention_compile: bool, use the ``torch.compile``d kernels: additive's fused tiles (CPU and CUDA)
+                       and band's flex_attention path on CPU for no-grad forwards (on CUDA the band
+                       always runs compiled flex_attention). The first call of each compiles.
     """
 
     attention_variant: str = "dense"
@@ -58,6 +61,7 @@ class VariantFields:
     band_combine: str = "sum"
     additive_dim: int | None = None
     lstmn_direction: str | None = None
+    attention_compile: bool = False
 
     @property
     def is_causal(self) -> bool:
@@ -111,6 +115,8 @@ class VariantFields:
             raise _bad("lstmn_direction", self.lstmn_direction, "'forward' for a causal (decoder) model")
         if self.lstmn_direction == "bidirectional" and "lstmn" in used and hidden < 2:
             raise _bad("hidden_size", hidden, "at least 2 for a bidirectional LSTMN")
+        if not isinstance(self.attention_compile, bool):
+            raise _bad("attention_compile", self.attention_compile, "true or false")
 
 
 class VariantBertConfig(BertConfig, VariantFields):
