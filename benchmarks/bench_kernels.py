@@ -114,7 +114,8 @@ def bench_band(quick: bool, rate: float, repeats: int) -> str:
             fns = {"band": lambda: K.band_attention(q, k, v, window=window, **kw),
                    "flex": lambda: K.band_attention(q, k, v, window=window, flex=True, **kw),
                    "blocked": lambda: K.band_attention(q, k, v, window=window, flex=False, **kw),
-                   "flex prebuilt": lambda: band_flex._compiled_flex()(q, k, v, plan.block_mask, D**-0.5),
+                   "flex prebuilt": lambda: band_flex._compiled_flex()(  # CPU flex refuses requires_grad
+                       *(x if torch.is_grad_enabled() else x.detach() for x in (q, k, v)), plan.block_mask, D**-0.5),
                    "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=D**-0.5),
                    "mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)}
             f = interleaved({n: fwd(fns[n]) for n in fwd_names}, repeats)

@@ -202,6 +202,8 @@ def band_flex_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, scale: 
     pad = (0, 0, 0, bucket - t)
     # (B, H, bucket, D), contiguous: one memory layout per shape, so one compiled graph
     qp, kp, vp = (F.pad(x, pad) if bucket > t else x.contiguous() for x in (q, k, v))
+    if not grad:  # flex_attention refuses inputs that require grad on CPU, even under no_grad
+        qp, kp, vp = qp.detach(), kp.detach(), vp.detach()
     try:
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             out = _compiled_flex()(qp, kp, vp, plan.block_mask, scale)

@@ -66,6 +66,16 @@ def test_cpu_inference_path_matches_reference(causal, padding, seed):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_no_grad_call_on_inputs_that_require_grad():
+    """CPU flex_attention refuses inputs with requires_grad even under no_grad: they are detached."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (x.requires_grad_() for x in _qkv(1, 2, 40, 16, g))
+    with torch.no_grad():
+        out = K.band_attention(q, k, v, window=5, scale=0.25, causal=False, flex=True)
+    assert len(band_flex._STATE["families"]) == 1
+    torch.testing.assert_close(out, K.band_attention_reference(q, k, v, window=5, scale=0.25, causal=False)[0])
+
+
 def test_cpu_training_and_default_take_the_blocked_kernel():
     g = torch.Generator().manual_seed(0)
     q, k, v = (x.requires_grad_() for x in _qkv(2, 2, 50, 16, g))
