@@ -235,3 +235,23 @@ def test_cuda_training_model_builds_one_mask_and_compiles_once(causal, monkeypat
         assert band_flex._STATE["plans_built"] == before + 1
         frames = _frames() if frames is None else frames
         assert _frames() == frames
+
+
+def test_generation_compiles_for_the_prefill_only():
+    """A band GPT-2 with attention_compile generates what the blocked kernel generates; decoding steps
+    (one query, <= w + 1 keys) never reach flex, and a second prompt length in the same bucket
+    does not recompile."""
+    from hf_attn_variants import VariantGPT2LMHeadModel
+
+    model = tiny_model("gpt2", "band", cls=VariantGPT2LMHeadModel, attention_window=5, attention_compile=True,
+                       n_embd=64, n_positions=256)
+    plain = tiny_model("gpt2", "band", cls=VariantGPT2LMHeadModel, attention_window=5, n_embd=64, n_positions=256)
+    frames = None
+    for length, seed in [(30, 1), (45, 2)]:
+        ids, mask = random_batch(2, length, None, seed=seed)
+        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        out = model.generate(**kw)
+        assert torch.equal(out, plain.generate(**kw))
+        frames = _frames() if frames is None else frames
+        assert _frames() == frames and band_flex._STATE["plans_built"] <= 2
+    assert len(band_flex._STATE["families"]) == 1
