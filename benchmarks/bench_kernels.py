@@ -6,10 +6,16 @@ Usage (from the repository root, no install needed):
     python benchmarks/bench_kernels.py --quick    # fewer sizes and repeats, ~3 min
     python benchmarks/bench_kernels.py --only band additive
 
+    python benchmarks/bench_kernels.py --device cuda --dtype bf16 --quick --only band   # on a GPU
+
 Writes ``benchmarks/results/kernels.md`` (``kernels-quick.md`` with --quick) and PNG plots
-``benchmarks/results/<kernel>_{time,memory}.png``. fp32, B=1, H=8, D=64 unless a table says
-otherwise; times are medians of interleaved repeats (see ``benchmarks/common.py``), memory is
-the growth of peak RSS during one forward+backward call. The FLOP limit is the kernel's own
+``benchmarks/results/<kernel>_{time,memory}.png``; on CUDA ``gpu-kernels[-quick][-<only>].md`` and
+``gpu_<kernel>_*.png``, with the GPU, CUDA and torch versions named. The band rows time the anchors
+in the same run: flex_attention compiled with a prebuilt block mask, SDPA without a mask (flash on
+CUDA) and SDPA with the dense band mask; on CPU also the compiled flex path for no-grad forwards.
+fp32 (or --dtype), B=1, H=8, D=64 unless a table says otherwise; times are medians of interleaved
+repeats (see ``benchmarks/common.py``), memory is the growth of peak RSS (CUDA: of the peak of
+allocated memory) during one call. The FLOP limit is the kernel's own
 FLOPs (over the pairs it must read) at the matrix-multiply rate measured in the same run;
 backward counted as twice the forward.
 """
@@ -18,21 +24,36 @@ from __future__ import annotations
 
 import argparse
 
-from common import (RESULTS, interleaved, machine, markdown_table, matmul_rate, peak_memory, plot,
-                    reexec_with_mmap_threshold)
+from common import (DTYPES, RESULTS, add_device_args, check_device, device_line, interleaved, markdown_table,
+                    matmul_rate, peak_memory, plot, reexec_with_mmap_threshold, results_name)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from hf_attn_variants import band_flex  # noqa: E402
 from hf_attn_variants import kernels as K  # noqa: E402
 from hf_attn_variants.attention import LSTMNCell  # noqa: E402
 
 H, D = 8, 64
+RUN = {"device": "cpu", "dtype": torch.float32}  # set by --device / --dtype
+
+
+def cuda() -> bool:
+    return RUN["device"] == "cuda"
+
+
+def plot_path(name: str):
+    return RESULTS / (f"gpu_{name}" if cuda() else name)
 
 
 def qkv(t: int, dqk: int = D, dv: int = D, heads: int = H, grad: bool = True, scale: float = 1.0):
     g = torch.Generator().manual_seed(t)
-    return [(torch.randn(1, heads, t, d, generator=g) * scale).requires_grad_(grad) for d in (dqk, dqk, dv)]
+    return [(torch.randn(1, heads, t, d, generator=g) * scale).to(RUN["device"], RUN["dtype"]).requires_grad_(grad)
+            for d in (dqk, dqk, dv)]
+
+
+def mem(fn) -> float:
+    return peak_memory(fn, RUN["device"])
 
 
 def fwd(fn):
@@ -58,52 +79,78 @@ def ms(seconds: float) -> float:
 # ----------------------------------------------------------------------------- band
 
 
+def _fresh_compiles() -> None:
+    """Forget the compiled flex shapes when the next shape could pass the cap on shape families
+    (``band_flex.MAX_SHAPE_FAMILIES``): a shape then compiles afresh instead of falling back."""
+    if len(band_flex._STATE["families"]) > band_flex.MAX_SHAPE_FAMILIES - 3:
+        band_flex.reset()
+        torch._dynamo.reset()
+
+
 def bench_band(quick: bool, rate: float, repeats: int) -> str:
     window = 128
-    ts = [1024, 4096] if quick else [1024, 2048, 4096, 8192]
-    mem_ts = [4096] if quick else [4096, 16384]
+    if cuda():
+        ts, mem_ts = ([4096] if quick else [1024, 4096, 16384]), ([4096] if quick else [4096, 16384])
+    else:
+        ts, mem_ts = ([1024, 4096] if quick else [1024, 2048, 4096, 8192]), ([4096] if quick else [4096, 16384])
     rows, mem_rows, plots = [], [], {}
+    # candidates: band = band_attention as the models call it (CUDA: flex with the cached plan; CPU: blocked);
+    # flex = band_attention(flex=True) (CPU: the compiled no-grad path); blocked = band_attention(flex=False);
+    # flex prebuilt = compiled flex_attention with a block mask built beforehand (the anchor for our overheads);
+    # SDPA = full attention without a mask (flash on CUDA); mask = SDPA with the dense band mask
+    fwd_names = ["band", "blocked", "flex prebuilt", "SDPA", "mask"] if cuda() else [
+        "band", "flex", "flex prebuilt", "SDPA", "mask"]
+    fb_names = ["band", "blocked", "flex prebuilt", "SDPA", "mask"] if cuda() else ["band", "SDPA", "mask"]
     for causal in (True, False):
         series = {k: [] for k in ("band fwd+bwd", "SDPA + dense band mask fwd+bwd", "dense SDPA fwd+bwd")}
         limits = []
         for t in ts:
+            _fresh_compiles()
             q, k, v = qkv(t)
-            key_mask = torch.arange(t)[None] < t - t // 20  # the last 5% are padding
-            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask)
+            key_mask = (torch.arange(t)[None] < t - t // 20).to(RUN["device"])  # the last 5% are padding
+            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask, device=RUN["device"])
             kw = dict(scale=D**-0.5, causal=causal, key_mask=key_mask)
-            band = lambda: K.band_attention(q, k, v, window=window, **kw)
-            masked = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)
-            dense = lambda: K.dense_attention(q, k, v, **kw)
-            f = interleaved({"band": fwd(band), "mask": fwd(masked), "dense": fwd(dense)}, repeats)
-            fb = interleaved({"band": fwd_bwd(band, (q, k, v)), "mask": fwd_bwd(masked, (q, k, v)),
-                              "dense": fwd_bwd(dense, (q, k, v))}, max(3, repeats - 2))
+            plan = band_flex.band_plan(t, window, causal, key_mask, q.device)  # t is a power of two: no padding
+            fns = {"band": lambda: K.band_attention(q, k, v, window=window, **kw),
+                   "flex": lambda: K.band_attention(q, k, v, window=window, flex=True, **kw),
+                   "blocked": lambda: K.band_attention(q, k, v, window=window, flex=False, **kw),
+                   "flex prebuilt": lambda: band_flex._compiled_flex()(  # CPU flex refuses requires_grad
+                       *(x if torch.is_grad_enabled() else x.detach() for x in (q, k, v)), plan.block_mask, D**-0.5),
+                   "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=D**-0.5),
+                   "mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)}
+            f = interleaved({n: fwd(fns[n]) for n in fwd_names}, repeats)
+            fb = interleaved({n: fwd_bwd(fns[n], (q, k, v)) for n in fb_names}, max(3, repeats - 2))
             pairs = sum(min(i, window) + 1 + (0 if causal else min(t - 1 - i, window)) for i in range(t))
             limit = 4 * pairs * H * D / rate
-            rows.append(["causal" if causal else "bidir", t, ms(f["band"]), ms(f["mask"]), ms(f["dense"]),
-                         f"**{f['mask'] / f['band']:.1f}x**", ms(fb["band"]), ms(fb["mask"]), ms(fb["dense"]),
-                         f"**{fb['mask'] / fb['band']:.1f}x**", ms(limit), f"{f['band'] / limit:.1f}x"])
+            rows.append(["causal" if causal else "bidir", t, *(ms(f[n]) for n in fwd_names),
+                         f"**{f['mask'] / f['band']:.1f}x**", f"{f['flex prebuilt'] / f['band']:.2f}",
+                         *(ms(fb[n]) for n in fb_names), f"**{fb['mask'] / fb['band']:.1f}x**",
+                         ms(limit), f"{f['band'] / limit:.1f}x"])
+            if not cuda():
+                rows[-1].insert(2 + len(fwd_names) + 2, f"**{f['mask'] / f['flex']:.1f}x**")
             series["band fwd+bwd"].append(ms(fb["band"]))
             series["SDPA + dense band mask fwd+bwd"].append(ms(fb["mask"]))
-            series["dense SDPA fwd+bwd"].append(ms(fb["dense"]))
+            series["dense SDPA fwd+bwd"].append(ms(fb["SDPA"]))
             limits.append(3 * ms(limit))
             print(rows[-1], flush=True)
         name = "causal" if causal else "bidirectional"
-        plot(RESULTS / f"band_{name}_time.png", f"band w={window}, {name}, fwd+bwd (B=1, H=8, D=64)", ts,
-             series, "ms", limit=limits)
+        if len(ts) > 1:
+            plot(plot_path(f"band_{name}_time.png"), f"band w={window}, {name}, fwd+bwd (B=1, H=8, D=64)", ts,
+                 series, "ms", limit=limits)
         plots[name] = series
     mem_series = {"band": [], "SDPA + dense band mask": [], "dense SDPA": []}
     for t in mem_ts:
         for causal in (True, False):
+            _fresh_compiles()
             q, k, v = qkv(t)
-            key_mask = torch.arange(t)[None] < t - t // 20
-            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask)
+            key_mask = (torch.arange(t)[None] < t - t // 20).to(RUN["device"])
+            mask = K.allowed_mask(t, t, causal=causal, window=window, key_mask=key_mask, device=RUN["device"])
             kw = dict(scale=D**-0.5, causal=causal, key_mask=key_mask)
-            fb_ = peak_memory(fwd(lambda: K.band_attention(q, k, v, window=window, **kw)))
-            fm_ = peak_memory(fwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)))
-            mb = peak_memory(fwd_bwd(lambda: K.band_attention(q, k, v, window=window, **kw), (q, k, v)))
-            mm = peak_memory(fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                                             scale=D**-0.5), (q, k, v)))
-            md = peak_memory(fwd_bwd(lambda: K.dense_attention(q, k, v, **kw), (q, k, v)))
+            fb_ = mem(fwd(lambda: K.band_attention(q, k, v, window=window, **kw)))
+            fm_ = mem(fwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5)))
+            mb = mem(fwd_bwd(lambda: K.band_attention(q, k, v, window=window, **kw), (q, k, v)))
+            mm = mem(fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D**-0.5), (q, k, v)))
+            md = mem(fwd_bwd(lambda: K.dense_attention(q, k, v, **kw), (q, k, v)))
             mem_rows.append(["causal" if causal else "bidir", t, mb / 2**20, mm / 2**20, md / 2**20,
                              f"**{mb / mm:.3f}**", fb_ / 2**20, fm_ / 2**20, f"**{fb_ / fm_:.3f}**",
                              (mask.numel() / 2**20)])
@@ -113,17 +160,27 @@ def bench_band(quick: bool, rate: float, repeats: int) -> str:
                     mem_series[key].append(val / 2**20)
             mask = None  # free the T² mask before the next size
     if len(mem_ts) > 1:
-        plot(RESULTS / "band_memory.png", f"band w={window}, causal: peak memory of fwd+bwd", mem_ts, mem_series,
+        plot(plot_path("band_memory.png"), f"band w={window}, causal: peak memory of fwd+bwd", mem_ts, mem_series,
              "MiB")
+    fwd_cols = [f"{n} fwd ms" for n in fwd_names]
+    fb_cols = [f"{n} f+b ms" for n in fb_names]
+    header = ["dir", "T", *fwd_cols, "mask/band fwd", "flex prebuilt/band fwd", *fb_cols, "mask/band f+b",
+              "FLOP limit fwd ms", "band fwd / limit"]
+    if not cuda():
+        header.insert(2 + len(fwd_names) + 2, "mask/flex fwd")
     return "\n\n".join([
         f"### band (w = {window}, the last 5% of tokens padding; fwd = no-grad forward)",
-        markdown_table(["dir", "T", "band fwd ms", "SDPA+mask fwd ms", "dense SDPA fwd ms", "mask/band fwd",
-                        "band f+b ms", "SDPA+mask f+b ms", "dense SDPA f+b ms", "mask/band f+b",
-                        "FLOP limit fwd ms", "band fwd / limit"], rows),
+        "band = `band_attention` as the models call it (CUDA: compiled flex_attention with the cached block mask; "
+        "CPU: the blocked kernel); flex = `band_attention(flex=True)` (CPU: compiled flex_attention, no-grad "
+        "only); blocked = `band_attention(flex=False)`; flex prebuilt = compiled flex_attention with a block "
+        "mask built beforehand (the anchor: band's own overhead is the ratio to it); SDPA = full attention "
+        "without a mask (flash on CUDA); mask = SDPA with the dense band mask. Compiles happen in the warm-up "
+        "call, not timed.",
+        markdown_table(header, rows),
         "Peak memory growth of one forward+backward (f+b) and of one no-grad forward (MiB; the bool mask is built "
         "beforehand and not counted; f+b counts the output, its gradient and dq, dk, dv, O(T·D) for every path):",
         markdown_table(["dir", "T", "band f+b", "SDPA+mask f+b", "dense SDPA f+b", "band / SDPA+mask f+b",
-                                  "band fwd", "SDPA+mask fwd", "band / SDPA+mask fwd", "mask MiB"], mem_rows),
+                        "band fwd", "SDPA+mask fwd", "band / SDPA+mask fwd", "mask MiB"], mem_rows),
     ])
 
 
@@ -134,32 +191,41 @@ def bench_low_rank(quick: bool, rate: float, repeats: int) -> str:
     r = 16
     ts = [512, 2048] if quick else [512, 1024, 2048, 4096]
     rows, series = [], {"low_rank r=16 fwd+bwd": [], "dense SDPA D=64 fwd+bwd": [],
-                        "unpadded SDPA (math path) fwd+bwd": []}
+                        "unpadded SDPA fwd+bwd": []}
     for causal in (True, False):
         for t in ts:
             ql, kl, _ = qkv(t, dqk=r)
             q, k, v = qkv(t)
+            qp, kp = (F.pad(x.detach(), (0, D - r)).requires_grad_() for x in (ql, kl))
             low = lambda: K.low_rank_attention(ql, kl, v, causal=causal)
             dense = lambda: K.dense_attention(q, k, v, scale=D**-0.5, causal=causal)
-            math_path = lambda: F.scaled_dot_product_attention(ql, kl, v, is_causal=causal)
-            f = interleaved({"low": fwd(low), "dense": fwd(dense), "math": fwd(math_path)}, repeats)
-            fb = interleaved({"low": fwd_bwd(low, (ql, kl, v)), "dense": fwd_bwd(dense, (q, k, v)),
-                              "math": fwd_bwd(math_path, (ql, kl, v))}, max(3, repeats - 2))
+            unpadded = lambda: F.scaled_dot_product_attention(ql, kl, v, is_causal=causal, scale=r**-0.5)
+            prepadded = lambda: F.scaled_dot_product_attention(qp, kp, v, is_causal=causal, scale=r**-0.5)
+            fns = {"low": low, "dense": dense, "unpadded": unpadded, "prepadded": prepadded}
+            inputs = {"low": (ql, kl, v), "dense": (q, k, v), "unpadded": (ql, kl, v), "prepadded": (qp, kp, v)}
+            f = interleaved({n: fwd(fn) for n, fn in fns.items()}, repeats)
+            fb = interleaved({n: fwd_bwd(fn, inputs[n]) for n, fn in fns.items()}, max(3, repeats - 2))
             pairs = t * (t + 1) // 2 if causal else t * t
             limit = 2 * pairs * H * (r + D) / rate
-            rows.append(["causal" if causal else "bidir", t, ms(f["low"]), ms(f["dense"]), ms(f["math"]),
-                         f"**{f['dense'] / f['low']:.2f}x**", ms(fb["low"]), ms(fb["dense"]), ms(fb["math"]),
-                         f"**{fb['dense'] / fb['low']:.2f}x**", ms(limit)])
+            rows.append(["causal" if causal else "bidir", t, ms(f["low"]), ms(f["dense"]), ms(f["unpadded"]),
+                         ms(f["prepadded"]), f"**{f['dense'] / f['low']:.2f}x**", f"{f['dense'] / f['unpadded']:.2f}x",
+                         f"{f['dense'] / f['prepadded']:.2f}x", ms(fb["low"]), ms(fb["dense"]), ms(fb["unpadded"]),
+                         ms(fb["prepadded"]), f"**{fb['dense'] / fb['low']:.2f}x**",
+                         f"{fb['dense'] / fb['unpadded']:.2f}x", f"{fb['dense'] / fb['prepadded']:.2f}x", ms(limit)])
             print(rows[-1], flush=True)
             if causal:
-                for key, name in zip(series, ("low", "dense", "math")):
+                for key, name in zip(series, ("low", "dense", "unpadded")):
                     series[key].append(ms(fb[name]))
-    plot(RESULTS / "low_rank_time.png", "low_rank r=16 vs dense, causal, fwd+bwd (H=8, D=64)", ts, series, "ms")
+    plot(plot_path("low_rank_time.png"), "low_rank r=16 vs dense, causal, fwd+bwd (H=8, D=64)", ts, series, "ms")
     return "\n\n".join([
         f"### low_rank (r = {r}, values D = {D}) against dense SDPA of the same shape",
-        markdown_table(["dir", "T", "low_rank fwd ms", "dense fwd ms", "unpadded fwd ms", "dense/low_rank fwd",
-                        "low_rank f+b ms", "dense f+b ms", "unpadded f+b ms", "dense/low_rank f+b",
-                        "FLOP limit fwd ms (rank r)"], rows),
+        "low_rank = `low_rank_attention` (q, k zero-padded from r to D, then SDPA); unpadded = SDPA on q, k at r "
+        "and v at D (CPU: its math path); prepadded = SDPA on q, k padded beforehand (the padding's cost is "
+        "low_rank - prepadded). Ratios: dense time / candidate time (> 1: faster than dense).",
+        markdown_table(["dir", "T", "low_rank fwd ms", "dense fwd ms", "unpadded fwd ms", "prepadded fwd ms",
+                        "dense/low_rank fwd", "dense/unpadded fwd", "dense/prepadded fwd", "low_rank f+b ms",
+                        "dense f+b ms", "unpadded f+b ms", "prepadded f+b ms", "dense/low_rank f+b",
+                        "dense/unpadded f+b", "dense/prepadded f+b", "FLOP limit fwd ms (rank r)"], rows),
     ])
 
 
@@ -175,7 +241,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
     for causal in (False, True):
         for t in ts if not causal else [t for t in ts if t <= 1024]:
             q, k, v = qkv(t, dqk=a, scale=0.5)
-            w = (torch.randn(H, a) * a**-0.5).requires_grad_()
+            w = (torch.randn(H, a) * a**-0.5).to(RUN["device"], RUN["dtype"]).requires_grad_()
             kw = dict(causal=causal)
             fns = {"tiled": lambda: K.additive_attention(q, k, v, w, **kw),
                    "compiled": lambda: K.additive_attention(q, k, v, w, compiled=True, **kw),
@@ -201,10 +267,11 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
             if not causal:
                 for key, name in zip(series, ("tiled", "compiled", "chunked", "dense")):
                     series[key].append(ms(fb[name]))
-                mem = {n: peak_memory(fwd_bwd(fn, inputs.get(n, (q, k, v, w)))) / 2**20 for n, fn in fns.items()}
-                mem_rows.append([t, mem["tiled"], mem["compiled"], mem.get("chunked", float("nan")), mem["dense"]])
-    plot(RESULTS / "additive_time.png", f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
-    plot(RESULTS / "additive_memory.png", f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts,
+                mem_mib = {n: mem(fwd_bwd(fn, inputs.get(n, (q, k, v, w)))) / 2**20 for n, fn in fns.items()}
+                mem_rows.append([t, mem_mib["tiled"], mem_mib["compiled"], mem_mib.get("chunked", float("nan")),
+                                 mem_mib["dense"]])
+    plot(plot_path("additive_time.png"), f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
+    plot(plot_path("additive_memory.png"), f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts,
          {name: [row[i] for row in mem_rows] for i, name in
           enumerate(["tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], start=1)}, "MiB")
     return "\n\n".join([
@@ -225,35 +292,37 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
 
 def bench_lstmn(quick: bool, rate: float, repeats: int) -> str:
     d, batch = 256, 8
-    ts = [64, 256] if quick else [64, 128, 256]
-    rows, series, mem = [], {"lstmn_scan fwd+bwd": [], "reference fwd+bwd": []}, {"lstmn_scan": [], "reference": []}
+    ts = ([256, 1024] if quick else [256, 1024, 2048]) if cuda() else ([64, 256] if quick else [64, 128, 256])
+    rows, series, mems = [], {"lstmn_scan fwd+bwd": [], "autograd scan fwd+bwd": [], "reference fwd+bwd": []}, {
+        "lstmn_scan": [], "autograd scan": [], "reference": []}
     torch.manual_seed(0)
-    cell = LSTMNCell(d, d)
+    cell = LSTMNCell(d, d).to(RUN["device"], RUN["dtype"])
     with torch.no_grad():
         for p in cell.parameters():
             p.normal_(0, d**-0.5)
     params = tuple(cell.parameters())
     for t in ts:
-        x = torch.randn(batch, t, d).requires_grad_()
-        fns = {"scan": lambda: K.lstmn_scan(cell, x)[0], "ref": lambda: K.lstmn_reference(cell, x)[0]}
+        x = torch.randn(batch, t, d, device=RUN["device"], dtype=RUN["dtype"]).requires_grad_()
+        fns = {"scan": lambda: K.lstmn_scan(cell, x)[0], "autograd": lambda: K.lstmn_scan_autograd(cell, x)[0],
+               "ref": lambda: K.lstmn_reference(cell, x)[0]}
         f = interleaved({n: fwd(fn) for n, fn in fns.items()}, max(2, repeats - 2))
         fb = interleaved({n: fwd_bwd(fn, (x, *params)) for n, fn in fns.items()}, max(2, repeats - 2))
-        rows.append([t, ms(f["scan"]), ms(f["ref"]), f"{f['ref'] / f['scan']:.1f}x",
-                     ms(fb["scan"]), ms(fb["ref"]), f"**{fb['ref'] / fb['scan']:.1f}x**"])
+        rows.append([t, ms(f["scan"]), ms(f["autograd"]), ms(f["ref"]), f"{f['ref'] / f['scan']:.1f}x",
+                     ms(fb["scan"]), ms(fb["autograd"]), ms(fb["ref"]), f"**{fb['ref'] / fb['scan']:.1f}x**"])
         print(rows[-1], flush=True)
         for key, name in zip(series, fns):
             series[key].append(ms(fb[name]))
-        for key, name in zip(mem, fns):
-            mem[key].append(peak_memory(fwd_bwd(fns[name], (x, *params))) / 2**20)
-    plot(RESULTS / "lstmn_time.png", f"LSTMN hidden {d}, batch {batch}: fwd+bwd", ts, series, "ms")
-    plot(RESULTS / "lstmn_memory.png", f"LSTMN hidden {d}, batch {batch}: peak memory of fwd+bwd", ts, mem, "MiB")
-    mem_rows = [[t, *(mem[key][n] for key in mem)] for n, t in enumerate(ts)]
+        for key, name in zip(mems, fns):
+            mems[key].append(mem(fwd_bwd(fns[name], (x, *params))) / 2**20)
+    plot(plot_path("lstmn_time.png"), f"LSTMN hidden {d}, batch {batch}: fwd+bwd", ts, series, "ms")
+    plot(plot_path("lstmn_memory.png"), f"LSTMN hidden {d}, batch {batch}: peak memory of fwd+bwd", ts, mems, "MiB")
+    mem_rows = [[t, *(mems[key][n] for key in mems)] for n, t in enumerate(ts)]
     return "\n\n".join([
         f"### lstmn (one direction, hidden {d}, input {d}, batch {batch})",
-        markdown_table(["T", "lstmn_scan fwd ms", "reference fwd ms", "ref/scan fwd",
-                        "lstmn_scan f+b ms", "reference f+b ms", "ref/scan f+b"], rows),
+        markdown_table(["T", "lstmn_scan fwd ms", "autograd scan fwd ms", "reference fwd ms", "ref/scan fwd",
+                        "lstmn_scan f+b ms", "autograd scan f+b ms", "reference f+b ms", "ref/scan f+b"], rows),
         "Peak memory of one forward+backward (MiB):",
-        markdown_table(["T", "lstmn_scan", "reference (O(T²·d))"], mem_rows),
+        markdown_table(["T", "lstmn_scan", "autograd scan (O(T²·d))", "reference"], mem_rows),
     ])
 
 
@@ -264,16 +333,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these kernels")
+    add_device_args(parser)
     args = parser.parse_args()
+    check_device(args.device)
+    RUN.update(device=args.device, dtype=DTYPES[args.dtype])
     RESULTS.mkdir(parents=True, exist_ok=True)
     repeats = 3 if args.quick else 5
-    rate = matmul_rate()
+    rate = matmul_rate(device=args.device, dtype=RUN["dtype"])
+    flags = (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    flags += f" --device {args.device} --dtype {args.dtype}" if args.device != "cpu" or args.dtype != "fp32" else ""
     header = [f"# Kernel benchmarks{' (quick)' if args.quick else ''}", "",
-              f"Machine: {machine()}.", f"Measured fp32 matmul rate (2048³): {rate / 1e9:.0f} GFLOP/s.",
-              "Command: `python benchmarks/bench_kernels.py" + (" --quick" if args.quick else "") + "`.",
-              "Times: medians of interleaved repeats on a shared machine; compare within a row."]
+              f"Machine: {device_line(args.device)}.",
+              f"Measured {args.dtype} matmul rate: {rate / 1e9:.0f} GFLOP/s.",
+              f"Command: `python benchmarks/bench_kernels.py{flags}`.",
+              f"Tensors: {args.dtype} on {args.device}. Times: medians of interleaved repeats; compare within a row."]
     print("\n".join(header), flush=True)
-    out = RESULTS / ("kernels-quick.md" if args.quick else "kernels.md")
+    out = RESULTS / results_name(args.device, "kernels", args.quick, args.only)
     parts = []
     for name in args.only or SECTIONS:  # the file is rewritten after every section
         parts.append(SECTIONS[name](args.quick, rate, repeats))

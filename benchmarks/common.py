@@ -49,6 +49,38 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_device_args(parser) -> None:
+    """``--device cpu|cuda`` and ``--dtype fp32|bf16|fp16`` (the GPU runs: ``--device cuda --dtype bf16``)."""
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="tensor dtype of the kernels; autocast dtype of the models (default fp32)")
+
+
+def check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here")
+
+
+def device_line(device: str) -> str:
+    """The machine line of a results file: the GPU and the versions when on CUDA, else ``machine()``."""
+    if device != "cuda":
+        return machine()
+    props = torch.cuda.get_device_properties(0)
+    return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}, torch {torch.__version__}, Python {platform.python_version()}; "
+            f"host: {machine()}")
+
+
+def results_name(device: str, stem: str, quick: bool, only: list[str] | None = None) -> str:
+    """``kernels.md`` / ``kernels-quick.md`` on CPU; ``gpu-kernels[-quick][-band].md`` on CUDA."""
+    parts = (["gpu"] if device == "cuda" else []) + [stem] + (["quick"] if quick else [])
+    parts += list(only or []) if device == "cuda" else []
+    return "-".join(parts) + ".md"
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -81,8 +113,16 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_memory(fn: Callable[[], object]) -> float:
-    """Bytes by which one call of ``fn`` raised the peak resident set (NaN where unmeasurable)."""
+def peak_memory(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Bytes by which one call of ``fn`` raised the peak resident set (CPU) or the peak of
+    allocated CUDA memory (``device="cuda"``); NaN where unmeasurable."""
+    if device == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync()
+        return float(torch.cuda.max_memory_allocated() - base)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current VmRSS
@@ -93,9 +133,11 @@ def peak_memory(fn: Callable[[], object]) -> float:
         return float("nan")
 
 
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 matrix-multiply rate of this machine (FLOP/s), torch's threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Measured matrix-multiply rate of this machine (FLOP/s), torch's threads (or the GPU)."""
+    if device == "cuda":
+        n = max(n, 8192)  # a GPU needs a large product to reach its rate
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     t = interleaved({"mm": lambda: a @ b}, repeats=repeats)["mm"]
     return 2 * n**3 / t
 

@@ -70,6 +70,7 @@ class VariantAttention(nn.Module):
         self.band_combine = config.band_combine
         self.attention_dropout = attention_dropout
         self.scaling = scaling
+        self.compile_kernels = bool(getattr(config, "attention_compile", False))  # compiled additive / CPU flex
         self.spec = spec_of(self.variant)
         shapes = self.spec.projections(config)
         self.qk_heads, self.qk_dim = shapes["main"]

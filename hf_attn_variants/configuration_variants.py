@@ -58,6 +58,9 @@ class VariantFields:
     lstmn_direction:   forward or bidirectional (BERT default bidirectional; GPT-2 forward only).
     cross_attention_variant: dense or additive, the scoring of the cross-attention a GPT-2 decoder
                        builds with add_cross_attention=True (additive uses additive_dim).
+    attention_compile: bool, use the ``torch.compile``d kernels: additive's fused tiles (CPU and CUDA)
+                       and band's flex_attention path on CPU for no-grad forwards (on CUDA the band
+                       always runs compiled flex_attention). The first call of each compiles.
     """
 
     attention_variant: str = "dense"
@@ -69,6 +72,7 @@ class VariantFields:
     additive_dim: int | None = None
     lstmn_direction: str | None = None
     cross_attention_variant: str = "dense"
+    attention_compile: bool = False
 
     supports_cross_attention = False  # a class constant, not a field: True for the GPT-2 family
 
@@ -131,6 +135,9 @@ class VariantFields:
         if getattr(self, "add_cross_attention", False) and not self.supports_cross_attention:
             raise _bad("add_cross_attention", True, f"False for {type(self).__name__} (only GPT-2 decoders have "
                        "cross-attention)")
+
+        if not isinstance(self.attention_compile, bool):
+            raise _bad("attention_compile", self.attention_compile, "true or false")
 
 
 class VariantBertConfig(BertConfig, VariantFields):

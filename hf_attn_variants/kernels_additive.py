@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .kernels_dense import masked_softmax_attention
 from .pairs import allowed_mask, key_range, tile_mask
+from .precision import autocast_on, in_fp32
 
 Tensor = torch.Tensor
 
@@ -46,11 +47,20 @@ def additive_chunk_size(batch_heads: int, tk: int, dim: int, budget: int = 1 << 
     return max(1, budget // max(1, batch_heads * tk * dim))
 
 
-def additive_tile_sizes(batch_heads: int, tk: int, dim: int, budget: int = 1 << 20) -> tuple[int, int]:
+# per device type: (floats in one tile's (B·H, tq, tk, a) tensor, most key columns per tile). CPU: a few
+# MiB that stay in cache (measured on a 2-core EPYC). CUDA: no cache to fit, and each tile costs kernel
+# launches, so tiles are as large as memory comfortably allows (64 MiB fp32; not measured yet: see
+# benchmarks/gpu_session.sh, additive stage)
+ADDITIVE_TILES = {"cpu": (1 << 20, 256), "cuda": (1 << 24, 4096)}
+
+
+def additive_tile_sizes(batch_heads: int, tk: int, dim: int, budget: int | None = None,
+                        device_type: str = "cpu") -> tuple[int, int]:
     """(query rows, key columns) of one tile of the tiled additive kernel, so that a tile's
-    (B·H, tq, tk, a) tensor holds about ``budget`` floats (a few MiB: it stays in cache)."""
-    tile_k = min(tk, 256)
-    return max(1, budget // max(1, batch_heads * tile_k * dim)), tile_k
+    (B·H, tq, tk, a) tensor holds about ``budget`` floats (default: ``ADDITIVE_TILES`` of the device)."""
+    default_budget, max_k = ADDITIVE_TILES.get(device_type, ADDITIVE_TILES["cpu"])
+    tile_k = min(tk, max_k)
+    return max(1, (budget or default_budget) // max(1, batch_heads * tile_k * dim)), tile_k
 
 
 def _additive_tile_forward(qe: Tensor, ke: Tensor, w2: Tensor) -> Tensor:
@@ -118,6 +128,9 @@ class _AdditiveTiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k, compiled):
+        if autocast_on(q):  # mixed precision: this Function computes in fp32 (precision.py)
+            return in_fp32(_AdditiveTiled.forward, ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q,
+                           tile_k, compiled)
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
@@ -150,6 +163,8 @@ class _AdditiveTiled(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if autocast_on(grad_out):
+            return in_fp32(_AdditiveTiled.backward, ctx, grad_out)
         q, k, v, w, out, lse, key_mask = ctx.saved_tensors
         causal, window, dropout_p, tile_q, tile_k, exp_trick, seed, compiled = ctx.cfg
         B, H, tq_all, a = q.shape
@@ -228,7 +243,7 @@ def additive_attention(
     written; the first call compiles for a while.
     """
     B, H, _, a = q.shape
-    tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a)
+    tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a, device_type=q.device.type)
     if compiled:
         tile_q = max(tile_q, 32)  # nothing of size (tile, Tk, a) is stored: bigger tiles, fewer calls
     return _AdditiveTiled.apply(q, k, v, w, causal, key_mask, window, dropout_p,

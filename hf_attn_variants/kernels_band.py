@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .band_flex import band_flex_attention
 from .kernels_dense import dense_attention, dense_attention_reference
 from .pairs import pair_allowed
 
@@ -32,34 +33,6 @@ def band_block_size(window: int) -> int:
     return max(16, min(64, (1 << max(0, window).bit_length()) // 4))
 
 
-_FLEX: dict = {}  # the compiled flex_attention, made on first use (CUDA only)
-
-
-def _band_flex(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float, causal: bool,
-               key_mask: Tensor | None, global_tokens: int = 0) -> Tensor:
-    """Band attention through PyTorch's ``flex_attention`` with a sliding-window ``BlockMask``:
-    the blocks outside the band are never visited. (B, H, T, D) in, T == Tk."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    if "fn" not in _FLEX:
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    B, H, T, _ = q.shape
-
-    def mask_mod(b, h, qi, kj):
-        real = key_mask[b, kj] if key_mask is not None else None
-        return pair_allowed(qi, kj, causal=causal, window=window, key_real=real, global_tokens=global_tokens)
-
-    block_mask = create_block_mask(mask_mod, B if key_mask is not None else None, None, T, T, device=q.device)
-    return _FLEX["fn"](q, k, v, block_mask=block_mask, scale=scale)
-
-
-def _flex_usable(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
-    """flex_attention handles this call: CUDA, no dropout, q/k/v head sizes equal, a power of two >= 16."""
-    d = q.shape[-1]
-    return (q.is_cuda and dropout_p == 0 and q.shape[-2] == k.shape[-2] and k.shape[-1] == v.shape[-1] == d
-            and d >= 16 and d & (d - 1) == 0)
-
-
 def band_attention(
     q: Tensor, k: Tensor, v: Tensor, *, window: int, scale: float, causal: bool,
     key_mask: Tensor | None = None, dropout_p: float = 0.0, block_size: int | None = None,
@@ -67,8 +40,10 @@ def band_attention(
 ) -> Tensor:
     """Exact band attention that skips the blocks outside the band. O(T·(b + 2w)) time and memory.
 
-    On CUDA (``flex`` None or True) it runs ``flex_attention`` with a sliding-window block mask
-    when that applies (no dropout, equal power-of-two head sizes, T == Tk); otherwise, and on CPU:
+    It runs compiled ``flex_attention`` with a sliding-window block mask built once per forward
+    (``band_flex.py``) where that applies: on CUDA (``flex`` None or True), and on CPU for no-grad
+    calls when ``flex=True`` (``config.attention_compile``); a fallback from there warns once with
+    its reason. Otherwise:
 
     Queries are cut into blocks of b; block n reads only keys [n·b - w, n·b + b - 1 + w]
     (or [n·b - w, n·b + b - 1] when causal), gathered with ``unfold`` from a padded copy of
@@ -82,12 +57,11 @@ def band_attention(
     """
     B, H, T, D = q.shape
     g = min(global_tokens, k.shape[-2])
-    if flex is not False and window < T - 1 and _flex_usable(q, k, v, dropout_p):
-        try:
-            return _band_flex(q, k, v, window, scale, causal, key_mask, g)
-        except Exception:  # an unsupported shape or a failed compile: the blocked path below is exact too
-            if flex:
-                raise
+    if flex is not False and window < T - 1:
+        out = band_flex_attention(q, k, v, window=window, scale=scale, causal=causal, key_mask=key_mask,
+                                  dropout_p=dropout_p, flex=flex, global_tokens=g)
+        if out is not None:
+            return out
     if k.shape[-2] != T or window >= T - 1:
         return dense_attention(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                window=None if window >= k.shape[-2] - 1 else window, dropout_p=dropout_p,

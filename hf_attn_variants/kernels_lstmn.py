@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels_additive import EXP_TANH_BOUND
+from .precision import autocast_on, in_fp32
 
 Tensor = torch.Tensor
 
@@ -122,6 +123,8 @@ class _LSTMNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable):
+        if autocast_on(xs):  # mixed precision: this Function computes in fp32 (precision.py)
+            return in_fp32(_LSTMNRecurrence.forward, ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable)
         B, T, d = xs.shape
         tape = xs.new_zeros(B, T + 1, 2 * d)  # [h | c]; slot 0 is the zero slot, slot t + 1 is token t
         keys = xs.new_zeros(B, T + 1, d)  # W_h h_i, once per slot
@@ -149,6 +152,8 @@ class _LSTMNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h):
+        if autocast_on(grad_h):
+            return in_fp32(_LSTMNRecurrence.backward, ctx, grad_h)
         w_tape, w_summary, score, w_gates_h, bias, tape, keys, queries, sums, gates = ctx.saved_tensors
         B, T, d = grad_h.shape
         # what the gate derivatives need, for all t at once: σ(i, f, o), tanh ĉ, tanh c_t

@@ -115,12 +115,13 @@ Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), we
 
 
 def run_kernel(ctx: Context, kernel: Callable, reference: Callable, q: Tensor, k: Tensor, v: Tensor,
-               *args, first: int = 0, **kwargs) -> Result:
+               *args, first: int = 0, fast: dict | None = None, **kwargs) -> Result:
     """The fast kernel, or its reference when the weights are wanted (``ctx.reference``);
-    ``first``: the cache kept the first positions of the keys (see ``Context.kwargs``)."""
+    ``first``: the cache kept the first positions of the keys (see ``Context.kwargs``);
+    ``fast``: options of the fast kernel alone (e.g. its compiled path)."""
     if ctx.reference:
         return reference(q, k, v, *args, **kwargs, **ctx.kwargs(k, first))
-    return kernel(q, k, v, *args, **kwargs, **ctx.kwargs(k, first)), None, None
+    return kernel(q, k, v, *args, **kwargs, **(fast or {}), **ctx.kwargs(k, first)), None, None
 
 
 # ----------------------------------------------------------------------------- the spec and its check
@@ -316,7 +317,7 @@ def band_module(m, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
     g = m.global_tokens
     v = kept(v, k.shape[-2], g)  # a cache keeps only the band's keys; values may reach further back
     return run_kernel(ctx, band_attention, band_attention_reference, q, k, v, window=m.window, scale=m.scaling,
-                      global_tokens=g, first=g)
+                      global_tokens=g, first=g, fast={"flex": True if m.compile_kernels else None})
 
 
 def _band(m, p: Projected, ctx: Context) -> Result:
@@ -448,7 +449,8 @@ class LowRankBand(ScoringSpec):
 
 
 def _additive(m, p: Projected, ctx: Context) -> Result:
-    return run_kernel(ctx, additive_attention, additive_attention_reference, p.q, p.k, p.v, m.score_vector)
+    return run_kernel(ctx, additive_attention, additive_attention_reference, p.q, p.k, p.v, m.score_vector,
+                      fast={"compiled": m.compile_kernels})
 
 
 def _additive_shapes(config) -> dict[str, tuple[int, int]]:

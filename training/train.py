@@ -7,7 +7,9 @@ Usage:
 
 Overrides use dotted keys (``variant.attention_window=8``, ``data.max_train_samples=500``); a bare
 key that is a ``TrainingArguments`` field goes to ``training`` (``learning_rate=1e-3``, or
-``--learning_rate 1e-3``). Values are parsed as YAML. Resume a killed run with
+``--learning_rate 1e-3``), and one that is a variant config field goes to ``variant``
+(``--attention_compile``: the compiled kernels, e.g. additive's fused tiles; ``attention_window=8``).
+Values are parsed as YAML. Resume a killed run with
 ``--resume_from_checkpoint true`` (its last checkpoint) or ``--resume_from_checkpoint PATH``.
 
 A run config has these sections (all but ``task`` and ``data`` optional):
@@ -19,7 +21,8 @@ A run config has these sections (all but ``task`` and ``data`` optional):
                 seq2seq: ``encoder`` (BERT size fields) and ``decoder`` (GPT-2 size fields); pair_fusion:
                 hidden_size, dropout
     variant:    attention_variant, layer_variants, attention_rank, attention_window, band_combine, ...;
-                seq2seq also cross_attention_variant (dense | additive); pair_fusion: fusion (shallow | deep)
+                seq2seq also cross_attention_variant (dense | additive); pair_fusion: fusion (shallow | deep);
+                attention_compile (true: the torch.compile'd kernels; bare `--attention_compile` works too)
     baselines:  {name: variant fields}: more runs with the same everything but the variant
     tokenizer:  pretrained (path or Hub id), or vocab_size / lowercase for one trained on train, or
                 type: char (one token per character, for seq2seq)
@@ -72,6 +75,7 @@ import hf_attn_variants as hv  # noqa: E402
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
+VARIANT_FIELDS = {f.name for f in dataclasses.fields(hv.configuration_variants.VariantFields)}
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
                "text_pair_column", "label_column", "target_column", "max_length", "max_train_samples",
@@ -127,10 +131,10 @@ def coerce_numbers(obj):
 def apply_override(cfg: dict, key: str, value) -> None:
     parts = key.split(".")
     if len(parts) == 1 and parts[0] not in SECTIONS:
-        if parts[0] not in TRAINING_FIELDS:
-            raise ValueError(f"override {key}={value!r}: {key!r} is neither a config section {SECTIONS} nor a "
-                             f"TrainingArguments field (use a dotted key such as data.{key})")
-        parts = ["training", parts[0]]
+        if parts[0] not in TRAINING_FIELDS | VARIANT_FIELDS:
+            raise ValueError(f"override {key}={value!r}: {key!r} is neither a config section {SECTIONS}, a "
+                             f"TrainingArguments field nor a variant field (use a dotted key such as data.{key})")
+        parts = ["training" if parts[0] in TRAINING_FIELDS else "variant", parts[0]]
     if parts[0] not in SECTIONS:
         raise ValueError(f"override {key}={value!r}: unknown section {parts[0]!r}, expected one of {SECTIONS}")
     node = cfg
