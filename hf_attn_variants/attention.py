@@ -18,8 +18,6 @@ Hub code: imports only torch, transformers and sibling files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -210,8 +208,3 @@ def init_variant_parameters(module: nn.Module, std: float, init) -> None:
         return
     if isinstance(variant, str) and variant in VARIANTS and isinstance(module, nn.Module):
         VARIANTS[variant].init(module, std, init)
-
-
-def variant_forward(variant: str) -> Callable[..., Result]:
-    """The (module, Projected, Context) -> Result adapter of a scoring variant."""
-    return spec_of(variant).forward
