@@ -293,8 +293,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
 def bench_lstmn(quick: bool, rate: float, repeats: int) -> str:
     d, batch = 256, 8
     ts = ([256, 1024] if quick else [256, 1024, 2048]) if cuda() else ([64, 256] if quick else [64, 128, 256])
-    rows, series, mems = [], {"lstmn_scan fwd+bwd": [], "autograd scan fwd+bwd": [], "reference fwd+bwd": []}, {
-        "lstmn_scan": [], "autograd scan": [], "reference": []}
+    rows, series, mems = [], {"lstmn_scan fwd+bwd": [], "reference fwd+bwd": []}, {"lstmn_scan": [], "reference": []}
     torch.manual_seed(0)
     cell = LSTMNCell(d, d).to(RUN["device"], RUN["dtype"])
     with torch.no_grad():
@@ -303,12 +302,11 @@ def bench_lstmn(quick: bool, rate: float, repeats: int) -> str:
     params = tuple(cell.parameters())
     for t in ts:
         x = torch.randn(batch, t, d, device=RUN["device"], dtype=RUN["dtype"]).requires_grad_()
-        fns = {"scan": lambda: K.lstmn_scan(cell, x)[0], "autograd": lambda: K.lstmn_scan_autograd(cell, x)[0],
-               "ref": lambda: K.lstmn_reference(cell, x)[0]}
+        fns = {"scan": lambda: K.lstmn_scan(cell, x)[0], "ref": lambda: K.lstmn_reference(cell, x)[0]}
         f = interleaved({n: fwd(fn) for n, fn in fns.items()}, max(2, repeats - 2))
         fb = interleaved({n: fwd_bwd(fn, (x, *params)) for n, fn in fns.items()}, max(2, repeats - 2))
-        rows.append([t, ms(f["scan"]), ms(f["autograd"]), ms(f["ref"]), f"{f['ref'] / f['scan']:.1f}x",
-                     ms(fb["scan"]), ms(fb["autograd"]), ms(fb["ref"]), f"**{fb['ref'] / fb['scan']:.1f}x**"])
+        rows.append([t, ms(f["scan"]), ms(f["ref"]), f"{f['ref'] / f['scan']:.1f}x",
+                     ms(fb["scan"]), ms(fb["ref"]), f"**{fb['ref'] / fb['scan']:.1f}x**"])
         print(rows[-1], flush=True)
         for key, name in zip(series, fns):
             series[key].append(ms(fb[name]))
@@ -319,10 +317,10 @@ def bench_lstmn(quick: bool, rate: float, repeats: int) -> str:
     mem_rows = [[t, *(mems[key][n] for key in mems)] for n, t in enumerate(ts)]
     return "\n\n".join([
         f"### lstmn (one direction, hidden {d}, input {d}, batch {batch})",
-        markdown_table(["T", "lstmn_scan fwd ms", "autograd scan fwd ms", "reference fwd ms", "ref/scan fwd",
-                        "lstmn_scan f+b ms", "autograd scan f+b ms", "reference f+b ms", "ref/scan f+b"], rows),
+        markdown_table(["T", "lstmn_scan fwd ms", "reference fwd ms", "ref/scan fwd",
+                        "lstmn_scan f+b ms", "reference f+b ms", "ref/scan f+b"], rows),
         "Peak memory of one forward+backward (MiB):",
-        markdown_table(["T", "lstmn_scan", "autograd scan (O(T²·d))", "reference"], mem_rows),
+        markdown_table(["T", "lstmn_scan", "reference (O(T²·d))"], mem_rows),
     ])
 
 
