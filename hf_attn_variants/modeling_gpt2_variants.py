@@ -114,6 +114,12 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
         if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
             model_kwargs["cache"].activate_past_recording()
 
+    def init_continuous_batching(self, *args, **kwargs):
+        """Continuous batching (``generate_batch``, ``generate(cache_implementation="paged")``) is refused:
+        it runs attention over a PagedAttentionCache, which no variant layer can read."""
+        raise ValueError("continuous batching (generate_batch, cache_implementation='paged') is not supported by "
+                         "variant models: it needs paged attention over a PagedAttentionCache; use generate().")
+
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
         return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
