@@ -16,10 +16,10 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 Tensor = torch.Tensor
 
-# attn_implementation values every variant honours: "sdpa" (the default) and "eager" run a
-# non-dense variant's own kernels (output_attentions switches to its naive reference kernels); for
-# dense, "eager" is the naive reference kernel. Dense layers also honour the other names of
-# transformers' ALL_ATTENTION_FUNCTIONS (flex_attention, registered ones).
+# attn_implementation values every variant honours with its own kernels: "sdpa" (the default) and
+# "eager" (output_attentions switches to the naive reference kernels; for dense, "eager" is the
+# reference kernel). Dense layers also honour the other names of transformers'
+# ALL_ATTENTION_FUNCTIONS (flex_attention, registered ones), called as a stock model calls them.
 OWN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 # keyword arguments a forward accepts beyond its named parameters: Trainer's loss normalisation
 LOSS_KWARGS = ("num_items_in_batch",)
@@ -94,9 +94,10 @@ def check_attn_implementation(config) -> None:
 def dense_attention_mask(config, inputs_embeds: Tensor, key_mask: Tensor | None, cache=None):
     """The mask dense layers hand to transformers' attention interface, built once per forward with
     ``masking_utils`` as stock models do (a 4-D bool mask for sdpa, a BlockMask for flex_attention,
-    None where the function needs none), or the string "unprepared" when no layer dispatches there
-    (no dense layer, or "eager": the reference kernels)."""
-    if "dense" not in used_variants(config) or config._attn_implementation in (None, "eager"):
+    None where the function needs none), or the string "unprepared" when no layer dispatches there:
+    no dense layer, "eager" (the reference kernel) or "sdpa" (the dense kernel, SDPA with the key
+    padding mask: equal to stock on real tokens, padded query rows as in every variant's kernels)."""
+    if "dense" not in used_variants(config) or config._attn_implementation in OWN_IMPLEMENTATIONS:
         return "unprepared"
     make = create_causal_mask if config.is_causal else create_bidirectional_mask
     return make(config=config, inputs_embeds=inputs_embeds, attention_mask=key_mask, cache=cache)

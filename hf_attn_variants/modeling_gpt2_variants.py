@@ -126,6 +126,12 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
         if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
             model_kwargs["cache"].activate_past_recording()
 
+    def init_continuous_batching(self, *args, **kwargs):
+        """Continuous batching (``generate_batch``, ``generate(cache_implementation="paged")``) is refused:
+        it runs attention over a PagedAttentionCache, which no variant layer can read."""
+        raise ValueError("continuous batching (generate_batch, cache_implementation='paged') is not supported by "
+                         "variant models: it needs paged attention over a PagedAttentionCache; use generate().")
+
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
         return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
@@ -187,6 +193,9 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         With ``config.add_cross_attention``: ``encoder_hidden_states`` (B, S, hidden) and
         ``encoder_attention_mask`` (B, S), 1 for real encoder tokens; the cache keeps their projections."""
         reject_unknown_kwargs(self, kwargs)
+        if encoder_hidden_states is not None and not self.config.add_cross_attention:
+            raise TypeError("encoder_hidden_states was given, but this model has no cross-attention "
+                            "(config.add_cross_attention=False): build the decoder with add_cross_attention=True")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         check_attn_implementation(self.config)

@@ -250,8 +250,9 @@ def _dense(m, p: Projected, ctx: Context) -> Result:
 
 def _dense_interface(m, p: Projected, ctx: Context) -> Result:
     """Dense attention dispatched like a stock model's: ``config._attn_implementation`` names the
-    function in transformers' ``ALL_ATTENTION_FUNCTIONS`` (sdpa, flex_attention, flash, a registered
-    one), called with the mask the model built for it (``masks.dense_attention_mask``).
+    function in transformers' ``ALL_ATTENTION_FUNCTIONS`` (flex_attention, a registered one; "sdpa"
+    and "eager" stay on our kernels), called with the mask the model built for it
+    (``masks.dense_attention_mask``).
     Its output (B, Tq, H, D) is returned as (B, H, Tq, D)."""
     fn = ALL_ATTENTION_FUNCTIONS.get_interface(m.config._attn_implementation, None)
     out, _ = fn(m, p.q, p.k, p.v, ctx.attention_mask, dropout=ctx.dropout_p, scaling=m.scaling, is_causal=ctx.causal)

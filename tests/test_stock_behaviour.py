@@ -121,6 +121,15 @@ def test_assisted_decoding_with_a_user_cache():
     assert torch.equal(out, greedy(model, ids))
 
 
+@pytest.mark.parametrize(("variant", "fields"), [("mixed", {"layer_variants": ["band", "lstmn"]}),
+                                               ("low_rank_band", {"band_combine": "sequential"})])
+def test_chunked_prefill_equals_greedy(variant, fields):
+    model = lm(variant, fields)
+    ids, mask = random_batch(2, 11, "left", seed=5)
+    kw = dict(attention_mask=mask, n=5)
+    assert torch.equal(greedy(model, ids, prefill_chunk_size=4, **kw), greedy(model, ids, **kw))
+
+
 def test_cache_implementation():
     model = lm("band", {"attention_window": 2})
     ids = random_batch(1, 6, None)[0]
@@ -130,6 +139,8 @@ def test_cache_implementation():
             greedy(model, ids, cache_implementation=name)
     with pytest.raises(ValueError, match="VariantCache"):
         greedy(model, ids, cache=DynamicCache())
+    with pytest.raises(ValueError, match="cache_implementation='paged'"):  # continuous batching
+        greedy(model, ids, cache_implementation="paged")
 
 
 # ----------------------------------------------------------------------------- config defaults, checkpointing
