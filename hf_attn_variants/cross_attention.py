@@ -24,10 +24,11 @@ Storage follows stock ``GPT2Attention(is_cross_attention=True)``: ``q_attn`` (qu
 decoder), ``c_attn`` ([keys | values] from the encoder), ``c_proj``; so a stock GPT-2 cross-attention
 checkpoint loads into ``dense`` (and into ``additive`` when ``additive_dim`` = head size).
 
-Padding: the encoder's padded positions are never attended to. The fast path calls
+Padding: the encoder's padded positions are never attended to. Additive scores of a small problem
+(B·H·Tq·Tk·a <= ``DIRECT_BUDGET``) are built in one tensor; larger ones go through
 ``kernels.additive_attention`` once per group of rows with the same number of real encoder tokens
-(keys cut to that number): the kernel's ``key_mask`` lets every query read the key on its own
-diagonal, which is right for self-attention and wrong for a decoder reading an encoder.
+(keys cut to that number), because the kernel's ``key_mask`` lets every query read the key on its
+own diagonal, which is right for self-attention and wrong for a decoder reading an encoder.
 
 Hub code: imports only torch, transformers and sibling files.
 """
