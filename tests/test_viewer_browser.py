@@ -116,10 +116,11 @@ def test_clicks_on_every_variant(family, variant, fields):
 
 def test_band_outline_and_global_tokens_in_matrix_view():
     tok = TOKENIZERS["bert"]()
-    model = tiny_model("bert", "band", vocab_size=len(tok), attention_window=1)
-    model.config.attention_global_tokens = 1  # the field of band attention with global tokens, when set
-    result = run_steps(page(view(model, tok, TEXT), "t"), [{"click": ".hav-tab-matrix"},
-                                                             {"hover": "canvas.hav-heatmap"}])
+    model = tiny_model("bert", "band", vocab_size=len(tok), attention_window=1, attention_global_tokens=1)
+    html = page(view(model, tok, TEXT), "t")
+    att = read_view_data(html)["models"][0]["attentions"][0]
+    assert (att[:, 0] > 0).all() and (att[:, :, 0] > 0).all()  # the global token reads and is read by all
+    result = run_steps(html, [{"click": ".hav-tab-matrix"}, {"hover": "canvas.hav-heatmap"}])
     check_no_errors(result)
     panel = result["steps"][0]["panels"][0]
     assert panel["bands"] == 1 and panel["globals"] == 2  # the global rows and columns
