@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a few texts")
     p.add_argument("--global-tokens", default="0", help="g values for the band conversions, e.g. 0,1")
     p.add_argument("--model", default=None, help="checkpoint (default: the installed all-MiniLM-L6-v2)")
+    p.add_argument("--only", default=None, help="comma-separated conversion setting names to compute (others: "
+                                                "cached results only); for splitting the work across processes")
+    p.add_argument("--cached-only", action="store_true", help="write tables from cached settings, compute none")
     p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,finetune,plots")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("STUDY_THREADS", "1")))
@@ -239,7 +242,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if "convert" in steps:
         rows = [{"setting": "dense", "variant": "dense", **dense_row}]
+        only = None if args.only is None else set(args.only.split(","))
         for name, fields in conversion_settings(g_values, size):
+            cached = (cache.folder / f"convert_{name}.json").exists()
+            if not cached and (args.cached_only or (only is not None and name not in only)):
+                log(f"{name}: not computed in this run")
+                continue
             try:
                 row = cache.get(f"convert_{name}", lambda f=fields: embedding_quality(
                     convert(stock, f), tokenizer, data, dense_emb)[0])
@@ -352,26 +360,28 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     dense = [h for h in heads if h["condition"] == "model"]
-    n_layers = 1 + max(h["layer"] for h in dense)
 
     def layer_mean(key, layer):
         return float(np.mean([h[key] for h in dense if h["layer"] == layer]))
 
     points = []
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
     energy = {r: _energy_beyond(model, r) for r in RANKS}
     for row in alone:
         layer, v = row["layer"], row["value"]
+        if row["kind"] == "low_rank" and v >= head_dim:
+            continue  # r = head size: the conversion is exact (drift 0), no test of a predictor
         pt = {"layer": layer, "kind": row["kind"], "value": v, "drift": row["drift"],
-              "sink_mass": layer_mean("sink_mass", layer), "entropy": layer_mean("entropy", layer)}
+              "sink_mass": layer_mean("sink_mass", layer), "entropy": layer_mean("entropy", layer),
+              "rank_scores_entropy": layer_mean("rank_scores_entropy", layer)}
         if row["kind"] == "band":
             pt["mass_outside_w"] = 1 - layer_mean(f"mass_within_{v}", layer)
         else:
             pt["energy_beyond_r"] = float(energy[v][layer].mean())
-            pt["softmax_rank_gap"] = max(0.0, layer_mean("rank_softmax_energy90", layer))
         points.append(pt)
     table = []
-    for kind, predictors in (("band", ("mass_outside_w", "sink_mass", "entropy")),
-                             ("low_rank", ("energy_beyond_r", "sink_mass", "entropy"))):
+    for kind, predictors in (("band", ("mass_outside_w", "sink_mass", "entropy", "layer")),
+                             ("low_rank", ("energy_beyond_r", "rank_scores_entropy", "sink_mass", "layer"))):
         for pred in predictors:
             for value in [None, *sorted({p["value"] for p in points if p["kind"] == kind})]:
                 sel = [p for p in points if p["kind"] == kind and (value is None or p["value"] == value)]
@@ -381,7 +391,6 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
                 table.append({"kind": kind, "predictor": pred, "setting": "all" if value is None else value,
                               "n": len(sel), "spearman": float(spearmanr(x, y).statistic),
                               "pearson": float(pearsonr(x, y).statistic)})
-    del n_layers
     return {"points": points, "table": table}
 
 
