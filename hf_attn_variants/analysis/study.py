@@ -11,7 +11,10 @@ Steps (each cached as JSON under ``--cache``, so a killed run resumes where it s
 3. layer alone: one layer converted at a time (band w, low_rank r): the drift, correlated with
    the dense model's mass within w / sink mass / bilinear energy beyond r of that layer;
 4. importance: Michel et al.'s gradient score and the uniform-attention loss change per head on
-   the MR probe's loss, and the test-time pruning curve (probe accuracy vs heads kept).
+   the MR probe's loss, and the test-time pruning curve (probe accuracy vs heads kept);
+5. finetune (not in the default steps): training/train.py on configs/minilm/finetune_mr.yaml. Known
+   problem: train.py's data.max_*_samples take the FIRST rows of MR's splits, which are ~96% positive,
+   so that run is not a valid measurement until the subsample is drawn at random.
 """
 
 from __future__ import annotations
@@ -53,14 +56,18 @@ def log(msg: str) -> None:
 class Cache:
     """One JSON file per step/setting; ``get(name, fn)`` computes and stores on a miss."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, compute: bool = True):
         self.folder = folder
+        self.compute = compute  # False: a miss returns None (--cached-only)
         folder.mkdir(parents=True, exist_ok=True)
 
     def get(self, name: str, fn):
         path = self.folder / f"{name}.json"
         if path.exists():
             return json.loads(path.read_text())
+        if not self.compute:
+            log(f"{name}: not cached, skipped (--cached-only)")
+            return None
         t = time.time()
         value = fn()
         write_json(value, path)
@@ -188,7 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a few texts")
     p.add_argument("--global-tokens", default="0", help="g values for the band conversions, e.g. 0,1")
     p.add_argument("--model", default=None, help="checkpoint (default: the installed all-MiniLM-L6-v2)")
-    p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,finetune,plots")
+    p.add_argument("--only", default=None, help="comma-separated conversion setting names to compute (others: "
+                                                "cached results only); for splitting the work across processes")
+    p.add_argument("--cached-only", action="store_true", help="write tables from cached settings, compute none")
+    p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,plots")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("STUDY_THREADS", "1")))
     torch.manual_seed(0)
@@ -214,13 +224,16 @@ def main(argv: list[str] | None = None) -> dict:
                "n_texts": len(data["texts"]), "probe_train": len(data["probe_train"][0]),
                "probe_test": len(data["probe_test"][0]), "global_tokens": list(g_values)}
 
+    cache.compute = not args.cached_only
+    describe = imp = None
     if "describe" in steps:
         describe = cache.get("describe", lambda: _describe(model, tokenizer, data["texts"]))
+    if describe:
         write_table(describe["heads"], out / "heads.csv")
         write_table(describe["layers"], out / "layers.csv")
 
-    if "sinks" in steps:
-        write_table(cache.get("sinks", lambda: _sinks(model, tokenizer, data["texts"])), out / "sinks.csv")
+    if "sinks" in steps and (sinks := cache.get("sinks", lambda: _sinks(model, tokenizer, data["texts"]))):
+        write_table(sinks, out / "sinks.csv")
 
     dense_row, dense_emb = None, None
     if steps & {"convert", "layer_alone", "importance"}:
@@ -239,7 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if "convert" in steps:
         rows = [{"setting": "dense", "variant": "dense", **dense_row}]
+        only = None if args.only is None else set(args.only.split(","))
         for name, fields in conversion_settings(g_values, size):
+            cached = (cache.folder / f"convert_{name}.json").exists()
+            if not cached and (args.cached_only or (only is not None and name not in only)):
+                log(f"{name}: not computed in this run")
+                continue
             try:
                 row = cache.get(f"convert_{name}", lambda f=fields: embedding_quality(
                     convert(stock, f), tokenizer, data, dense_emb)[0])
@@ -263,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                 m = convert(stock, f)
                 cos = (embed(m, tokenizer, texts) * alone_dense).sum(1)
                 return {"drift": float(1 - cos.mean())}
-            rows.append({"layer": layer, "kind": kind, "value": value, **cache.get(f"alone_{name}", run)})
+            if (result := cache.get(f"alone_{name}", run)) is not None:
+                rows.append({"layer": layer, "kind": kind, "value": value, **result})
         write_table(rows, out / "layer_alone.csv")
         if (cache.folder / "describe.json").exists():
             corr = _correlations(rows, cache.get("describe", None)["heads"], model)
@@ -274,12 +293,17 @@ def main(argv: list[str] | None = None) -> dict:
     if "importance" in steps:
         imp = cache.get("importance", lambda: _importance(model, tokenizer, data, dense_emb["probe"],
                                                           size["importance"]))
+    if imp:
         write_table(imp["heads"], out / "importance.csv")
         write_table(imp["pruning"], out / "pruning.csv")
         summary["importance"] = {k: v for k, v in imp.items() if k not in ("heads", "pruning")}
 
     if "finetune" in steps:
-        rows = cache.get("finetune_g" + "-".join(map(str, g_values)), lambda: _finetune(path, args.quick, g_values))
+        key = "finetune_g" + "-".join(map(str, g_values))
+        if args.cached_only and not (cache.folder / f"{key}.json").exists():
+            rows = _finetune_results(_finetune_dir(args.quick))  # the runs finished so far
+        else:
+            rows = cache.get(key, lambda: _finetune(path, args.quick, g_values))
         write_table(rows, out / "finetune.csv")
         summary["finetune"] = rows
 
@@ -352,26 +376,28 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     dense = [h for h in heads if h["condition"] == "model"]
-    n_layers = 1 + max(h["layer"] for h in dense)
 
     def layer_mean(key, layer):
         return float(np.mean([h[key] for h in dense if h["layer"] == layer]))
 
     points = []
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
     energy = {r: _energy_beyond(model, r) for r in RANKS}
     for row in alone:
         layer, v = row["layer"], row["value"]
+        if row["kind"] == "low_rank" and v >= head_dim:
+            continue  # r = head size: the conversion is exact (drift 0), no test of a predictor
         pt = {"layer": layer, "kind": row["kind"], "value": v, "drift": row["drift"],
-              "sink_mass": layer_mean("sink_mass", layer), "entropy": layer_mean("entropy", layer)}
+              "sink_mass": layer_mean("sink_mass", layer), "entropy": layer_mean("entropy", layer),
+              "rank_scores_entropy": layer_mean("rank_scores_entropy", layer)}
         if row["kind"] == "band":
             pt["mass_outside_w"] = 1 - layer_mean(f"mass_within_{v}", layer)
         else:
             pt["energy_beyond_r"] = float(energy[v][layer].mean())
-            pt["softmax_rank_gap"] = max(0.0, layer_mean("rank_softmax_energy90", layer))
         points.append(pt)
     table = []
-    for kind, predictors in (("band", ("mass_outside_w", "sink_mass", "entropy")),
-                             ("low_rank", ("energy_beyond_r", "sink_mass", "entropy"))):
+    for kind, predictors in (("band", ("mass_outside_w", "sink_mass", "entropy", "layer")),
+                             ("low_rank", ("energy_beyond_r", "rank_scores_entropy", "sink_mass", "layer"))):
         for pred in predictors:
             for value in [None, *sorted({p["value"] for p in points if p["kind"] == kind})]:
                 sel = [p for p in points if p["kind"] == kind and (value is None or p["value"] == value)]
@@ -381,7 +407,6 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
                 table.append({"kind": kind, "predictor": pred, "setting": "all" if value is None else value,
                               "n": len(sel), "spearman": float(spearmanr(x, y).statistic),
                               "pearson": float(pearsonr(x, y).statistic)})
-    del n_layers
     return {"points": points, "table": table}
 
 
@@ -436,7 +461,7 @@ def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
-    out_dir = "outputs/minilm_finetune_quick" if quick else "outputs/minilm_finetune"
+    out_dir = _finetune_dir(quick)
     extra = [f"baselines.band_w8_g{g}={{attention_variant: band, attention_window: 8, attention_global_tokens: {g}}}"
              for g in g_values if g and supports_global_tokens()]
     if quick:
@@ -445,7 +470,19 @@ def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
            f"model.pretrained={path}", f"tokenizer.pretrained={path}", f"training.output_dir={out_dir}", *extra]
     log("fine-tune: " + " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=root)
+    return _finetune_results(out_dir)
+
+
+def _finetune_dir(quick: bool) -> str:
+    return "outputs/minilm_finetune_quick" if quick else "outputs/minilm_finetune"
+
+
+def _finetune_results(out_dir: str) -> list[dict]:
+    """Test metrics of every finished fine-tune run under out_dir (relative to the repository root)."""
+    root = Path(__file__).resolve().parents[2]
     rows = []
+    if not (root / out_dir).exists():
+        return rows
     for run_dir in sorted(Path(root / out_dir).iterdir()):
         results = run_dir / "model" / "eval_results.json"
         if results.exists():
