@@ -25,6 +25,7 @@ from transformers.modeling_outputs import (
 from .attention import attention_class, init_variant_parameters
 from .configuration_variants import VariantBertConfig
 from .masks import (
+    LOSS_KWARGS,
     check_attn_implementation,
     check_length,
     config_default,
@@ -184,7 +185,9 @@ class VariantBertModel(VariantBertPreTrainedModel):
     ):
         """``use_cache`` is accepted for stock compatibility; variant BERT models keep no cache (an
         explicit ``use_cache=True`` on a decoder config is refused)."""
-        reject_unknown_kwargs(self, kwargs)
+        # generate() hands an encoder of an EncoderDecoderModel every model kwarg, labels included
+        # (transformers' _prepare_encoder_decoder_kwargs_for_generation): the base model ignores labels
+        reject_unknown_kwargs(self, kwargs, allowed=(*LOSS_KWARGS, "labels"))
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         if use_cache and self.config.is_decoder:

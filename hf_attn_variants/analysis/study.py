@@ -12,8 +12,8 @@ Steps (each cached as JSON under ``--cache``, so a killed run resumes where it s
    the dense model's mass within w / sink mass / bilinear energy beyond r of that layer;
 4. importance: Michel et al.'s gradient score and the uniform-attention loss change per head on
    the MR probe's loss, and the test-time pruning curve (probe accuracy vs heads kept);
-5. finetune (not in the default steps): training/train.py on configs/minilm/finetune_mr.yaml, one
-   epoch on a seeded random sample of 1,000 MR training sentences (test: 500), per setting.
+5. finetune (not in the default steps): training/train.py on configs/minilm/finetune_mr.yaml, three
+   epochs on a seeded random sample of 1,000 MR training sentences (test: 500), per setting.
 """
 
 from __future__ import annotations
