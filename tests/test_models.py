@@ -231,3 +231,17 @@ def test_band_receptive_field(family, window):
     reach = 2 * window  # two layers
     expected = range(15, 15 + reach + 1) if family == "gpt2" else range(15 - reach, 15 + reach + 1)
     assert reached == list(expected)
+
+
+@pytest.mark.parametrize("variant", ["band", "low_rank_band", "additive"])
+def test_one_head_models_train(variant):
+    """With a single head the merged heads were non-contiguous after the band kernel, and GPT-2's
+    Conv1D output projection (``.view``) refused them; every variant must train with one head."""
+    torch.manual_seed(0)
+    config = hv.VariantGPT2Config(vocab_size=97, n_embd=16, n_layer=2, n_head=1, n_positions=32,
+                                  attention_variant=variant, attention_window=3, attention_rank=4)
+    model = hv.VariantGPT2LMHeadModel(config)
+    ids, mask = random_batch(2, 13, "left")
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -31,27 +31,7 @@ def attention_sublayer(variant: dict, hidden: int, heads: int, layers: int, laye
             nn.init.normal_(param, std=0.02)
         elif name.endswith("band_gate"):
             nn.init.zeros_(param)
-    return contiguous_projections(module)
-
-
-class _Contiguous(nn.Module):
-    """Calls the wrapped projection on a contiguous input. Works around the library's band kernel
-    returning a non-contiguous output with one head, which GPT-2's ``Conv1D.view`` rejects."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.contiguous())
-
-
-def contiguous_projections(model: nn.Module) -> nn.Module:
-    """Wrap every attention output projection ``c_proj`` (GPT-2 storage) in ``_Contiguous``."""
-    for module in list(model.modules()):
-        if hasattr(module, "c_proj") and hasattr(module, "variant"):
-            module.c_proj = _Contiguous(module.c_proj)
-    return model
+    return module
 
 
 class Readout(nn.Module):
@@ -91,7 +71,7 @@ class ProbeModel(nn.Module):
         else:
             config = hv.VariantGPT2Config(n_embd=hidden, n_head=heads, n_layer=layers, n_positions=max_len,
                                           vocab_size=2, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, **fields)
-            self.body = contiguous_projections(hv.VariantGPT2Model(config))
+            self.body = hv.VariantGPT2Model(config)
         self.readout = Readout(hidden, out, mlp_readout)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -174,7 +154,7 @@ def causal_lm(model: str, variant: dict, size: dict, vocab: int, max_len: int) -
     config = hv.VariantGPT2Config(vocab_size=vocab, n_embd=size["hidden"], n_layer=size["layers"],
                                   n_head=size["heads"], n_positions=max_len, attn_pdrop=0.0, resid_pdrop=0.0,
                                   embd_pdrop=0.0, **{**variant, "attention_variant": model})
-    return contiguous_projections(hv.VariantGPT2LMHeadModel(config))
+    return hv.VariantGPT2LMHeadModel(config)
 
 
 def count_parameters(model: nn.Module) -> int:
