@@ -134,6 +134,16 @@ def label(row: dict, skip: tuple = ()) -> str:
     return row["model"] + (f" ({extra})" if extra else "")
 
 
+def _finish(plt, fig, ax, name: str, path: Path, legend: bool = False) -> None:
+    """Title (and legend), then the PNG written and the figure closed."""
+    ax.set_title(name)
+    if legend:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_bars(name: str, rows: list[dict], spec: dict, path: Path) -> None:
     plt = _plt()
     rows = [r for r in rows if "mean" in r]
@@ -150,10 +160,7 @@ def plot_bars(name: str, rows: list[dict], spec: dict, path: Path) -> None:
     lo = min([r["lo"] if not np.isnan(r["lo"]) else r["mean"] for r in rows] + anchors)
     ax.set_xlim(max(0.0, lo - 0.05), None)
     ax.set_xlabel(f"test {rows[0]['metric']} (mean over seeds, 95% bootstrap CI)")
-    ax.set_title(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, name, path)
 
 
 def plot_curve(name: str, rows: list[dict], spec: dict, path: Path) -> None:
@@ -178,11 +185,7 @@ def plot_curve(name: str, rows: list[dict], spec: dict, path: Path) -> None:
         ax.set_xscale("log", base=2 if spec.get("log2") else 10)
     ax.set_xlabel(x_axis)
     ax.set_ylabel(f"test {next(r['metric'] for r in rows if 'mean' in r)}")
-    ax.set_title(name)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, name, path, legend=True)
 
 
 def plot_positions(name: str, rows: list[dict], spec: dict, path: Path) -> None:
@@ -198,11 +201,7 @@ def plot_positions(name: str, rows: list[dict], spec: dict, path: Path) -> None:
         ax.plot(np.arange(0, n, bucket) + bucket / 2, curve[:n].reshape(-1, bucket).mean(1), label=label(r))
     ax.set_xlabel("position in the context")
     ax.set_ylabel(f"test loss (nats/char), mean over {bucket} positions")
-    ax.set_title(name)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, name, path, legend=True)
 
 
 def plot_phase(name: str, rows: list[dict], spec: dict, path: Path) -> None:
