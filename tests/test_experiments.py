@@ -195,6 +195,53 @@ def test_single_seed_interval_over_test_examples():
     assert row["over"] == "test examples" and row["lo"] < 0.75 < row["hi"]
 
 
+def test_paired_difference_on_known_inputs():
+    a = np.array([1, 1, 1, 0] * 25, dtype=float)
+    b = np.array([1, 0, 1, 0] * 25, dtype=float)
+    one = exp_report.paired_difference([(a, b)])
+    assert one["mean"] == pytest.approx(0.25) and one["seeds"] == 1
+    assert one["lo"] < 0.25 < one["hi"] and one["above"] == pytest.approx(1.0)
+    # identical models: every resample is exactly 0
+    same = exp_report.paired_difference([(a, a), (b, b)])
+    assert same["mean"] == same["lo"] == same["hi"] == 0.0 and same["above"] == 0.0
+    # two seeds that disagree in sign: the interval spans 0
+    mixed = exp_report.paired_difference([(a, b), (b, a)])
+    assert mixed["mean"] == pytest.approx(0.0) and mixed["lo"] < 0 < mixed["hi"]
+
+
+def test_paired_difference_interval_matches_a_direct_computation():
+    rng = np.random.default_rng(3)
+    pairs = [(rng.random(40), rng.random(40)) for _ in range(3)]
+    got = exp_report.paired_difference(pairs, resamples=500, seed=7)
+    diffs = np.stack([x - y for x, y in pairs])
+    gen = np.random.default_rng(7)
+    seeds = gen.integers(0, 3, size=(500, 3))
+    means = [diffs[seeds[i]].mean(0)[gen.integers(0, 40, size=40)].mean() for i in range(500)]
+    assert got["lo"] == pytest.approx(np.percentile(means, 2.5))
+    assert got["hi"] == pytest.approx(np.percentile(means, 97.5))
+
+
+def test_comparisons_pair_by_seed_and_sweep_point():
+    def rec(model, seed, correct, size):
+        return {"job": {"model": model, "params": {"train_size": size}, "lr": 0.1, "seed": seed},
+                "metric": "accuracy", "val": 0.5, "test": float(np.mean(correct)), "parameters": 1,
+                "seconds": 1.0, "test_correct": correct}
+    ones, half = [1] * 8, [1, 0] * 4
+    records = [rec("dense", s, half, 10) for s in (0, 1)] + [rec("band", s, ones, 10) for s in (0, 1)]
+    records += [rec("dense", 0, ones, 20), rec("band", 0, half, 20)]  # the other size: band below dense
+    jobs = [r["job"] for r in records]
+    comps = {c["row"]["params"]["train_size"]: c for c in exp_report.comparisons(exp_report.cells(jobs, records))}
+    assert comps[10]["mean"] == pytest.approx(0.5) and comps[10]["seeds"] == 2
+    assert comps[20]["mean"] == pytest.approx(-0.5) and comps[20]["seeds"] == 1
+
+
+def test_position_buckets_cover_the_context():
+    assert exp_report.position_buckets(256) == [(0, 8), (8, 32), (32, 64), (64, 128), (128, 256)]
+    assert exp_report.position_buckets(16) == [(0, 8), (8, 16)]
+    record = {"test_loss_by_block_position": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]}
+    assert exp_report.example_scores(record, (2, 4)).tolist() == [3.5, 7.5]
+
+
 # ----------------------------------------------------------------------------- probes vs brute force
 
 SEEDS = [0, 1, 2]
@@ -321,4 +368,9 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     assert len(records) == 6 + 12 + 6 + 2
     lm = json.loads(next((tmp_path / "out-quick" / "records" / "lm").glob("band*.json")).read_text())
     assert len(lm["test_loss_by_position"]) == 16 and lm["metric"] == "loss"
+    per_block = np.array(lm["test_loss_by_block_position"])
+    assert per_block.shape == (2, 16) and np.allclose(per_block.mean(0), lm["test_loss_by_position"], atol=1e-3)
+    lm_md = (res / "lm.md").read_text()
+    assert "## Loss by position in the context" in lm_md and "## Paired with dense" in lm_md
+    assert "## Paired with dense" in mr and "Compute:" in mr
     assert experiments.main(["run", str(path), "--quick"]) == 0  # resumed: nothing left to do

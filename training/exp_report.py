@@ -40,6 +40,30 @@ def summarise(values) -> dict:
             else float("nan"), "lo": lo, "hi": hi}
 
 
+def paired_difference(pairs: list[tuple], resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """Mean difference of a per-example score between two models trained with the same seeds and
+    scored on the same test examples, with a two-level percentile bootstrap 95 % interval.
+
+    pairs: one ``(scores_a, scores_b)`` per seed, each an array over the same test examples (1/0
+    correctness, or a per-block loss). The estimate is the mean over seeds of mean(a - b). Each
+    resample draws the seeds with replacement (when there are two or more) and the test examples
+    with replacement (the same examples for both models: the comparison is paired), so the
+    interval covers seed-to-seed variation and test-set sampling. Returns mean, lo, hi, the seeds
+    used and ``above``: the fraction of resamples with a difference > 0.
+    """
+    diffs = np.stack([np.asarray(a, dtype=float) - np.asarray(b, dtype=float) for a, b in pairs])  # (S, N)
+    n_seeds, n_examples = diffs.shape
+    rng = np.random.default_rng(seed)
+    picked_seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 \
+        else np.zeros((resamples, 1), dtype=int)
+    means = np.empty(resamples)
+    for i in range(resamples):
+        by_example = diffs[picked_seeds[i]].mean(0)  # (N,): the resampled seeds' mean per example
+        means[i] = by_example[rng.integers(0, n_examples, size=n_examples)].mean()
+    return {"mean": float(diffs.mean()), "lo": float(np.percentile(means, 2.5)),
+            "hi": float(np.percentile(means, 97.5)), "above": float((means > 0).mean()), "seeds": n_seeds}
+
+
 # ----------------------------------------------------------------------------- records to cells
 
 def load_records(out: str | Path, suite: str) -> list[dict]:
@@ -116,6 +140,85 @@ def sort_rows(rows: list[dict], models: list[str], axes: list[str]) -> list[dict
         return (models.index(row["model"]), *[(str(type(row["params"].get(a))), row["params"].get(a) or 0)
                                                for a in axes])
     return sorted(rows, key=key)
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+
+def position_buckets(length: int) -> list[tuple[int, int]]:
+    """Position ranges [lo, hi) for loss-by-position tables: 0-8, 8-32, then doubling, up to ``length``."""
+    edges = [0, 8] + [2 ** k for k in range(5, 20) if 2 ** k < length] + [length]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if lo < hi]
+
+
+def example_scores(record: dict, bucket: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Per-test-example scores of a record: correctness (classification) or the mean loss of each
+    test block over the positions in ``bucket`` (LM); None when the record has neither."""
+    if "test_correct" in record:
+        return np.asarray(record["test_correct"], dtype=float)
+    if "test_loss_by_block_position" in record:
+        losses = np.asarray(record["test_loss_by_block_position"], dtype=float)  # (blocks, length)
+        lo, hi = bucket or (0, losses.shape[1])
+        return losses[:, lo:hi].mean(1)
+    return None
+
+
+def baseline_row(row: dict, rows: list[dict], baseline: str) -> dict | None:
+    """The baseline's row at the same sweep point (on the axes the baseline has)."""
+    for ref in rows:
+        if ref["model"] == baseline and "mean" in ref and \
+                all(row["params"].get(k) == v for k, v in ref["params"].items()):
+            return ref
+    return None
+
+
+def comparisons(rows: list[dict], baseline: str = "dense", bucket: tuple[int, int] | None = None) -> list[dict]:
+    """Each model's paired difference to ``baseline`` (same seeds, same test examples), per sweep point."""
+    out = []
+    for row in rows:
+        ref = baseline_row(row, rows, baseline) if row["model"] != baseline and "mean" in row else None
+        if ref is None:
+            continue
+        by_seed = {rec["job"]["seed"]: rec for rec in ref["records"]}
+        pairs = [(example_scores(rec, bucket), example_scores(by_seed[rec["job"]["seed"]], bucket))
+                 for rec in row["records"] if rec["job"]["seed"] in by_seed]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and len(a) == len(b)]
+        if pairs:
+            out.append({"row": row, **paired_difference(pairs)})
+    return out
+
+
+def comparison_table(comps: list[dict], axes: list[str], metric: str, baseline: str = "dense") -> str:
+    head = ["model", *axes, f"Δ test {metric} − {baseline}", "95% CI (seeds x test examples)",
+            "resamples with Δ > 0", "seeds paired"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comps:
+        point = [str(c["row"]["params"].get(a, "—")) for a in axes]
+        lines.append("| " + " | ".join([c["row"]["model"], *point, f"{c['mean']:+.4f}",
+                                        f"[{c['lo']:+.4f}, {c['hi']:+.4f}]", f"{c['above']:.3f}",
+                                        str(c["seeds"])]) + " |")
+    return "\n".join(lines)
+
+
+def position_table(rows: list[dict], axes: list[str], baseline: str = "dense") -> str:
+    """Test loss by position bucket (mean over seeds), and each model's paired difference to the
+    baseline in that bucket with its 95 % interval."""
+    done = [r for r in rows if "mean" in r and "test_loss_by_position" in r["records"][0]]
+    if not done:
+        return ""
+    buckets = position_buckets(len(done[0]["records"][0]["test_loss_by_position"]))
+    head = ["model", *axes, *[f"pos {lo}-{hi - 1}" for lo, hi in buckets]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    diffs = {b: {id(c["row"]): c for c in comparisons(done, baseline, b)} for b in buckets}
+    for row in done:
+        curve = np.mean([rec["test_loss_by_position"] for rec in row["records"]], axis=0)
+        cells = []
+        for b in buckets:
+            text = f"{curve[b[0]:b[1]].mean():.3f}"
+            c = diffs[b].get(id(row))
+            cells.append(text + (f" ({c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}])" if c else ""))
+        lines.append("| " + " | ".join([row["model"], *[str(row["params"].get(a, "—")) for a in axes], *cells])
+                     + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -290,6 +393,31 @@ PLOTS = {"bars": plot_bars, "curve": plot_curve, "positions": plot_positions, "p
 
 # ----------------------------------------------------------------------------- the results folder
 
+def job_seconds(jobs: list[dict], records: list[dict]) -> float:
+    current = {json.dumps(j, sort_keys=True, default=float) for j in jobs}
+    return sum(r["seconds"] for r in records if json.dumps(r["job"], sort_keys=True, default=float) in current)
+
+
+def paired_sections(rows: list[dict], axes: list[str], suite: dict) -> list[str]:
+    """Markdown for the paired comparisons to dense, and for LM suites the loss by position."""
+    text = []
+    comps = comparisons(rows)
+    if comps:
+        metric = comps[0]["row"]["metric"]
+        text += ["## Paired with dense", "",
+                 f"Each model's test {metric} minus dense attention's at the same sweep point, both at their chosen "
+                 "learning rate, paired by seed and by test example; the interval resamples seeds and test examples "
+                 "(two-level percentile bootstrap, 10,000 resamples)." + (" For loss, Δ < 0 is better than dense."
+                                                                          if metric == "loss" else ""), "",
+                 comparison_table(comps, axes, metric), ""]
+    positions = position_table(rows, axes) if suite["kind"] == "lm" else ""
+    if positions:
+        text += ["## Loss by position in the context", "",
+                 "Mean test loss (nats/char) over each range of positions; in brackets the paired difference to "
+                 "dense in that range and its 95 % interval over test blocks (and seeds).", "", positions, ""]
+    return text
+
+
 def write_results(grid: dict, jobs: list[dict]) -> dict:
     """Tables (one markdown file per suite), a JSON summary and the plots the suites ask for."""
     folder = Path(grid["results"])
@@ -309,7 +437,9 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
                 f"{sum(r['ran'] for r in rows)} of {sum(r['planned'] for r in rows)} planned jobs ran. ",
                 "Learning rate chosen per cell on the mean validation metric over seeds; test statistics at that "
                 "learning rate. 95% CI: percentile bootstrap of the mean (10,000 resamples).", "",
-                table(rows, axes), ""]
+                table(rows, axes), "", f"Compute: {job_seconds(suite_jobs, records) / 60:.0f} min of single-thread "
+                "job time in all (the sum of the current records' seconds).", ""]
+        text += paired_sections(rows, axes, suite)
         plots = suite["plot"].get("kinds") or ([suite["plot"]["type"]] if suite["plot"].get("type") else [])
         for kind in plots:
             png = folder / f"{name}-{kind}.png"

@@ -367,28 +367,29 @@ def run_lm(job: dict, data_dir: str, device) -> dict:
     val = lm_loss_by_position(model, data["validation"].long(), length, blocks, device)
     test = lm_loss_by_position(model, data["test"].long(), length, blocks, device)
     return {"metric": "loss", "val": float(val.mean()), "test": float(test.mean()),
-            "test_loss_by_position": [round(float(v), 5) for v in test], "eval_blocks": blocks,
+            "test_loss_by_position": [round(float(v), 5) for v in test.mean(0)], "eval_blocks": len(test),
+            "test_loss_by_block_position": np.round(test, 3).tolist(),  # (blocks, length): paired comparisons
             "parameters": exp_models.count_parameters(model), "steps": steps,
             "final_train_loss": float(np.mean(losses[-20:]))}
 
 
 def lm_loss_by_position(model, stream, length: int, blocks: int, device, batch: int = 32):
-    """Mean next-character NLL (nats) at each position 0..length-1 over the first ``blocks``
-    non-overlapping blocks of a split."""
+    """Next-character NLL (nats), ``(blocks, length)``, at each position 0..length-1 of the first
+    ``blocks`` non-overlapping blocks of a split."""
     import torch
 
     blocks = min(blocks, (len(stream) - 1) // length)
     starts = [i * length for i in range(blocks)]
-    total = torch.zeros(length, dtype=torch.float64)
+    rows = []
     model.eval()
     with torch.no_grad():
         for b in range(0, blocks, batch):
             block = torch.stack([stream[s:s + length + 1] for s in starts[b:b + batch]]).to(device)
             logits = model(input_ids=block[:, :-1]).logits
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), block[:, 1:], reduction="none")
-            total += nll.double().sum(0).cpu()
+            rows.append(nll.double().cpu())  # (batch, length)
     model.train()
-    return (total / blocks).numpy()
+    return torch.cat(rows).numpy()
 
 
 def probe_metric(logits, batch) -> tuple:
