@@ -368,6 +368,8 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     assert len(records) == 6 + 12 + 6 + 2
     lm = json.loads(next((tmp_path / "out-quick" / "records" / "lm").glob("band*.json")).read_text())
     assert len(lm["test_loss_by_position"]) == 16 and lm["metric"] == "loss"
+    probe = json.loads(next((tmp_path / "out-quick" / "records" / "lr").glob("band*.json")).read_text())
+    assert len(probe["test_correct"]) == 16 and np.mean(probe["test_correct"]) == pytest.approx(probe["test"])
     per_block = np.array(lm["test_loss_by_block_position"])
     assert per_block.shape == (2, 16) and np.allclose(per_block.mean(0), lm["test_loss_by_position"], atol=1e-3)
     lm_md = (res / "lm.md").read_text()

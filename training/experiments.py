@@ -47,6 +47,7 @@ KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
                 "quick", "plot", "description")
 VARIANT_USES = {"attention_window": ("band", "low_rank_band"), "attention_rank": ("low_rank", "low_rank_band"),
+                "attention_global_tokens": ("band", "low_rank_band"),
                 "band_combine": ("low_rank_band",), "additive_dim": ("additive",)}
 SIZE_FIELDS = ("hidden", "layers", "heads", "intermediate", "architecture")
 TRAIN_FIELDS = ("epochs", "steps", "batch_size", "max_length", "train_size", "vocab_size", "eval_size", "weight_decay",
@@ -436,10 +437,15 @@ def run_probe(job: dict, data_dir: str, device) -> dict:
         val = probe_metric(model(probes.make(name, n_eval, [10**6, 1], **params).inputs.to(device)),
                            probes.make(name, n_eval, [10**6, 1], **params))[1]
         test_data = probes.make(name, n_eval, [10**6, 2], **params)
-        test = probe_metric(model(test_data.inputs.to(device)), test_data)[1]
+        test_logits = model(test_data.inputs.to(device))
+        test = probe_metric(test_logits, test_data)[1]
+    extra = {}
+    if test_data.num_classes:  # per scored position (several per sequence in MQAR and induction)
+        scored = test_data.targets != -100
+        extra["test_correct"] = (test_logits.argmax(-1).cpu()[scored] == test_data.targets[scored]).int().tolist()
     return {"metric": "r2" if name == "regression" else "accuracy", "val": val, "test": test,
             "parameters": exp_models.count_parameters(model), "steps": steps,
-            "final_train_loss": float(np.mean(losses[-20:]))}
+            "final_train_loss": float(np.mean(losses[-20:])), **extra}
 
 
 RUNNERS = {"classification": run_classification, "lm": run_lm, "probe": run_probe}
