@@ -75,7 +75,7 @@ def test_bad_suites_are_refused(tmp_path, change, message):
 
 
 def test_shipped_grids_expand():
-    for name in ("full", "session"):
+    for name in ("full",):
         for quick in (False, True):
             grid = experiments.load_grid(ROOT / "configs" / "experiments" / f"{name}.yaml", quick)
             jobs = experiments.expand(grid)
@@ -375,4 +375,6 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     lm_md = (res / "lm.md").read_text()
     assert "## Loss by position in the context" in lm_md and "## Paired with dense" in lm_md
     assert "## Paired with dense" in mr and "Compute:" in mr
+    index = (res / "README.md").read_text()
+    assert "| [mr](mr.md) | classification | 3 | 6 of 6 |" in index and "torch" in index
     assert experiments.main(["run", str(path), "--quick"]) == 0  # resumed: nothing left to do

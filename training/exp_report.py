@@ -418,37 +418,71 @@ def paired_sections(rows: list[dict], axes: list[str], suite: dict) -> list[str]
     return text
 
 
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_results(grid: dict, jobs: list[dict]) -> dict:
-    """Tables (one markdown file per suite), a JSON summary and the plots the suites ask for."""
+    """Tables (one markdown file per suite), the plots the suites ask for, a JSON summary and an
+    index (``README.md``: what ran, how long it took, how to rerun it)."""
     folder = Path(grid["results"])
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    command = f"python training/experiments.py run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick")
+                                                                                 else "")
+    summary, index, versions = {}, [], set()
     for name, suite in grid["suites"].items():
         suite_jobs = [j for j in jobs if j["suite"] == name]
         records = load_records(grid["out"], name)
-        if not suite_jobs or not records:
+        versions |= {(r.get("device", "?"), r.get("torch", "?")) for r in records}
+        if not suite_jobs:
             continue
-        axes = list(suite["sweep"])
-        rows = sort_rows(cells(suite_jobs, records), suite["models"], axes)
-        command = f"python training/experiments.py run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick")
-                                                                                     else "")
-        text = [f"# {name}", "", suite.get("description", "").strip(), "", f"Made by `{command}` (records: "
-                f"`{grid['out']}/records/{name}/`).", "",
-                f"{sum(r['ran'] for r in rows)} of {sum(r['planned'] for r in rows)} planned jobs ran. ",
-                "Learning rate chosen per cell on the mean validation metric over seeds; test statistics at that "
-                "learning rate. 95% CI: percentile bootstrap of the mean (10,000 resamples).", "",
-                table(rows, axes), "", f"Compute: {job_seconds(suite_jobs, records) / 60:.0f} min of single-thread "
-                "job time in all (the sum of the current records' seconds).", ""]
-        text += paired_sections(rows, axes, suite)
-        plots = suite["plot"].get("kinds") or ([suite["plot"]["type"]] if suite["plot"].get("type") else [])
-        for kind in plots:
+        rows = sort_rows(cells(suite_jobs, records), suite["models"], list(suite["sweep"]))
+        ran, planned = sum(r["ran"] for r in rows), sum(r["planned"] for r in rows)
+        minutes = job_seconds(suite_jobs, records) / 60
+        index.append(f"| [{name}]({name}.md) | {suite['kind']} | {len(suite['models'])} | {ran} of {planned} | "
+                     f"{minutes:.0f} |" if records else f"| {name} | {suite['kind']} | {len(suite['models'])} | "
+                     f"0 of {planned} (not run) | 0 |")
+        if not records:
+            continue
+        text = suite_text(name, suite, rows, command, grid["out"], ran, planned, minutes)
+        for kind in suite["plot"].get("kinds") or ([suite["plot"]["type"]] if suite["plot"].get("type") else []):
             png = folder / f"{name}-{kind}.png"
             PLOTS[kind](name, rows, suite["plot"], png)
             if png.exists():
                 text.append(f"![{name} {kind}]({png.name})")
-        (folder / f"{name}.md").write_text("\n".join(text) + "\n")
+        _write_text(folder / f"{name}.md", "\n".join(text) + "\n")
         summary[name] = [{k: v for k, v in r.items() if k != "records"} for r in rows]
-    tmp = folder / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(folder / "summary.json")
+    _write_text(folder / "summary.json", json.dumps(summary, indent=1, default=str))
+    _write_text(folder / "README.md", index_text(command, grid, index, versions))
     return summary
+
+
+def suite_text(name: str, suite: dict, rows: list[dict], command: str, out: str, ran: int, planned: int,
+               minutes: float) -> list[str]:
+    axes = list(suite["sweep"])
+    text = [f"# {name}", "", suite.get("description", "").strip(), "",
+            f"Made by `{command}` (records: `{out}/records/{name}/`).", "",
+            f"{ran} of {planned} planned jobs ran. Learning rate chosen per cell on the mean validation metric "
+            "over seeds; test statistics at that learning rate. 95% CI: percentile bootstrap of the mean "
+            "(10,000 resamples) over seeds, or over test examples (classification) / scored test positions "
+            "(probes) when a cell has one seed (column \"CI over\").", "",
+            table(rows, axes), "",
+            f"Compute: {minutes:.0f} min of single-thread job time in all (the sum of the current records' seconds).",
+            ""]
+    return text + paired_sections(rows, axes, suite)
+
+
+def index_text(command: str, grid: dict, index: list[str], versions: set) -> str:
+    used = ", ".join(f"{device} / torch {torch}" for device, torch in sorted(versions)) or "—"
+    return "\n".join([
+        "# Experiment results", "",
+        f"Written by `{command}` (this index, every table, plot and `summary.json`; "
+        f"`python training/experiments.py aggregate {grid.get('path', 'GRID')}` rewrites them from the records "
+        f"in `{grid['out']}/records/`, which stay outside git). Jobs ran on: {used}, one torch thread per job.", "",
+        "| suite | kind | models | jobs ran | compute (min, single-thread) |", "|---|---|---|---|---|", *index, "",
+        "Statistics: per cell (model x sweep point) the learning rate with the best mean validation metric, then "
+        "the test metric's mean over seeds, sample standard deviation and a percentile-bootstrap 95 % interval. "
+        "\"Paired with dense\" sections give each model's difference to dense attention at the same sweep point, "
+        "paired by seed and test example, with a two-level bootstrap interval over seeds and test examples.", ""])
