@@ -281,11 +281,11 @@ def plot_curve(name: str, rows: list[dict], spec: dict, path: Path) -> None:
         lo = [r["lo"] if not np.isnan(r["lo"]) else r["mean"] for r in group]
         hi = [r["hi"] if not np.isnan(r["hi"]) else r["mean"] for r in group]
         ax.fill_between(xs, lo, hi, alpha=0.15)
-    for text, value in (spec.get("anchors") or {}).items():
-        ax.axhline(value, ls="--", color="gray", lw=0.8)
-        ax.text(ax.get_xlim()[0], value, text, fontsize=7, va="bottom")
     if spec.get("log_x", True):
         ax.set_xscale("log", base=2 if spec.get("log2") else 10)
+    for text, value in (spec.get("anchors") or {}).items():  # after the scale: the label sits at the left edge
+        ax.axhline(value, ls="--", color="gray", lw=0.8)
+        ax.text(ax.get_xlim()[0], value, " " + text, fontsize=7, va="bottom")
     ax.set_xlabel(x_axis)
     ax.set_ylabel(f"test {next(r['metric'] for r in rows if 'mean' in r)}")
     _finish(plt, fig, ax, name, path, legend=True)
