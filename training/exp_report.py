@@ -4,7 +4,9 @@ PNG plots under the grid's ``results`` folder. Not imported by the package.
 
 The interval is a percentile bootstrap (10,000 resamples, seeded) over the seeds of a cell; a cell
 with a single seed gets one over its test examples instead when the records hold per-example
-results (classification), and the table says which. Cells without records are listed as not run.
+results (classification: test examples; probes: scored test positions), and the table says which.
+Paired differences to dense (same seeds, same test examples) and, for LM suites, loss by position
+range come with two-level bootstrap intervals. Cells without records are listed as not run.
 """
 
 from __future__ import annotations
