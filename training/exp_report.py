@@ -77,6 +77,15 @@ def cell_key(job: dict) -> tuple:
     return job["model"], tuple(sorted(job["params"].items()))
 
 
+def current_records(jobs: list[dict], records: list[dict]) -> list[dict]:
+    """The records whose job settings are still the grid's (a record whose job changed is stale)."""
+    def key(job: dict) -> str:
+        return json.dumps(job, sort_keys=True, default=float)
+
+    current = {key(j) for j in jobs}
+    return [r for r in records if "id" not in r["job"] or key(r["job"]) in current]
+
+
 def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
     """One row per (model, sweep point): the learning rate with the best mean validation metric
     over the seeds that ran, and the test statistics at that learning rate."""
@@ -84,10 +93,7 @@ def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
     for job in jobs:
         planned[cell_key(job)].add((job["lr"], job["seed"]))
     done = defaultdict(lambda: defaultdict(list))
-    current = {json.dumps(j, sort_keys=True, default=float) for j in jobs}
-    for rec in records:
-        if "id" in rec["job"] and json.dumps(rec["job"], sort_keys=True, default=float) not in current:
-            continue  # stale: the grid's settings for this job changed since it ran
+    for rec in current_records(jobs, records):
         done[cell_key(rec["job"])][rec["job"]["lr"]].append(rec)
     rows = []
     for key, runs in planned.items():
@@ -396,8 +402,7 @@ PLOTS = {"bars": plot_bars, "curve": plot_curve, "positions": plot_positions, "p
 # ----------------------------------------------------------------------------- the results folder
 
 def job_seconds(jobs: list[dict], records: list[dict]) -> float:
-    current = {json.dumps(j, sort_keys=True, default=float) for j in jobs}
-    return sum(r["seconds"] for r in records if json.dumps(r["job"], sort_keys=True, default=float) in current)
+    return sum(r["seconds"] for r in current_records(jobs, records))
 
 
 def paired_sections(rows: list[dict], axes: list[str], suite: dict) -> list[str]:
