@@ -21,12 +21,15 @@ Specs are read, never instantiated, and frozen (their attributes cannot be reass
 | ``lora_targets`` | ``{"bert": names, "gpt2": names}``: the modules LoRA adapts |
 | ``flops`` | ``(config, seq_len, pairs) -> int``: forward FLOPs of the sublayer, output projection aside; |
 | | ``pairs(band)`` counts the (query, key) pairs read (``pairs.pair_allowed``) |
+| ``draw`` | ``config -> Drawing``: what the viewer draws of a layer (its dot-product ``ScorePair``s: allowed |
+| | pairs, rank, window and global tokens; the tapes of a recurrence); ``convert`` derives its pairs |
 | ``example_fields`` | the variant fields of the run configs (head size 64; ``configs/generate.py``) |
 | ``test_cases`` | field sets of tiny test models (head size 8): rows of the shared test table |
 
 ``ScoringSpec`` holds the defaults of the variants that score (query, key) pairs inside the
 shared ``VariantAttention``: no extra parameters, every position cached, the q/k/v projections
-as LoRA targets.
+as LoRA targets. ``STOCK`` names the variant that is numerically the stock model (what ``convert``
+starts from, what dense layers dispatch through transformers' attention interface).
 
 Hub code: imports only torch and sibling files; nothing runs at import but class definitions.
 """
@@ -66,7 +69,8 @@ PAPERS = {
     "cheng2016": "Cheng, Dong, Lapata, \"Long Short-Term Memory-Networks for Machine Reading\", EMNLP 2016",
 }
 SPEC_FIELDS = ("name", "summary", "paper", "settings", "forward", "modules", "kernels", "projections", "parameters",
-               "init", "cache", "lora_targets", "flops", "example_fields", "test_cases")
+               "init", "cache", "lora_targets", "flops", "draw", "example_fields", "test_cases")
+STOCK = "dense"  # the variant that is numerically the stock model (its spec: ``Dense`` below)
 VARIANTS: dict[str, type[VariantSpec]] = {}  # filled by defining the spec classes below
 
 
@@ -114,6 +118,60 @@ def kept(t: Tensor, n: int, first: int = 0, dim: int = 2) -> Tensor:
 Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), weights, scores
 
 
+# ----------------------------------------------------------------------------- what the viewer draws
+
+
+PAIR_FIELDS = {"main": ("q", "k"), "low_rank": ("q_low_rank", "k_low_rank")}  # projection -> Projected fields
+
+
+@dataclass(frozen=True)
+class ScorePair:
+    """A dot-product query/key pair of a layer: scores = scale · q_i · k_j for the heads it serves.
+
+    projection: a key of ``PAIR_FIELDS`` (and of the spec's ``projections``); heads: the layer's heads it
+    scores, in order (its i-th head scores layer head heads[i]); scale: the module attribute holding its
+    scale; rank: the q/k size of a low-rank pair (rank(QKᵀ) ≤ rank), None for a full-size one; band: its allowed
+    pairs are the band (|i−j| ≤ attention_window, causal or not, plus attention_global_tokens); label:
+    what the viewer calls its heads when a layer splits its heads between pairs.
+    """
+
+    projection: str
+    heads: range
+    scale: str = "scaling"
+    rank: int | None = None
+    band: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """What the viewer draws of one layer (a spec's ``draw(config)``).
+
+    pairs: the dot-product pairs, in the order the viewer prefers them for a head two pairs serve
+    (their singular values are shown); empty when the scores are not dot products (additive, LSTMN).
+    kind: "attention", or "lstmn" (intra-attention over a tape whose zero slot is drawn).
+    head_names: fixed names of the drawn rows (LSTMN: its tapes), else "head h".
+    note: shown after the variant's name (low_rank_band: its band_combine).
+    """
+
+    pairs: tuple[ScorePair, ...] = ()
+    kind: str = "attention"
+    head_names: tuple[str, ...] = ()
+    note: str | None = None
+
+    def band_heads(self) -> list[int]:
+        """The heads whose allowed pairs are the band (the window and the global tokens outlined)."""
+        return sorted({h for p in self.pairs if p.band for h in p.heads})
+
+    def pair_of_head(self) -> dict[int, ScorePair]:
+        """head -> the pair drawn for it (the first listed pair that serves it)."""
+        out: dict[int, ScorePair] = {}
+        for pair in self.pairs:
+            for h in pair.heads:
+                out.setdefault(h, pair)
+        return out
+
+
 def run_kernel(ctx: Context, kernel: Callable, reference: Callable, q: Tensor, k: Tensor, v: Tensor,
                *args, first: int = 0, fast: dict | None = None, **kwargs) -> Result:
     """The fast kernel, or its reference when the weights are wanted (``ctx.reference``);
@@ -157,7 +215,7 @@ def _spec_problems(cls) -> list[str]:
             problems.append(f"{field} must map every family {FAMILIES}, got {value!r}")
     if not cls.kernels or not all(len(pair) == 2 and callable(pair[0]) and callable(pair[1]) for pair in cls.kernels):
         problems.append(f"kernels={cls.kernels!r} must be non-empty (kernel, reference) pairs")
-    for field in ("projections", "parameters", "init", "cache", "flops"):
+    for field in ("projections", "parameters", "init", "cache", "flops", "draw"):
         if not callable(getattr(cls, field)):
             problems.append(f"{field} is not callable")
     if not isinstance(cls.settings, tuple) or not isinstance(cls.example_fields, dict):
@@ -259,6 +317,11 @@ def _dense_interface(m, p: Projected, ctx: Context) -> Result:
     return out.transpose(1, 2), None, None
 
 
+def draw_dot_product(config, scale: str = "scaling", rank: int | None = None, band: bool = False) -> Drawing:
+    """Every head scores with the main pair (dense, band, low_rank and any variant like them)."""
+    return Drawing(pairs=(ScorePair("main", range(config.num_attention_heads), scale, rank, band),))
+
+
 def _dense_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
     return projection_flops(config, seq_len, _full_size(config)) + 4 * pairs(False) * config.hidden_size
 
@@ -271,6 +334,7 @@ class Dense(ScoringSpec):
     kernels = ((dense_attention, dense_attention_reference),)
     projections = _full_size
     flops = _dense_flops
+    draw = draw_dot_product
     example_fields = {}
     test_cases = ({},)
 
@@ -297,6 +361,10 @@ def _low_rank_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
             + 2 * full * heads * config.attention_rank + 2 * full * config.hidden_size)
 
 
+def _low_rank_draw(config) -> Drawing:
+    return draw_dot_product(config, "low_rank_scaling", rank=config.attention_rank)
+
+
 class LowRank(ScoringSpec):
     name = "low_rank"
     summary = "q, k ∈ R^r (r = attention_rank ≤ head size), scores q·k/√r: rank(QKᵀ) ≤ r"
@@ -306,6 +374,7 @@ class LowRank(ScoringSpec):
     kernels = ((low_rank_attention, low_rank_attention_reference),)
     projections = _low_rank_shapes
     flops = _low_rank_flops
+    draw = _low_rank_draw
     example_fields = {"attention_rank": 16}
     test_cases = ({"attention_rank": 4},)
 
@@ -338,6 +407,10 @@ def _band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
     return projection_flops(config, seq_len, _full_size(config)) + 4 * pairs(True) * config.hidden_size
 
 
+def _band_draw(config) -> Drawing:
+    return draw_dot_product(config, band=True)
+
+
 class Band(ScoringSpec):
     name = "band"
     summary = "scores kept only where |i−j| ≤ w (bidirectional) or 0 ≤ i−j ≤ w (causal), w = attention_window"
@@ -348,6 +421,7 @@ class Band(ScoringSpec):
     projections = _full_size
     cache = _band_cache
     flops = _band_flops
+    draw = _band_draw
     example_fields = {"attention_window": 8}
     test_cases = ({"attention_window": 2},)  # attention_global_tokens: tests/test_global_tokens.py
 
@@ -427,6 +501,16 @@ def _low_rank_band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> 
     return flops
 
 
+def _low_rank_band_draw(config) -> Drawing:
+    """The low-rank pair first (its singular values are drawn where both modules read every head),
+    then the band pair; under ``heads`` each serves its own heads."""
+    shapes, heads = _low_rank_band_shapes(config), config.num_attention_heads
+    (main, _), (low, rank) = shapes["main"], shapes["low_rank"]
+    return Drawing(pairs=(ScorePair("low_rank", range(low), "low_rank_scaling", rank, label="low-rank"),
+                          ScorePair("main", range(heads - main, heads), band=True, label="band")),
+                   note=config.band_combine)
+
+
 class LowRankBand(ScoringSpec):
     name = "low_rank_band"
     summary = ("a low-rank (global) and a band (local) module, joined by band_combine: "
@@ -441,6 +525,7 @@ class LowRankBand(ScoringSpec):
     lora_targets = {"bert": ("query", "key", "value", "query_low_rank", "key_low_rank"),
                     "gpt2": ("c_attn", "c_attn_low_rank")}
     flops = _low_rank_band_flops
+    draw = _low_rank_band_draw
     example_fields = {"attention_rank": 16, "attention_window": 8, "band_combine": "sum"}
     test_cases = ({"band_combine": "sum"}, {"band_combine": "gate"}, {"band_combine": "heads"},
                   {"band_combine": "sequential"})
@@ -469,6 +554,10 @@ def _additive_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
             + 4 * full * heads * config.additive_dim + 2 * full * config.hidden_size)
 
 
+def _no_dot_products(config) -> Drawing:
+    return Drawing()  # the scores are not dot products: no pair to decompose
+
+
 class Additive(ScoringSpec):
     name = "additive"
     summary = "e_ij = v_hᵀ tanh(W_q x_i + W_k x_j + b), hidden size additive_dim"
@@ -479,6 +568,7 @@ class Additive(ScoringSpec):
     projections = _additive_shapes
     parameters = _additive_parameters
     flops = _additive_flops
+    draw = _no_dot_products
     example_fields = {"additive_dim": 64}
     test_cases = ({"additive_dim": 6},)
 
@@ -504,6 +594,10 @@ def _lstmn_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
     return flops
 
 
+def _lstmn_draw(config) -> Drawing:
+    return Drawing(kind="lstmn", head_names=("forward tape", "backward tape"))
+
+
 class LSTMN(VariantSpec):
     name = "lstmn"
     summary = ("the attention sublayer becomes an LSTMN whose memory tape is read by intra-attention "
@@ -520,5 +614,6 @@ class LSTMN(VariantSpec):
     lora_targets = {"bert": ("w_tape", "w_input", "w_summary", "gates"),
                     "gpt2": ("w_tape", "w_input", "w_summary", "gates")}
     flops = _lstmn_flops
+    draw = _lstmn_draw
     example_fields = {}
     test_cases = ({},)

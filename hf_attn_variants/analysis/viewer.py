@@ -60,7 +60,6 @@ AUTO_LIMIT = 8 * 2**20
 THUMB_SIZE = 40
 METRIC_KEYS = ("entropy", "uniform_entropy", "mean_distance", "sink_mass", "prev_token", "next_token")
 DEFAULT_METRIC_WINDOW = 16  # "mass within w" for models without a band window (and no band partner)
-LOW_RANK_VARIANTS = ("low_rank", "low_rank_band")
 
 
 # ----------------------------------------------------------------------------- the model's attention
@@ -87,42 +86,51 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in found if not getattr(m, "is_cross_attention", False)]
 
 
+def _drawing(config, layer: int):
+    """The spec's ``draw`` of a layer (``variants.Drawing``); a stock model draws as dense."""
+    from hf_attn_variants.variants import STOCK, spec_of
+
+    variant = config.variant_for_layer(layer) if hasattr(config, "variant_for_layer") else STOCK
+    return variant, spec_of(variant).draw(config)
+
+
 def layer_info(config, layer: int, heads: int) -> dict:
-    """What the page needs to draw one layer: variant, head names, which heads have a band."""
-    variant = config.variant_for_layer(layer) if hasattr(config, "variant_for_layer") else "dense"
-    combine = getattr(config, "band_combine", "sum")
-    band_heads: list[int] = []
-    names = [f"head {h}" for h in range(heads)]
-    if variant == "band":
-        band_heads = list(range(heads))
-    elif variant == "low_rank_band":
-        low = heads // 2 if combine == "heads" else 0
-        band_heads = list(range(low, heads))
-        if combine == "heads":
-            names = [f"head {h} ({'low-rank' if h < low else 'band'})" for h in range(heads)]
-    elif variant == "lstmn":
-        names = ["forward tape", "backward tape"][:heads]
-    window = config.attention_window if band_heads else None
+    """What the page needs to draw one layer, as its variant's spec says (``draw``): the variant,
+    head names, which heads have a band (window and global tokens outlined), each head's rank bound."""
+    variant, drawing = _drawing(config, layer)
+    band_heads = [h for h in drawing.band_heads() if h < heads]
+    served = drawing.pair_of_head()
+    names = list(drawing.head_names[:heads]) or [f"head {h}" for h in range(heads)]
+    split = len(drawing.pairs) > 1 and sum(len(p.heads) for p in drawing.pairs) == len(served)
+    if split:  # the layer's heads are divided between its pairs: name each by its pair
+        names = [f"head {h} ({served[h].label})" if h in served else names[h] for h in range(heads)]
     return {"variant": variant, "heads": heads, "head_names": names, "band_heads": band_heads,
-            "window": window, "global_tokens": int(getattr(config, "attention_global_tokens", 0) or 0) if band_heads
-            else 0, "band_combine": combine if variant == "low_rank_band" else None, "kind":
-            "lstmn" if variant == "lstmn" else "attention"}
+            "window": config.attention_window if band_heads else None,
+            "global_tokens": int(getattr(config, "attention_global_tokens", 0) or 0) if band_heads else 0,
+            "ranks": [served[h].rank if h in served else None for h in range(heads)],
+            "band_combine": drawing.note, "kind": drawing.kind}
 
 
 def _score_pairs(module: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor, float]] | None:
-    """Per head (q (T, d), k (T, d), scale) of a Variant attention module for its input x (1, T, hidden)."""
+    """Per head (q (T, d), k (T, d), scale) of a Variant attention module for its input x (1, T, hidden):
+    the dot-product pair its spec draws for each head (``variants.Drawing.pair_of_head``)."""
+    from hf_attn_variants.variants import PAIR_FIELDS, VARIANTS, Projected
+
     variant = getattr(module, "variant", None)
-    if variant in (None, "additive", "lstmn"):
+    if variant not in VARIANTS or not hasattr(module, "_project"):
         return None
-    proj = module._project(x)
-    q, k = (module.split_heads(t, module.qk_heads)[0] for t in proj[:2])  # (heads, T, d)
-    main = [(q[h], k[h], module.low_rank_scaling if variant == "low_rank" else module.scaling)
-            for h in range(module.qk_heads)]
-    if variant != "low_rank_band":
-        return main
-    ql, kl = (module.split_heads(t, module.low_rank_heads)[0] for t in proj[3:5])
-    low = [(ql[h], kl[h], module.low_rank_scaling) for h in range(module.low_rank_heads)]
-    return low + main if module.band_combine == "heads" else low
+    served = VARIANTS[variant].draw(module.config).pair_of_head()
+    if not served:
+        return None
+    heads = [module.qk_heads, module.qk_heads, module.num_heads, module.low_rank_heads, module.low_rank_heads]
+    p = Projected(*(module.split_heads(t, n)[0] for t, n in zip(module._project(x), heads)))  # each (heads, T, d)
+    out = []
+    for h in sorted(served):
+        pair = served[h]
+        q, k = (getattr(p, f) for f in PAIR_FIELDS[pair.projection])
+        i = pair.heads.index(h)
+        out.append((q[i], k[i], getattr(module, pair.scale)))
+    return out
 
 
 def _stock_pairs(module: nn.Module, outputs: dict) -> list[tuple[Tensor, Tensor, float]]:
