@@ -13,6 +13,7 @@ so at r = head size the converted model reproduces the dense one. Not Hub code (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -21,7 +22,7 @@ import transformers
 from torch import nn
 
 from .attention import VariantAttention
-from .configuration_variants import VariantBertConfig, VariantGPT2Config
+from .configuration_variants import VariantBertConfig, VariantFields, VariantGPT2Config
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
     VariantBertForSequenceClassification,
@@ -29,6 +30,7 @@ from .modeling_bert_variants import (
     VariantBertModel,
 )
 from .modeling_gpt2_variants import VariantGPT2ForSequenceClassification, VariantGPT2LMHeadModel, VariantGPT2Model
+from .variants import STOCK, VARIANTS, ScorePair
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -45,6 +47,10 @@ TARGETS: dict[str, type[nn.Module]] = {
     "GPT2ForSequenceClassification": VariantGPT2ForSequenceClassification,
 }
 TARGETS.update({cls.__name__: cls for cls in list(TARGETS.values())})
+# the settings of the registered variants whose config default is derived from the model size (None until
+# the config fills it in): a converted config re-derives them for the new variant unless they are given
+SIZE_DERIVED = tuple(f.name for f in dataclasses.fields(VariantFields) if f.default is None
+                     and any(f.name in spec.settings for spec in VARIANTS.values()))
 _CONFIG_KEYS_DROPPED = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
 
 
@@ -93,41 +99,60 @@ def _stock_qkv(source: dict[str, Tensor], prefix: str, gpt2: bool) -> list[Tenso
     return [source[f"{prefix}.{n}.{p}"] for n in ("query", "key", "value") for p in ("weight", "bias")]
 
 
-def _set(module: VariantAttention, low_rank: bool, tensors: list[Tensor]) -> None:
-    """Write q/k (and v, when given) into a Variant attention module, in either family's storage."""
+def _pair_storage(module: VariantAttention, projection: str) -> list[str]:
+    """Names of the modules storing a query/key pair (``variants.PAIR_FIELDS``), in either family."""
+    suffix = "" if projection == "main" else "_" + projection
+    return [f"c_attn{suffix}"] if _is_gpt2(module) else [f"query{suffix}", f"key{suffix}"]
+
+
+def _set(module: VariantAttention, projection: str, tensors: list[Tensor]) -> None:
+    """Write a pair's q/k (and, for the main pair, v when given) into a Variant attention module,
+    weights in Linear convention, in either family's storage."""
     with torch.no_grad():
         if _is_gpt2(module):
-            conv = module.c_attn_low_rank if low_rank else module.c_attn
+            conv = getattr(module, _pair_storage(module, projection)[0])
             weights, biases = tensors[0::2], tensors[1::2]
             conv.weight[:, : sum(w.shape[0] for w in weights)].copy_(torch.cat(weights).T)
             conv.bias[: sum(b.shape[0] for b in biases)].copy_(torch.cat(biases))
             return
-        names = ("query_low_rank", "key_low_rank") if low_rank else ("query", "key", "value")
+        names = _pair_storage(module, projection) + (["value"] if projection == "main" else [])
         for name, w, b in zip(names, tensors[0::2], tensors[1::2]):
             getattr(module, name).weight.copy_(w)
             getattr(module, name).bias.copy_(b)
 
 
-def _svd_heads(module: VariantAttention, wq, bq, wk, bk, heads: range) -> list[Tensor]:
+def _svd_heads(module: VariantAttention, wq, bq, wk, bk, heads: range, rank: int, scale: float) -> list[Tensor]:
     """Rank-r factors for the given heads, stacked head after head: [wq, bq, wk, bk]."""
-    d, r = module.head_dim, module.rank
-    ratio = module.scaling / module.low_rank_scaling
+    d = module.head_dim
+    ratio = module.scaling / scale
     parts = [low_rank_factors(wq[h * d:(h + 1) * d], bq[h * d:(h + 1) * d], wk[h * d:(h + 1) * d],
-                              bk[h * d:(h + 1) * d], r, ratio)[:4] for h in heads]
+                              bk[h * d:(h + 1) * d], rank, ratio)[:4] for h in heads]
     return [torch.cat([p[i] for p in parts]) for i in range(4)]
 
 
-def _convert_attention(module: VariantAttention, source: dict[str, Tensor], prefix: str) -> None:
-    """Fill a low_rank / low_rank_band layer's query/key projections from the dense ones."""
+def derived_pairs(module: VariantAttention) -> list[ScorePair]:
+    """The dot-product pairs of a layer (its spec's ``draw``) that are not the dense pair as it is:
+    a smaller q/k size or another scale (low-rank: set by SVD) or a subset of the heads (copied)."""
+    heads = module.num_heads
+    return [p for p in module.spec.draw(module.config).pairs
+            if p.rank is not None or getattr(module, p.scale) != module.scaling or p.heads != range(heads)]
+
+
+def _convert_attention(module: VariantAttention, source: dict[str, Tensor], prefix: str) -> list[str]:
+    """Fill a layer's query/key pairs from the dense ones, as its spec draws them: each pair's heads
+    are the dense heads it serves; a low-rank pair is their best rank-r factorisation (module
+    docstring), a full-size pair their copy. Returns the prefixes of the modules written."""
     wq, bq, wk, bk, wv, bv = _stock_qkv(source, prefix, _is_gpt2(module))
-    heads, d = module.num_heads, module.head_dim
-    if module.variant == "low_rank":
-        _set(module, False, _svd_heads(module, wq, bq, wk, bk, range(heads)) + [wv, bv])
-    elif module.variant == "low_rank_band":
-        low = module.low_rank_heads if module.band_combine == "heads" else 0  # band heads start here
-        band = slice(low * d, heads * d)
-        _set(module, False, [wq[band], bq[band], wk[band], bk[band], wv, bv])
-        _set(module, True, _svd_heads(module, wq, bq, wk, bk, range(module.low_rank_heads)))
+    d, written = module.head_dim, []
+    for pair in derived_pairs(module):
+        if pair.rank is not None or getattr(module, pair.scale) != module.scaling:
+            tensors = _svd_heads(module, wq, bq, wk, bk, pair.heads, pair.rank or d, getattr(module, pair.scale))
+        else:
+            rows = slice(pair.heads.start * d, pair.heads.stop * d)
+            tensors = [wq[rows], bq[rows], wk[rows], bk[rows]]
+        _set(module, pair.projection, tensors + ([wv, bv] if pair.projection == "main" else []))
+        written += _pair_storage(module, pair.projection) + (["value"] if pair.projection == "main" else [])
+    return written
 
 
 def convert_from_dense(model: nn.Module | str | os.PathLike, **variant_fields) -> nn.Module:
@@ -144,13 +169,13 @@ def convert_from_dense(model: nn.Module | str | os.PathLike, **variant_fields) -
     if name not in TARGETS:
         raise ValueError(f"model of class {name!r} cannot be converted: expected one of {sorted(TARGETS)}")
     source_config = model.config
-    if getattr(source_config, "attention_variant", "dense") != "dense" or any(
-            v != "dense" for v in getattr(source_config, "layer_variants", None) or []):
+    if getattr(source_config, "attention_variant", STOCK) != STOCK or any(
+            v != STOCK for v in getattr(source_config, "layer_variants", None) or []):
         raise ValueError(f"attention_variant={source_config.attention_variant!r}: only dense models convert")
     target_class = TARGETS[name]
     config_class = VariantBertConfig if issubclass(target_class.config_class, VariantBertConfig) else VariantGPT2Config
     fields = {k: v for k, v in source_config.to_dict().items() if k not in _CONFIG_KEYS_DROPPED}
-    for key in ("attention_rank", "additive_dim", "lstmn_direction"):
+    for key in SIZE_DERIVED:
         if key not in variant_fields:
             fields.pop(key, None)  # re-derive size-dependent defaults for the new variant
     fields.update(variant_fields)
@@ -164,9 +189,9 @@ def convert_from_dense(model: nn.Module | str | os.PathLike, **variant_fields) -
     new.load_state_dict(copied, strict=False)
     derived = []
     for prefix, module in new.named_modules():
-        if isinstance(module, VariantAttention) and module.variant in ("low_rank", "low_rank_band"):
-            _convert_attention(module, source, prefix)
-            derived += [k for k in target if k.startswith(prefix + ".") and k not in copied]
+        if isinstance(module, VariantAttention) and derived_pairs(module):
+            written = tuple(f"{prefix}.{name}." for name in _convert_attention(module, source, prefix))
+            derived += [k for k in target if k.startswith(written) and k not in copied]
     new.tie_weights()
     fresh = sorted(set(target) - set(copied) - set(derived))
     if fresh:

@@ -200,15 +200,17 @@ def _load_with_head(path):
 # ----------------------------------------------------------------------------- convert
 
 def convert_parser() -> argparse.ArgumentParser:
+    from hf_attn_variants.variants import BAND_COMBINE, VARIANTS
+
     p = argparse.ArgumentParser(prog="hf-attn-variants convert",
                                 description="Convert a stock dense BERT/GPT-2 checkpoint to a variant "
                                             "(convert_from_dense) and write a Hub-ready folder.")
     p.add_argument("src", help="path or Hub id of a stock (dense) checkpoint")
-    p.add_argument("--variant", required=True, help="attention_variant (dense, low_rank, band, low_rank_band, ...)")
+    p.add_argument("--variant", required=True, choices=tuple(VARIANTS), help="attention_variant (the registry's)")
     p.add_argument("--rank", type=int, help="attention_rank r")
     p.add_argument("--window", type=int, help="attention_window w")
     p.add_argument("--global-tokens", type=int, help="attention_global_tokens g (band; needs a build that has it)")
-    p.add_argument("--band-combine", help="band_combine for low_rank_band")
+    p.add_argument("--band-combine", choices=tuple(BAND_COMBINE), help="band_combine for low_rank_band")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -217,6 +219,7 @@ def convert(argv: list[str] | None = None) -> dict:
     import transformers
 
     import hf_attn_variants as hv
+    from hf_attn_variants.convert import derived_pairs
 
     from .rank import bilinear_spectrum
 
@@ -232,13 +235,14 @@ def convert(argv: list[str] | None = None) -> dict:
     src_layers = [m for m in source.modules() if isinstance(m, hv.attention.VariantAttention)]
     new_layers = [m for m in model.modules() if isinstance(m, hv.attention.VariantAttention)]
     for i, (src, new) in enumerate(zip(src_layers, new_layers)):
-        if new.variant not in ("low_rank", "low_rank_band"):
-            continue
-        r = new.rank
-        for h in range(new.low_rank_heads if new.variant == "low_rank_band" else new.num_heads):
-            s = bilinear_spectrum(src, h).double()
-            kept = (s[:r].square().sum() / s.square().sum()).item()
-            rows.append({"layer": i, "head": h, "rank": r, "energy_kept": kept})
+        for pair in derived_pairs(new):  # the low-rank pairs its spec draws: set by SVD
+            if pair.rank is None:
+                continue
+            r = pair.rank
+            for h in pair.heads:
+                s = bilinear_spectrum(src, h).double()
+                kept = (s[:r].square().sum() / s.square().sum()).item()
+                rows.append({"layer": i, "head": h, "rank": r, "energy_kept": kept})
     if rows:
         print(f"SVD energy kept at r={rows[0]['rank']} (layer x head):")
         for i in sorted({r['layer'] for r in rows}):
