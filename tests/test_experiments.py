@@ -127,7 +127,7 @@ def test_changed_settings_make_records_stale(tmp_path, monkeypatch):
     assert all("mean" not in r for r in rows)  # stale records are not aggregated
 
 
-def test_failed_job_stays_pending(tmp_path, monkeypatch):
+def test_failed_job_stays_pending(tmp_path, monkeypatch, capsys):
     grid = tiny_grid(tmp_path, lr=PROBE_SUITE)
     jobs = experiments.expand(grid)[:3]
 
@@ -138,6 +138,8 @@ def test_failed_job_stays_pending(tmp_path, monkeypatch):
     monkeypatch.setitem(experiments.RUNNERS, "probe", run)
     assert experiments.run_grid(grid, jobs) == 1
     assert experiments.pending(grid, jobs) == [jobs[1]]
+    printed = capsys.readouterr().out  # the failure is reported with its traceback (where it was raised)
+    assert "RuntimeError: boom" in printed and "Traceback" in printed and 'raise RuntimeError("boom")' in printed
 
 
 # ----------------------------------------------------------------------------- aggregation

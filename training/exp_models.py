@@ -21,16 +21,15 @@ def attention_sublayer(variant: dict, hidden: int, heads: int, layers: int, laye
 
     Returns a module called as ``module(x (B, T, hidden), key_mask or None) -> ((B, T, hidden), weights)``.
     """
-    from hf_attn_variants.attention import attention_class
+    from transformers import initialization
+
+    from hf_attn_variants.attention import attention_class, init_variant_parameters
 
     config = hv.VariantGPT2Config(n_embd=hidden, n_head=heads, n_layer=layers, vocab_size=2, attn_pdrop=0.0,
                                   resid_pdrop=0.0, embd_pdrop=0.0, **variant)
     module = attention_class("gpt2", config.variant_for_layer(layer_idx))(config, layer_idx)
-    for name, param in module.named_parameters():  # parameters the library leaves uninitialised
-        if name.endswith(("score_vector", "score")):
-            nn.init.normal_(param, std=0.02)
-        elif name.endswith("band_gate"):
-            nn.init.zeros_(param)
+    for sub in module.modules():  # the parameters a variant adds, initialised as its spec says (as the models do)
+        init_variant_parameters(sub, config.initializer_range, initialization)
     return module
 
 

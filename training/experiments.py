@@ -36,6 +36,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +44,29 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hf_attn_variants.variants import VARIANTS as REGISTRY  # noqa: E402  (name -> spec)
+
 KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
                 "quick", "plot", "description")
-VARIANT_USES = {"attention_window": ("band", "low_rank_band"), "attention_rank": ("low_rank", "low_rank_band"),
-                "attention_global_tokens": ("band", "low_rank_band"),
-                "band_combine": ("low_rank_band",), "additive_dim": ("additive",)}
 SIZE_FIELDS = ("hidden", "layers", "heads", "intermediate", "architecture")
 TRAIN_FIELDS = ("epochs", "steps", "batch_size", "max_length", "train_size", "vocab_size", "eval_size", "weight_decay",
                 "warmup", "min_steps")
-VARIANTS = ("dense", "low_rank", "band", "low_rank_band", "additive", "lstmn")
-BASELINES = ("bag_of_embeddings", "bilstm")
+BASELINES = ("bag_of_embeddings", "bilstm")  # exp_models.BASELINES (not imported here: it loads the models)
+
+
+def variant_names() -> tuple[str, ...]:
+    """The attention variants a suite may name: the registry's (``hf_attn_variants.VARIANTS``)."""
+    return tuple(REGISTRY)
+
+
+def variant_uses() -> dict[str, tuple[str, ...]]:
+    """variant field -> the variants that read it (their specs' ``settings``)."""
+    uses: dict[str, tuple[str, ...]] = {}
+    for name, spec in REGISTRY.items():
+        for field in spec.settings:
+            uses[field] = (*uses.get(field, ()), name)
+    return uses
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -88,7 +101,7 @@ def check_suite(name: str, suite: dict) -> dict:
         raise ValueError(f"suite {name}: unknown fields {unknown}, expected some of {SUITE_FIELDS}")
     if suite.get("kind") not in KINDS:
         raise ValueError(f"suite {name}: kind={suite.get('kind')!r} is invalid: expected one of {KINDS}")
-    allowed = VARIANTS + (BASELINES if suite["kind"] == "classification" else ())
+    allowed = variant_names() + (BASELINES if suite["kind"] == "classification" else ())
     models = suite.get("models") or []
     bad = [m for m in models if m not in allowed]
     if not models or bad:
@@ -111,7 +124,7 @@ def check_suite(name: str, suite: dict) -> dict:
 
 
 def section_of(axis: str, suite: dict) -> str:
-    if axis in VARIANT_USES:
+    if axis in variant_uses():
         return "variant"
     if axis in SIZE_FIELDS:
         return "size"
@@ -119,7 +132,7 @@ def section_of(axis: str, suite: dict) -> str:
         return "train"
     if suite["kind"] == "probe":
         return "probe"
-    raise ValueError(f"sweep axis {axis!r} is unknown: expected a variant field {sorted(VARIANT_USES)}, a size "
+    raise ValueError(f"sweep axis {axis!r} is unknown: expected a variant field {sorted(variant_uses())}, a size "
                      f"field {SIZE_FIELDS} or a train field {TRAIN_FIELDS}")
 
 
@@ -140,8 +153,9 @@ def expand(grid: dict, only: list[str] | None = None) -> list[dict]:
         if only and name not in only:
             continue
         start = len(jobs)
+        uses = variant_uses()
         for model in suite["models"]:
-            axes = {a: v for a, v in suite["sweep"].items() if a not in VARIANT_USES or model in VARIANT_USES[a]}
+            axes = {a: v for a, v in suite["sweep"].items() if a not in uses or model in uses[a]}
             for point in itertools.product(*axes.values()):
                 params = dict(zip(axes, point))
                 for lr, seed in itertools.product(suite["learning_rates"], suite["seeds"]):
@@ -469,8 +483,8 @@ def _worker(args) -> tuple[str, float, str | None]:
     try:
         record = run_job(job, out, device, data_dir)
         return job["id"], record["seconds"], None
-    except Exception as e:  # one failed job must not stop the grid; it stays pending and is reported
-        return job["id"], 0.0, f"{type(e).__name__}: {e}"
+    except Exception:  # one failed job must not stop the grid; it stays pending and is reported, traceback kept
+        return job["id"], 0.0, traceback.format_exc()
 
 
 def is_done(out: str | Path, job: dict) -> bool:
