@@ -32,11 +32,6 @@ __all__ = ["BAND_COMBINE", "GPT2LSTMNAttention", "LSTMNAttention", "LSTMNCell", 
            "VARIANTS", "lstmn_continue"]
 
 
-def projection_shapes(config, variant: str) -> dict[str, tuple[int, int]]:
-    """(heads, dim) of the query/key pair(s) a variant projects to: ``main`` and ``low_rank``."""
-    return spec_of(variant).projections(config)
-
-
 def _extend(state: dict[str, Tensor], name: str, new: Tensor, keep: int | tuple[int, int] | None) -> Tensor:
     """``caching.extend``, also for a rule that keeps the first positions: keep = (first, last)."""
     if not isinstance(keep, tuple):
@@ -203,8 +198,6 @@ def attention_class(family: str, variant: str) -> type[nn.Module]:
 def init_variant_parameters(module: nn.Module, std: float, init) -> None:
     """Initialise the parameters the variants add, by the spec of the module's variant
     (``init`` is transformers.initialization)."""
-    variant = getattr(module, "variant", None)
-    if getattr(module, "is_cross_attention", False):  # cross_attention.py initialises its own parameters
-        return
+    variant = getattr(module, "variant", None)  # cross-attention has none: cross_attention.py initialises its own
     if isinstance(variant, str) and variant in VARIANTS and isinstance(module, nn.Module):
         VARIANTS[variant].init(module, std, init)

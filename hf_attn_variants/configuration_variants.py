@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from transformers import BertConfig, GPT2Config
 
+from .cross_attention import CROSS_SCORING  # name -> scoring rule of cross-attention (its own registry)
 from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
 from .variants import VARIANTS  # name -> spec; iterating gives the names
 
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
-CROSS_ATTENTION_VARIANTS = ("dense", "additive")  # GPT-2 decoders with add_cross_attention (cross_attention.py)
+CROSS_ATTENTION_VARIANTS = tuple(CROSS_SCORING)  # GPT-2 decoders with add_cross_attention (cross_attention.py)
 
 # Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
 BERT_AUTO_MAP = {

@@ -2,9 +2,10 @@
 
 ``VariantGPT2Block`` builds a ``GPT2CrossAttention`` when ``config.add_cross_attention`` is set, as
 stock GPT-2 does, so a Variant GPT-2 decoder runs inside ``transformers.EncoderDecoderModel``.
-``config.cross_attention_variant`` picks the scoring (``CROSS_FORWARD``, a dict registry):
+``config.cross_attention_variant`` names a scoring rule of ``CROSS_SCORING``, this module's own small
+registry (a ``CrossScoring`` per rule; the self-attention specs of ``variants.py`` are another registry):
 
-| variant | e_ij (per head h) |
+| scoring | e_ij (per head h) |
 |---|---|
 | ``dense`` | (W_q y_i) · (W_k h_j) / √D, stock GPT-2 cross-attention |
 | ``additive`` | v_hᵀ tanh(W_q^h y_i + W_k^h h_j + b_h), Bahdanau et al.'s alignment model, size ``additive_dim`` |
@@ -36,6 +37,7 @@ Hub code: imports only torch, transformers and sibling files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,16 +64,22 @@ def _softmax_values(scores: Tensor, v: Tensor, allowed: Tensor, dropout_p: float
     return dropped @ v, weights
 
 
-def cross_attention_reference(q: Tensor, k: Tensor, v: Tensor, *, variant: str, key_mask: Tensor | None = None,
+def _dot_product_scores(q: Tensor, k: Tensor, score_vector: Tensor | None, scale: float) -> Tensor:
+    return (q @ k.transpose(-1, -2)) * scale
+
+
+def _additive_scores(q: Tensor, k: Tensor, score_vector: Tensor | None, scale: float) -> Tensor:
+    return additive_scores(q, k, score_vector)  # v_hᵀ tanh(q_i + k_j)
+
+
+def cross_attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scoring: str, key_mask: Tensor | None = None,
                               score_vector: Tensor | None = None, scale: float = 1.0,
                               dropout_p: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Cross-attention written out, O(Tq·Tk·a): q (B, H, Tq, a), k (B, H, Tk, a), v (B, H, Tk, Dv),
-    key_mask (B, Tk) bool (True = real encoder token), score_vector (H, a) for ``additive``.
+    key_mask (B, Tk) bool (True = real encoder token), ``scoring`` a name in ``CROSS_SCORING``,
+    score_vector (H, a) for ``additive``.
     Returns (out (B, H, Tq, Dv), weights (B, H, Tq, Tk), scores (B, H, Tq, Tk))."""
-    if variant == "additive":
-        scores = additive_scores(q, k, score_vector)  # v_hᵀ tanh(q_i + k_j)
-    else:
-        scores = (q @ k.transpose(-1, -2)) * scale
+    scores = cross_scoring(scoring).scores(q, k, score_vector, scale)
     out, weights = _softmax_values(scores, v, cross_allowed(key_mask, q.shape[-2], k.shape[-2], q.device), dropout_p)
     return out, weights, scores
 
@@ -90,7 +98,7 @@ def _additive_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_m
     """Small problems (B·H·Tq·Tk·a <= ``m.direct_budget``) in one expression (the reference's); larger
     ones through the tiled kernel, once per group of rows with the same number of real encoder tokens."""
     if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3] <= m.direct_budget:
-        return cross_attention_reference(q, k, v, variant="additive", key_mask=key_mask,
+        return cross_attention_reference(q, k, v, scoring=m.scoring.name, key_mask=key_mask,
                                          score_vector=m.score_vector, dropout_p=dropout_p)[0]
     if key_mask is None:
         return additive_attention(q, k, v, m.score_vector, causal=False, dropout_p=dropout_p)
@@ -109,7 +117,38 @@ def _additive_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_m
     return out
 
 
-CROSS_FORWARD: dict[str, Callable[..., Tensor]] = {"dense": _dense_fast, "additive": _additive_fast}
+@dataclass(frozen=True)
+class CrossScoring:
+    """A scoring rule of cross-attention. qk_dim: config -> the per-head size a of queries and keys;
+    scores: (q, k, score_vector, scale) -> e (B, H, Tq, Tk), the reference's; fast: (module, q, k, v,
+    encoder key_mask, dropout_p) -> out (B, H, Tq, Dv); score_vector: whether it learns v_h (H, a)."""
+
+    name: str
+    qk_dim: Callable[..., int]
+    scores: Callable[..., Tensor]
+    fast: Callable[..., Tensor]
+    score_vector: bool = False
+
+
+def _head_dim(config) -> int:
+    return config.hidden_size // config.num_attention_heads
+
+
+def _additive_dim(config) -> int:
+    return config.additive_dim
+
+
+CROSS_SCORING: dict[str, CrossScoring] = {rule.name: rule for rule in (
+    CrossScoring("dense", _head_dim, _dot_product_scores, _dense_fast),
+    CrossScoring("additive", _additive_dim, _additive_scores, _additive_fast, score_vector=True),
+)}
+
+
+def cross_scoring(name: str) -> CrossScoring:
+    """The scoring rule of that name; ValueError naming the field otherwise."""
+    if name not in CROSS_SCORING:
+        raise ValueError(f"cross_attention_variant={name!r} is invalid: expected one of {tuple(CROSS_SCORING)}.")
+    return CROSS_SCORING[name]
 
 
 class GPT2CrossAttention(nn.Module):
@@ -121,22 +160,22 @@ class GPT2CrossAttention(nn.Module):
     values are computed on the first call and read from the cache afterwards (``cross_k``, ``cross_v``).
     """
 
-    is_cross_attention = True  # its variant names a scoring rule, not a self-attention spec of variants.py
+    is_cross_attention = True  # ``scoring`` is a rule of CROSS_SCORING (it has no self-attention ``variant``)
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
         hidden = config.hidden_size
         self.layer_idx = layer_idx
-        self.variant = config.cross_attention_variant
+        self.scoring = cross_scoring(config.cross_attention_variant)
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // self.num_heads
-        self.qk_dim = config.additive_dim if self.variant == "additive" else self.head_dim
+        self.qk_dim = self.scoring.qk_dim(config)
         self.scaling = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
         self.attention_dropout = config.attn_pdrop
         qk = self.num_heads * self.qk_dim
         self.q_attn = Conv1D(qk, hidden)
         self.c_attn = Conv1D(qk + hidden, hidden)  # [keys | values]
-        if self.variant == "additive":
+        if self.scoring.score_vector:
             self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.qk_dim))  # v_h, (H, a)
         self.direct_budget = DIRECT_BUDGET
         self.c_proj = Conv1D(hidden, hidden)
@@ -170,12 +209,12 @@ class GPT2CrossAttention(nn.Module):
         weights = None
         if need_weights or self.capture:
             out, weights, scores = cross_attention_reference(
-                q, k, v, variant=self.variant, key_mask=encoder_key_mask,
+                q, k, v, scoring=self.scoring.name, key_mask=encoder_key_mask,
                 score_vector=getattr(self, "score_vector", None), scale=self.scaling, dropout_p=dropout_p)
             if self.capture:
                 self.captured = {"weights": weights.detach(), "scores": scores.detach()}
         else:
-            out = CROSS_FORWARD[self.variant](self, q, k, v, encoder_key_mask, dropout_p)
+            out = self.scoring.fast(self, q, k, v, encoder_key_mask, dropout_p)
         out = self.resid_dropout(self.c_proj(out.transpose(1, 2).flatten(2)))  # (B, H, T, D) -> (B, T, H·D)
         return out, weights if need_weights else None
 

@@ -121,7 +121,7 @@ def test_reference_is_bahdanau_alignment_model():
                                                                               dtype=torch.float64)
     q = module.split_heads(module.q_attn(y))
     k, v = module.encoder_keys_values(h, None)
-    scores = cross_attention_reference(q, k, v, variant="additive", score_vector=module.score_vector)[2]
+    scores = cross_attention_reference(q, k, v, scoring="additive", score_vector=module.score_vector)[2]
     w_q, b_q = module.q_attn.weight, module.q_attn.bias  # Conv1D: x @ W + b, W (in, out)
     w_k, b_k = module.c_attn.weight[:, :15], module.c_attn.bias[:15]
     for head in range(3):
