@@ -34,11 +34,14 @@ import torch
 
 import hf_attn_variants as hv
 from hf_attn_variants.costs import model_costs
+from hf_attn_variants.variants import STOCK
 
 TOKENS, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 2048, 256, 4, 4, 1024, 1000
-VARIANTS = {"dense": {}, "low_rank": {"attention_rank": 16}, "band": {}, "low_rank_band": {"attention_rank": 16},
-            "additive": {"additive_dim": 64}, "additive+compile": {"additive_dim": 64, "attention_compile": True},
-            "lstmn": {}}
+# every registered variant with the fields of its run configs (head size 64, as here), w = 128 below; a variant
+# with a compiled kernel also as "+compile" (additive's fused tiles; band compiles itself on CUDA)
+VARIANTS = {name: {k: v for k, v in spec.example_fields.items() if k != "attention_window"}
+            for name, spec in hv.VARIANTS.items()}
+VARIANTS["additive+compile"] = {**VARIANTS["additive"], "attention_compile": True}
 EAGER_ADDITIVE_MAX_T = 512  # beyond, the eager additive step takes minutes here; its compiled tiles run instead
 
 
@@ -122,16 +125,16 @@ def main() -> None:
                 mem = peak_memory(steps[variant], args.device) / 2**20
                 times[variant].append(secs[variant] * 1e3)
                 mems[variant].append(mem)
-                rows.append([t, batch, variant, secs[variant] * 1e3, f"{secs[variant] / secs['dense']:.2f}"
-                             if "dense" in secs else "", mem, f"{mem / mems['dense'][-1]:.2f}" if "dense" in mems
+                rows.append([t, batch, variant, secs[variant] * 1e3, f"{secs[variant] / secs[STOCK]:.2f}"
+                             if STOCK in secs else "", mem, f"{mem / mems[STOCK][-1]:.2f}" if STOCK in mems
                              else "", flops[variant] / rate * 1e3, f"{flops[variant] / secs[variant] / 1e9:.0f}"])
                 print(family, rows[-1], flush=True)
-            limits.append(flops["dense"] / rate * 1e3 if "dense" in flops else float("nan"))
+            limits.append(flops[STOCK] / rate * 1e3 if STOCK in flops else float("nan"))
             del steps
         name = "BERT-style (masked LM)" if family == "bert" else "GPT-2-style (causal LM)"
         prefix = "gpu_" if args.device == "cuda" else ""
         plot(RESULTS / f"{prefix}models_{family}_time.png", f"{name}: training step, {TOKENS} tokens", ts,
-             {("dense" if v == "dense" else v): times[v] for v in args.variants}, "ms per step",
+             {v: times[v] for v in args.variants}, "ms per step",
              limit=limits)
         plot(RESULTS / f"{prefix}models_{family}_memory.png", f"{name}: peak memory of a training step", ts,
              mems, "MiB")
