@@ -30,6 +30,7 @@ from common import (DTYPES, RESULTS, add_device_args, check_device, device_line,
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import anchors  # noqa: E402
 from hf_attn_variants import band_flex  # noqa: E402
 from hf_attn_variants import kernels as K  # noqa: E402
 from hf_attn_variants.attention import LSTMNCell  # noqa: E402
@@ -245,7 +246,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
             kw = dict(causal=causal)
             fns = {"tiled": lambda: K.additive_attention(q, k, v, w, **kw),
                    "compiled": lambda: K.additive_attention(q, k, v, w, compiled=True, **kw),
-                   "chunked": lambda: K.additive_attention_chunked(q, k, v, w, **kw),
+                   "chunked": lambda: anchors.additive_attention_chunked(q, k, v, w, **kw),
                    "dense": lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)}
             inputs = {"dense": (q, k, v)}
             if t > 1024:  # the chunked baseline takes seconds (forward) to a minute (backward) beyond
@@ -277,7 +278,7 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
     return "\n\n".join([
         f"### additive (a = {a}, Dv = {D}): throughput in G (query, key, dim) triples/s over the pairs read",
         "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compiled=True)`, chunked = "
-        "`additive_attention_chunked` (the previous kernel: eager chunks, checkpointed).",
+        "`anchors.additive_attention_chunked` (the previous kernel: eager chunks, checkpointed).",
         markdown_table(["dir", "T", "tiled fwd G/s", "compiled fwd G/s", "chunked fwd G/s", "tiled/chunked fwd",
                         "compiled/chunked fwd", "tiled f+b G/s", "compiled f+b G/s", "chunked f+b G/s",
                         "tiled/chunked f+b", "compiled/chunked f+b", "tiled fwd ms", "tiled f+b ms",

@@ -24,7 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
 from .caching import extend
-from .variants import BAND_COMBINE, VARIANTS, Context, Projected, Result, spec_of
+from .variants import BAND_COMBINE, STOCK, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
 
@@ -116,7 +116,7 @@ class VariantAttention(nn.Module):
         if layer_cache is not None:
             for name, keep in self.cache_spec().items():  # past + new along time: (B, h, T_kept + T, d)
                 setattr(p, name, _extend(layer_cache, name, getattr(p, name), keep))
-        eager = self.variant == "dense" and self.config._attn_implementation == "eager"
+        eager = self.variant == STOCK and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
                       reference=need_weights or self.capture or eager, attention_mask=attention_mask)

@@ -7,7 +7,7 @@ One file per variant family, gathered here:
 | ``pairs.py`` | the allowed-pairs rule every kernel, mask and cost count uses |
 | ``kernels_dense.py`` | ``dense_attention``, ``low_rank_attention`` (SDPA); references; the masked softmax |
 | ``kernels_band.py`` | ``band_attention`` (blocked SDPA; flex attention on CUDA); reference |
-| ``kernels_additive.py`` | ``additive_attention`` (tiled, recomputing backward), chunked baseline; reference |
+| ``kernels_additive.py`` | ``additive_attention`` (tiled, recomputing backward); reference |
 | ``kernels_lstmn.py`` | ``lstmn_scan`` (hand-written backward through time); ``lstmn_reference`` (step by step) |
 
 Every attention kernel takes per-head tensors shaped ``(B, H, T, D)`` (batch, heads, time, head
@@ -32,9 +32,7 @@ from __future__ import annotations
 from .kernels_additive import (
     EXP_TANH_BOUND,
     additive_attention,
-    additive_attention_chunked,
     additive_attention_reference,
-    additive_chunk_size,
     additive_scores,
     additive_tile_sizes,
 )
@@ -61,9 +59,7 @@ __all__ = [
     "EXP_TANH_BOUND",
     "_lstmn_exp_trick",
     "additive_attention",
-    "additive_attention_chunked",
     "additive_attention_reference",
-    "additive_chunk_size",
     "additive_scores",
     "additive_tile_sizes",
     "allowed_mask",

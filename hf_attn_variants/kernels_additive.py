@@ -1,5 +1,6 @@
 """Additive attention (Bahdanau et al. 2015, e_ij = wᵀ tanh(q_i + k_j)): the naive reference, the
-tiled kernel with a recomputing backward (``_AdditiveTiled``) and the chunked baseline.
+tiled kernel with a recomputing backward (``_AdditiveTiled``). (The earlier chunked kernel is the
+benchmarks' anchor: ``benchmarks/anchors.py``.)
 
 Hub code: imports only torch and sibling files.
 """
@@ -7,7 +8,6 @@ Hub code: imports only torch and sibling files.
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from .kernels_dense import masked_softmax_attention
 from .pairs import allowed_mask, key_range, tile_mask
@@ -40,11 +40,6 @@ def additive_attention_reference(
                            key_mask=key_mask, device=q.device)
     out, weights = masked_softmax_attention(scores, v, allowed, dropout_p)
     return out, weights, scores
-
-
-def additive_chunk_size(batch_heads: int, tk: int, dim: int, budget: int = 1 << 22) -> int:
-    """Query rows per chunk so that one chunk's (B·H, c, Tk, a) tanh holds about ``budget`` floats."""
-    return max(1, budget // max(1, batch_heads * tk * dim))
 
 
 # per device type: (floats in one tile's (B·H, tq, tk, a) tensor, most key columns per tile). CPU: a few
@@ -248,27 +243,3 @@ def additive_attention(
         tile_q = max(tile_q, 32)  # nothing of size (tile, Tk, a) is stored: bigger tiles, fewer calls
     return _AdditiveTiled.apply(q, k, v, w, causal, key_mask, window, dropout_p,
                                 chunk_size or tile_q, tile_k or tk_default, compiled)
-
-
-def additive_attention_chunked(
-    q: Tensor, k: Tensor, v: Tensor, w: Tensor, *, causal: bool, key_mask: Tensor | None = None,
-    window: int | None = None, dropout_p: float = 0.0, chunk_size: int | None = None,
-) -> Tensor:
-    """Additive attention without the (B, H, Tq, Tk, a) tensor, the simple way (the benchmark baseline).
-
-    Scores are computed a chunk of queries at a time; under autograd each chunk is
-    checkpointed, so the backward pass recomputes its tanh instead of storing it.
-    Memory O(B·H·Tq·Tk + chunk·Tk·a). q, k (B, H, T, a), v (B, H, Tk, Dv), w (H, a).
-    """
-    B, H, tq, a = q.shape
-    c = chunk_size or additive_chunk_size(B * H, k.shape[-2], a)
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or w.requires_grad)
-    chunks = []
-    for start in range(0, tq, c):
-        qc = q[:, :, start:start + c]
-        chunks.append(checkpoint(additive_scores, qc, k, w, use_reentrant=False) if grad
-                      else additive_scores(qc, k, w))
-    scores = torch.cat(chunks, dim=2)  # (B, H, Tq, Tk)
-    allowed = allowed_mask(tq, k.shape[-2], causal=causal, window=window, key_mask=key_mask, device=q.device)
-    return masked_softmax_attention(scores, v, allowed, dropout_p)[0]
-

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+from .variants import STOCK
+
 Tensor = torch.Tensor
 
 # attn_implementation values every variant honours with its own kernels: "sdpa" (the default) and
@@ -83,7 +85,7 @@ def check_attn_implementation(config) -> None:
     if name.startswith("paged|"):
         raise ValueError(f"attn_implementation={name!r} is not supported by variant models: paged attention needs "
                          "continuous batching's PagedAttentionCache; use 'sdpa', 'eager' or (dense) flex_attention.")
-    others = sorted(used_variants(config) - {"dense"})
+    others = sorted(used_variants(config) - {STOCK})
     if others:
         raise ValueError(
             f"attn_implementation={name!r} cannot be honoured by attention_variant(s) {others}: they run their own "
@@ -97,7 +99,7 @@ def dense_attention_mask(config, inputs_embeds: Tensor, key_mask: Tensor | None,
     None where the function needs none), or the string "unprepared" when no layer dispatches there:
     no dense layer, "eager" (the reference kernel) or "sdpa" (the dense kernel, SDPA with the key
     padding mask: equal to stock on real tokens, padded query rows as in every variant's kernels)."""
-    if "dense" not in used_variants(config) or config._attn_implementation in OWN_IMPLEMENTATIONS:
+    if STOCK not in used_variants(config) or config._attn_implementation in OWN_IMPLEMENTATIONS:
         return "unprepared"
     make = create_causal_mask if config.is_causal else create_bidirectional_mask
     return make(config=config, inputs_embeds=inputs_embeds, attention_mask=key_mask, cache=cache)

@@ -72,6 +72,7 @@ from transformers import (  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
+from hf_attn_variants.variants import STOCK  # noqa: E402  (the variant that is the stock model; also stock cross-attention)
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
@@ -90,7 +91,7 @@ DATASET_NAMES = {"mr": "MR (Rotten Tomatoes sentences, human scores > 0 = positi
                  "dates": "dates (generated: human date formats in 8 locales -> ISO 8601)"}
 # the family a task needs (tasks that accept several are absent) and the variant field naming a run
 TASK_FAMILY = {"seq2seq": "encoder_decoder", "pair_fusion": "lstmn_fusion"}
-RUN_NAME_FIELD = {"seq2seq": ("cross_attention_variant", "dense"), "pair_fusion": ("fusion", "deep")}
+RUN_NAME_FIELD = {"seq2seq": ("cross_attention_variant", STOCK), "pair_fusion": ("fusion", "deep")}
 
 
 # ----------------------------------------------------------------------------- config
@@ -273,8 +274,8 @@ def load_pretrained(cls, pretrained: str, variant: dict, fields: dict):
     """A stock or Variant checkpoint: loaded into ``cls`` when it already has the variant, else converted."""
     config = transformers.AutoConfig.from_pretrained(pretrained, trust_remote_code=True)
     is_variant = config.model_type in ("variant_bert", "variant_gpt2")
-    dense = not is_variant or (config.attention_variant == "dense" and not config.layer_variants)
-    if is_variant and not (dense and variant and variant.get("attention_variant", "dense") != "dense"):
+    dense = not is_variant or (config.attention_variant == STOCK and not config.layer_variants)
+    if is_variant and not (dense and variant and variant.get("attention_variant", STOCK) != STOCK):
         return cls.from_pretrained(pretrained, **variant, **fields)
     stock_name = cls.__name__.replace("Variant", "")
     stock_cls = getattr(transformers, stock_name) if not is_variant else cls
@@ -301,7 +302,7 @@ class KillAfterSave(TrainerCallback):
 def plan_runs(cfg: dict) -> list[tuple[str, dict, Path]]:
     """(name, variant fields, run folder) of the main run and of each baseline."""
     out = Path(cfg["training"]["output_dir"])
-    field, default = RUN_NAME_FIELD.get(cfg["task"], ("attention_variant", "dense"))
+    field, default = RUN_NAME_FIELD.get(cfg["task"], ("attention_variant", STOCK))
     main_name = cfg["variant"].get(field, default)
     if not cfg["baselines"]:
         return [(main_name, cfg["variant"], out)]

@@ -53,19 +53,6 @@ def attention_heatmaps(weights: np.ndarray, tokens: Sequence[str], path, title: 
     return _save(fig, path)
 
 
-def attention_single(weights: np.ndarray, tokens: Sequence[str], path, title: str = "") -> Path:
-    """One head's (T, T) weights with token labels."""
-    plt = _plt()
-    t = len(tokens)
-    fig, ax = plt.subplots(figsize=(0.28 * t + 1.5, 0.28 * t + 1))
-    im = ax.imshow(weights, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(t), tokens, rotation=90, fontsize=7)
-    ax.set_yticks(range(t), tokens, fontsize=7)
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    return _save(fig, path)
-
-
 def head_maps(rows: list[dict], metrics: Sequence[str], path, title: str = "", fmt: str = "{:.2f}") -> Path:
     """Per-head maps (layer x head) of each metric, annotated."""
     plt = _plt()

@@ -141,19 +141,8 @@ def embedding_quality(model, tokenizer, data, dense_emb: dict[str, np.ndarray] |
 
 # ----------------------------------------------------------------------------- settings
 
-def supports_global_tokens() -> bool:
-    """Whether this build's configs know ``attention_global_tokens`` (unknown config fields are
-    silently kept as attributes by transformers, so ask a default config)."""
-    import hf_attn_variants as hv
-
-    return hasattr(hv.VariantBertConfig(), "attention_global_tokens")
-
-
 def conversion_settings(global_tokens: tuple[int, ...], size: dict) -> list[tuple[str, dict]]:
     out = []
-    if any(global_tokens) and not supports_global_tokens():
-        log(f"attention_global_tokens is not in this build: band runs only with g=0 (asked {global_tokens})")
-        global_tokens = tuple(g for g in global_tokens if g == 0)
     for w in size["windows"]:
         for g in global_tokens:
             fields = {"attention_variant": "band", "attention_window": w}
@@ -456,13 +445,13 @@ def _importance(model, tokenizer, data, probe, n: int) -> dict:
 
 def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
     """The short fine-tune: training/train.py on configs/minilm/finetune_mr.yaml (dense, band w=8 with
-    each g this build supports, low_rank r=8), one epoch on an MR subset; the test metrics per run."""
+    each g, low_rank r=8), one epoch on an MR subset; the test metrics per run."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
     out_dir = _finetune_dir(quick)
     extra = [f"baselines.band_w8_g{g}={{attention_variant: band, attention_window: 8, attention_global_tokens: {g}}}"
-             for g in g_values if g and supports_global_tokens()]
+             for g in g_values if g]
     if quick:
         extra += ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_test_samples=64"]
     cmd = [sys.executable, str(root / "training" / "train.py"), str(root / "configs" / "minilm" / "finetune_mr.yaml"),
