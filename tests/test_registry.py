@@ -9,15 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import FAMILIES, VARIANT_CASES, random_batch, tiny_config, tiny_model
 
 import hf_attn_variants as hv
 from hf_attn_variants import hub, pairs, variants
+from hf_attn_variants.analysis import commands, viewer
 from hf_attn_variants.costs import attended_pairs, cost_table, model_costs
 from hf_attn_variants.kernels import dense_attention, dense_attention_reference, softmax_backward
 from hf_attn_variants.variants import VARIANTS, ScoringSpec, VariantSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "configs"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "configs"))
+sys.path.insert(0, str(ROOT / "training"))
+import exp_models  # noqa: E402
+import experiments  # noqa: E402
 import generate  # noqa: E402
 
 
@@ -27,7 +33,7 @@ def _copy_forward(m, p, ctx):
 
 
 def _copy_parameters(module):
-    return {"copy_bias": ((module.num_heads,), "zeros")}  # an added parameter, unused by the kernel
+    return {"copy_bias": ((module.num_heads,), "normal")}  # an added parameter, unused by the kernel
 
 
 @pytest.fixture
@@ -44,6 +50,7 @@ def dense_copy():
         projections = variants._full_size
         parameters = _copy_parameters
         flops = variants._dense_flops
+        draw = variants.draw_dot_product  # every head scores with its main pair, at the module's scaling
         example_fields = {"attention_window": 5}
         test_cases = ({},)
 
@@ -65,8 +72,9 @@ def test_a_seventh_variant_needs_only_its_spec(dense_copy, family, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(copy(input_ids=ids, attention_mask=mask).last_hidden_state[real],
                                    dense(input_ids=ids, attention_mask=mask).last_hidden_state[real])
-    # its parameter is created and initialised by the spec
-    assert all(m.copy_bias.shape == (4,) for m in copy.modules() if getattr(m, "variant", None) == "dense_copy")
+    # its parameter is created and initialised by the spec (normal: non-zero)
+    biases = [m.copy_bias for m in copy.modules() if getattr(m, "variant", None) == "dense_copy"]
+    assert len(biases) == 2 and all(b.shape == (4,) and bool(b.ne(0).all()) for b in biases)
     # costs: its own FLOPs and its exact parameter count (one more per head than dense)
     dense_costs, copy_costs = model_costs(dense.config, 16), model_costs(copy.config, 16)
     assert copy_costs == {"params": dense_costs["params"] + 2 * 4, "flops": dense_costs["flops"]}
@@ -89,6 +97,47 @@ def test_a_seventh_variant_needs_only_its_spec(dense_copy, family, tmp_path):
             first = lm(input_ids=ids[:, :4], use_cache=True)
             rest = lm(input_ids=ids[:, 4:], past_key_values=first.past_key_values, use_cache=True).logits
         torch.testing.assert_close(torch.cat([first.logits, rest], 1), full, atol=1e-5, rtol=1e-4)
+    _seventh_variant_in_the_tools(family, dense, copy, ids if family == "bert" else ids[:, :5], tmp_path)
+
+
+def _seventh_variant_in_the_tools(family, dense, copy, ids, tmp_path):
+    """The consumers outside the model: grid, probes, viewer, convert, CLI."""
+    # the experiment grid: a model name, and a sweep of a field its spec reads expands for it alone
+    suite = {"kind": "probe", "models": ["dense", "dense_copy"], "seeds": [0], "learning_rates": [1e-3],
+             "size": {"hidden": 16, "heads": 2}, "probe": {"name": "long_range"}, "sweep": {"attention_window": [1, 3]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"out": "o", "results": "r", "suites": {"s": suite}}))
+    jobs = experiments.expand(experiments.load_grid(tmp_path / "grid.yaml"))
+    assert sorted((j["model"], j["variant"].get("attention_window")) for j in jobs) == [
+        ("dense", None), ("dense_copy", 1), ("dense_copy", 3)]
+    # the probes: its parameters initialised as its spec says (non-zero), in both architectures
+    sublayer = exp_models.attention_sublayer({"attention_variant": "dense_copy"}, 16, 2, 1, 0)
+    full = exp_models.ProbeModel("dense_copy", {}, "full", 16, 2, 1, 8, 2, vocab=5)
+    for module in (sublayer, *full.modules()):
+        if getattr(module, "variant", None) == "dense_copy":
+            assert module.copy_bias.shape == (2,) and bool(module.copy_bias.ne(0).all())
+    # the viewer: what its spec draws (every head its own dot-product pair, no band), singular values as dense's
+    info = viewer.layer_info(copy.config, 1, 4)
+    assert info["variant"] == "dense_copy" and info["band_heads"] == [] and info["window"] is None
+    assert info["head_names"] == [f"head {h}" for h in range(4)] and info["ranks"] == [None] * 4
+    layers = [[m for m in model.modules() if isinstance(m, hv.attention.VariantAttention)][1]
+              for model in (copy, dense)]
+    x = torch.randn(1, 6, 32)
+    with torch.no_grad():
+        got, want = (viewer._score_pairs(m, x) for m in layers)
+    assert len(got) == 4
+    for (q, k, scale), (q2, k2, scale2) in zip(got, want):
+        torch.testing.assert_close(q, q2)
+        torch.testing.assert_close(k, k2)
+        assert scale == scale2
+    # convert: a dense model converts to it, every dense weight carried, its own parameter fresh
+    converted = hv.convert_from_dense(dense, attention_variant="dense_copy")
+    assert converted.config.attention_variant == "dense_copy"
+    assert {k.rsplit(".", 1)[-1] for k in converted.conversion_report["initialized"]} == {"copy_bias"}
+    with torch.no_grad():
+        torch.testing.assert_close(converted(input_ids=ids).last_hidden_state, dense(input_ids=ids).last_hidden_state)
+    # the command line: a choice of ``convert --variant``
+    args = commands.convert_parser().parse_args(["src", "--variant", "dense_copy", "--out", str(tmp_path / "o")])
+    assert args.variant == "dense_copy"
 
 
 def test_registered_variants_are_in_every_table():
@@ -128,13 +177,13 @@ def test_every_registered_variant_fast_path_equals_its_references(family, varian
 def _spec_body(**skip) -> dict:
     body = dict(name="incomplete", summary="s", paper="vaswani2017", forward=_copy_forward,
                 kernels=((dense_attention, dense_attention_reference),), projections=variants._full_size,
-                flops=variants._dense_flops, example_fields={}, test_cases=({},))
+                flops=variants._dense_flops, draw=variants.draw_dot_product, example_fields={}, test_cases=({},))
     for key in skip:
         body.pop(key)
     return body
 
 
-@pytest.mark.parametrize("field", ["flops", "summary", "kernels", "test_cases", "projections", "paper"])
+@pytest.mark.parametrize("field", ["flops", "summary", "kernels", "test_cases", "projections", "paper", "draw"])
 def test_a_spec_missing_a_field_fails_when_defined(field):
     with pytest.raises(TypeError, match=field):
         type("Incomplete", (ScoringSpec,), _spec_body(**{field: None}))
