@@ -52,6 +52,7 @@ from .kernels_lstmn import (
     lstmn_start,
     lstmn_step,
     softmax_backward,
+    tape_read,
 )
 from .pairs import allowed_mask, key_range, pair_allowed, tile_mask
 
@@ -79,5 +80,6 @@ __all__ = [
     "masked_softmax_attention",
     "pair_allowed",
     "softmax_backward",
+    "tape_read",
     "tile_mask",
 ]

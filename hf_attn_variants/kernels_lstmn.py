@@ -1,6 +1,8 @@
-"""The LSTMN recurrence (Cheng et al. 2016): the reference, step by step (also used for cached
-decoding, for the attention weights and for wrapped projections such as PEFT LoRA), and the fast
-path ``lstmn_scan`` with a hand-written backward through time.
+"""The LSTMN recurrence (Cheng et al. 2016): one step, ``lstmn_step`` (the reference is its loop,
+``lstmn_reference``; cached decoding, the attention weights, offloaded weights, wrapped projections
+such as PEFT LoRA and the fusion model of ``modeling_lstmn_fusion.py`` all run it), and the second
+implementation, the fast path ``lstmn_scan`` with a hand-written backward through time, tested
+against the reference.
 
 Hub code: imports only torch and sibling files.
 """
@@ -16,11 +18,24 @@ from .precision import autocast_on, in_fp32
 Tensor = torch.Tensor
 
 
-def lstmn_gates(gates: Tensor, c_summary: Tensor) -> tuple[Tensor, Tensor]:
-    """[i; f; o; ĉ] = [σ; σ; σ; tanh](gates); c = f ⊙ c̃ + i ⊙ ĉ; h = o ⊙ tanh(c)."""
+def lstmn_gates(gates: Tensor, c_summary: Tensor, c_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[i; f; o; ĉ] = [σ; σ; σ; tanh](gates); c = f ⊙ c̃ + i ⊙ ĉ (+ c_extra); h = o ⊙ tanh(c).
+    ``c_extra`` (B, d): a term added to the cell, deep fusion's r_t ⊙ α̃_t (Cheng et al. eq. 17)."""
     i, f, o, c_hat = gates.chunk(4, dim=-1)
     c = torch.sigmoid(f) * c_summary + torch.sigmoid(i) * torch.tanh(c_hat)
+    if c_extra is not None:
+        c = c + c_extra
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def tape_read(keys: Tensor, query: Tensor, score: Tensor, readable: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """One attentive read of a tape (Cheng et al. 2016: the intra-attention eq. 7-8, and the same form
+    for fusion's inter-attention eq. 13-14): a_i = vᵀ tanh(k_i + q), s = softmax_i(a) over the readable
+    slots, and Σ_i s_i m_i for each tape m in ``values``.
+    keys (B, S, d), query (B, d), score v (d,), readable (B, S) bool, values (B, S, ·) -> (s (B, S), sums...)."""
+    a = torch.tanh(keys + query[:, None]) @ score  # (B, S)
+    s = torch.softmax(a.masked_fill(~readable, float("-inf")), dim=-1)
+    return (s, *(torch.einsum("bs,bsd->bd", s, m) for m in values))
 
 
 def lstmn_start(x: Tensor, hidden_size: int) -> dict[str, Tensor]:
@@ -31,7 +46,8 @@ def lstmn_start(x: Tensor, hidden_size: int) -> dict[str, Tensor]:
             "readable": torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)}
 
 
-def lstmn_step(cell, state: dict[str, Tensor], x_t: Tensor, readable_t: Tensor) -> tuple[Tensor, Tensor]:
+def lstmn_step(cell, state: dict[str, Tensor], x_t: Tensor, readable_t: Tensor,
+               c_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One step of Cheng et al. 2016's LSTMN (eq. 7-10), exactly as written:
 
         a_i^t = vᵀ tanh(W_h h_i + W_x x_t + W_h̃ h̃_{t-1}),  s^t = softmax_i(a^t), i < t
@@ -43,14 +59,12 @@ def lstmn_step(cell, state: dict[str, Tensor], x_t: Tensor, readable_t: Tensor) 
     modules (so wrapped projections such as PEFT LoRA work). ``state`` (see ``lstmn_start``): the
     tape h, c (B, S, d), its keys k = W_h h (B, S, d; each slot's key is taken once, when the slot
     is written), which slots are readable (B, S) and the summary h̃_{t-1} (B, d); the step appends
-    slot (h_t, c_t), readable where ``readable_t`` (B,) is True. x_t (B, d_in) -> h_t (B, d), s^t (B, S).
+    slot (h_t, c_t), readable where ``readable_t`` (B,) is True. ``c_extra`` (B, d): a term added to the
+    memory cell (deep fusion, ``lstmn_gates``). x_t (B, d_in) -> h_t (B, d), s^t (B, S).
     """
     query = cell.w_input(x_t) + cell.w_summary(state["summary"])  # (B, d)
-    a = torch.tanh(state["k"] + query[:, None]) @ cell.score  # (B, S)
-    s = torch.softmax(a.masked_fill(~state["readable"], float("-inf")), dim=-1)
-    h_sum = torch.einsum("bs,bsd->bd", s, state["h"])
-    c_sum = torch.einsum("bs,bsd->bd", s, state["c"])
-    h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x_t], dim=-1)), c_sum)
+    s, h_sum, c_sum = tape_read(state["k"], query, cell.score, state["readable"], state["h"], state["c"])
+    h, c = lstmn_gates(cell.gates(torch.cat([h_sum, x_t], dim=-1)), c_sum, c_extra)
     for name, value in (("h", h), ("c", c), ("k", cell.w_tape(h)), ("readable", readable_t)):
         state[name] = torch.cat([state[name], value[:, None]], dim=1)
     state["summary"] = h_sum

@@ -21,8 +21,9 @@ the premise (with its [CLS] and [SEP]), 1 the hypothesis; so Trainer, the pair c
 ``text-classification`` pipeline work unchanged. Each side is compacted to its own left-aligned
 sequence before the LSTMNs run.
 
-``fusion_scan`` is the batched recurrence (keys W_h h_i, W_γ γ_j computed once), ``fusion_reference``
-the same equations step by step, every projection recomputed at each step (the tests compare them).
+``fusion_scan`` runs the LSTMN's one step (``kernels_lstmn.lstmn_step``, the step of every LSTMN of the
+package) with the inter-attention read (``kernels_lstmn.tape_read``, the same read on the source tape)
+beside it; the tests compare it with the equations written out one sequence at a time.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -37,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 
 from .attention import LSTMNCell
 from .configuration_lstmn_fusion import LSTMNFusionConfig
-from .kernels import lstmn_gates
+from .kernels import lstmn_start, lstmn_step, tape_read
 from .masks import reject_unknown_kwargs, wrap_output
 
 Tensor = torch.Tensor
@@ -57,107 +58,41 @@ class InterAttention(nn.Module):
             self.fuse = nn.Linear(hidden_size + input_size, hidden_size)
 
 
-def _gates(cell: LSTMNCell, inter: InterAttention | None, x_t: Tensor, h_sum: Tensor, c_sum: Tensor,
-           g_sum: Tensor | None, a_sum: Tensor | None) -> tuple[Tensor, Tensor]:
-    """LSTMN gates; with deep fusion the extra term r_t ⊙ α̃_t in the cell."""
-    gates = cell.gates(torch.cat([h_sum, x_t], dim=-1))  # [i; f; o; ĉ] before the nonlinearities
-    if inter is None or not hasattr(inter, "fuse"):
-        return lstmn_gates(gates, c_sum)
-    i, f, o, c_hat = gates.chunk(4, dim=-1)
-    r = torch.sigmoid(inter.fuse(torch.cat([g_sum, x_t], dim=-1)))
-    c = r * a_sum + torch.sigmoid(f) * c_sum + torch.sigmoid(i) * torch.tanh(c_hat)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
 def fusion_scan(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None = None, inter: InterAttention | None = None,
                 source: tuple[Tensor, Tensor] | None = None, source_mask: Tensor | None = None,
                 need_weights: bool = False) -> dict[str, Tensor | None]:
     """One LSTMN over x (B, T, d_in), optionally reading a source tape (γ, α) (B, S, d) by inter-attention.
 
-    key_mask (B, T) / source_mask (B, S): True for real tokens. Returns ``h``, ``c`` (B, T, d), the
-    inter-attention summaries ``g`` (γ̃_t, (B, T, d); None without a source) and, with
-    ``need_weights``, ``intra`` (B, T, T + 1) over [zero slot, tokens] and ``inter`` (B, T, S).
+    Each step: the inter-attention read of the source (γ̃_t, α̃_t from γ̃_{t-1}), then ``lstmn_step``
+    (deep fusion adds r_t ⊙ α̃_t to its memory cell). key_mask (B, T) / source_mask (B, S): True for
+    real tokens. Returns ``h``, ``c`` (B, T, d), the inter-attention summaries ``g`` (γ̃_t, (B, T, d);
+    None without a source) and, with ``need_weights``, ``intra`` (B, T, T + 1) over [zero slot, tokens]
+    and ``inter`` (B, T, S).
     """
     B, T, _ = x.shape
-    d = cell.hidden_size
-    xs = cell.w_input(x)  # W_x x_t for every t at once: (B, T, d)
-    keys = x.new_zeros(B, T + 1, d)  # W_h h_i of the tape; slot 0 is the zero slot
-    tape_h, tape_c = x.new_zeros(B, T + 1, d), x.new_zeros(B, T + 1, d)
-    readable = torch.ones(B, T + 1, dtype=torch.bool, device=x.device)
-    if key_mask is not None:
-        readable[:, 1:] = key_mask
-    h_sum = g_sum = x.new_zeros(B, d)
+    state = lstmn_start(x, cell.hidden_size)
+    real = key_mask.bool() if key_mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
     if source is not None:
         s_keys, s_x = inter.w_source(source[0]), inter.w_input(x)  # W_γ γ_j once: (B, S, d); W_y x_t: (B, T, d)
         s_allowed = source_mask if source_mask is not None else torch.ones(source[0].shape[:2], dtype=torch.bool,
                                                                            device=x.device)
-    hs, cs, gs, intra_w, inter_w = [], [], [], [], []
+        g_sum = x.new_zeros(B, cell.hidden_size)
+    hs, gs, intra_w, inter_w = [], [], [], []
     for t in range(T):
-        a = torch.tanh(keys[:, :t + 1] + (xs[:, t] + cell.w_summary(h_sum))[:, None]) @ cell.score  # (B, t + 1)
-        s = torch.softmax(a.masked_fill(~readable[:, :t + 1], float("-inf")), dim=-1)
-        h_sum = torch.einsum("bs,bsd->bd", s, tape_h[:, :t + 1])
-        c_sum = torch.einsum("bs,bsd->bd", s, tape_c[:, :t + 1])
-        a_sum = None
+        c_extra = None
         if source is not None:
-            b = torch.tanh(s_keys + (s_x[:, t] + inter.w_summary(g_sum))[:, None]) @ inter.score  # (B, S)
-            p = torch.softmax(b.masked_fill(~s_allowed, float("-inf")), dim=-1)
-            g_sum = torch.einsum("bs,bsd->bd", p, source[0])
-            a_sum = torch.einsum("bs,bsd->bd", p, source[1])
+            p, g_sum, a_sum = tape_read(s_keys, s_x[:, t] + inter.w_summary(g_sum), inter.score, s_allowed, *source)
             gs.append(g_sum)
             inter_w.append(p)
-        h, c = _gates(cell, inter, x[:, t], h_sum, c_sum, g_sum, a_sum)
-        tape_h = tape_h.index_copy(1, torch.tensor([t + 1], device=x.device), h[:, None])
-        tape_c = tape_c.index_copy(1, torch.tensor([t + 1], device=x.device), c[:, None])
-        keys = keys.index_copy(1, torch.tensor([t + 1], device=x.device), cell.w_tape(h)[:, None])
+            if hasattr(inter, "fuse"):  # deep fusion: r_t = σ(W_r [γ̃_t; x_t] + b_r)
+                c_extra = torch.sigmoid(inter.fuse(torch.cat([g_sum, x[:, t]], dim=-1))) * a_sum
+        h, s = lstmn_step(cell, state, x[:, t], real[:, t], c_extra)
         hs.append(h)
-        cs.append(c)
         if need_weights:
             intra_w.append(torch.cat([s, s.new_zeros(B, T - t)], dim=-1))
-    return {"h": torch.stack(hs, 1), "c": torch.stack(cs, 1), "g": torch.stack(gs, 1) if gs else None,
+    return {"h": torch.stack(hs, 1), "c": state["c"][:, 1:], "g": torch.stack(gs, 1) if gs else None,
             "intra": torch.stack(intra_w, 1) if need_weights else None,
             "inter": torch.stack(inter_w, 1) if need_weights and inter_w else None}
-
-
-def fusion_reference(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None = None,
-                     inter: InterAttention | None = None, source: tuple[Tensor, Tensor] | None = None,
-                     source_mask: Tensor | None = None) -> dict[str, Tensor | None]:
-    """``fusion_scan`` written out for one sequence at a time, step by step, every projection
-    recomputed from the tapes at each step (lists of vectors, no preallocated keys)."""
-    outs = {"h": [], "c": [], "g": []}
-    for b in range(x.shape[0]):
-        d = cell.hidden_size
-        tape_h, tape_c, readable = [x.new_zeros(d)], [x.new_zeros(d)], [True]
-        h_sum, g_sum = x.new_zeros(d), x.new_zeros(d)
-        hs, cs, gs = [], [], []
-        for t in range(x.shape[1]):
-            x_t = x[b, t]
-            a = torch.stack([cell.score @ torch.tanh(cell.w_tape(h_i) + cell.w_input(x_t) + cell.w_summary(h_sum))
-                             for h_i in tape_h])
-            a = a.masked_fill(~torch.tensor(readable, device=x.device), float("-inf"))
-            s = torch.softmax(a, dim=0)
-            h_sum = sum(s_i * h_i for s_i, h_i in zip(s, tape_h))
-            c_sum = sum(s_i * c_i for s_i, c_i in zip(s, tape_c))
-            a_sum = None
-            if source is not None:
-                real = [j for j in range(source[0].shape[1]) if source_mask is None or bool(source_mask[b, j])]
-                bj = torch.stack([inter.score @ torch.tanh(inter.w_source(source[0][b, j]) + inter.w_input(x_t)
-                                                           + inter.w_summary(g_sum)) for j in real])
-                p = torch.softmax(bj, dim=0)
-                g_sum = sum(p_j * source[0][b, j] for p_j, j in zip(p, real))
-                a_sum = sum(p_j * source[1][b, j] for p_j, j in zip(p, real))
-                gs.append(g_sum)
-            h, c = _gates(cell, inter, x_t[None], h_sum[None], c_sum[None],
-                          None if source is None else g_sum[None], None if a_sum is None else a_sum[None])
-            tape_h.append(h[0])
-            tape_c.append(c[0])
-            readable.append(True if key_mask is None else bool(key_mask[b, t]))
-            hs.append(h[0])
-            cs.append(c[0])
-        outs["h"].append(torch.stack(hs))
-        outs["c"].append(torch.stack(cs))
-        if gs:
-            outs["g"].append(torch.stack(gs))
-    return {k: torch.stack(v) if v else None for k, v in outs.items()}
 
 
 def split_pair(input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None

@@ -1,7 +1,9 @@
-"""LSTMN fusion (Cheng et al. 2016, section 4): the batched recurrence against the step-by-step
-reference (forward and gradients, padding on both sides, shallow and deep), the intra-only path
-against ``kernels.lstmn_reference``, the pair split, the model's padding invariance and attention
-outputs, config checks, and loading from a Hub folder in a fresh interpreter without the package."""
+"""LSTMN fusion (Cheng et al. 2016, section 4): the recurrence (the package's one LSTMN step with the
+inter-attention read) against the equations written out one sequence at a time (forward and gradients,
+padding on both sides, shallow and deep), the intra-only path against the fast scan
+``kernels.lstmn_scan`` (the package's second LSTMN implementation), the pair split, the model's padding
+invariance and attention outputs, config checks, and loading from a Hub folder in a fresh interpreter
+without the package."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import torch
 from hub_helpers import bert_tokenizer, one_torch_thread, run_without_package
 
 import hf_attn_variants as hv
-from hf_attn_variants.kernels import lstmn_reference
-from hf_attn_variants.modeling_lstmn_fusion import fusion_reference, fusion_scan, split_pair
+from hf_attn_variants.kernels import lstmn_scan
+from hf_attn_variants.modeling_lstmn_fusion import fusion_scan, split_pair
 
 FUSIONS = list(hv.FUSIONS)
 
@@ -33,6 +35,48 @@ def fusion_model(fusion: str, seed: int = 0, hidden: int = 12, dtype=torch.float
     return model
 
 
+def written_out(cell, x, key_mask=None, inter=None, source=None, source_mask=None) -> dict:
+    """The fusion equations (module docstring of modeling_lstmn_fusion) for one sequence at a time, step
+    by step, every projection recomputed from the tapes at each step (lists of vectors, nothing shared
+    with the package's step)."""
+    outs = {"h": [], "c": [], "g": []}
+    d = cell.hidden_size
+    for b in range(x.shape[0]):
+        tape_h, tape_c, readable = [x.new_zeros(d)], [x.new_zeros(d)], [True]
+        h_sum, g_sum = x.new_zeros(d), x.new_zeros(d)
+        hs, cs, gs = [], [], []
+        for t in range(x.shape[1]):
+            x_t = x[b, t]
+            a = torch.stack([cell.score @ torch.tanh(cell.w_tape(h_i) + cell.w_input(x_t) + cell.w_summary(h_sum))
+                             for h_i in tape_h])
+            s = torch.softmax(a.masked_fill(~torch.tensor(readable), float("-inf")), dim=0)
+            h_sum = sum(s_i * h_i for s_i, h_i in zip(s, tape_h))
+            c_sum = sum(s_i * c_i for s_i, c_i in zip(s, tape_c))
+            i, f, o, c_hat = cell.gates(torch.cat([h_sum, x_t])).chunk(4)
+            c = torch.sigmoid(f) * c_sum + torch.sigmoid(i) * torch.tanh(c_hat)
+            if source is not None:
+                real = [j for j in range(source[0].shape[1]) if source_mask is None or bool(source_mask[b, j])]
+                bj = torch.stack([inter.score @ torch.tanh(inter.w_source(source[0][b, j]) + inter.w_input(x_t)
+                                                           + inter.w_summary(g_sum)) for j in real])
+                p = torch.softmax(bj, dim=0)
+                g_sum = sum(p_j * source[0][b, j] for p_j, j in zip(p, real))
+                gs.append(g_sum)
+                if hasattr(inter, "fuse"):  # deep: c_t = r_t ⊙ α̃_t + f_t ⊙ c̃_t + i_t ⊙ ĉ_t
+                    a_sum = sum(p_j * source[1][b, j] for p_j, j in zip(p, real))
+                    c = torch.sigmoid(inter.fuse(torch.cat([g_sum, x_t]))) * a_sum + c
+            h = torch.sigmoid(o) * torch.tanh(c)
+            tape_h.append(h)
+            tape_c.append(c)
+            readable.append(True if key_mask is None else bool(key_mask[b, t]))
+            hs.append(h)
+            cs.append(c)
+        outs["h"].append(torch.stack(hs))
+        outs["c"].append(torch.stack(cs))
+        if gs:
+            outs["g"].append(torch.stack(gs))
+    return {k: torch.stack(v) if v else None for k, v in outs.items()}
+
+
 def padded(batch: int, length: int, g: torch.Generator) -> torch.Tensor:
     lengths = torch.randint(1, length + 1, (batch,), generator=g)
     lengths[0] = length
@@ -41,7 +85,7 @@ def padded(batch: int, length: int, g: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fusion_scan_matches_step_by_step_reference(fusion, seed):
+def test_fusion_scan_matches_the_equations_written_out(fusion, seed):
     model = fusion_model(fusion, seed)
     cell, inter = model.fusion.hypothesis_cell, model.fusion.inter
     g = torch.Generator().manual_seed(seed)
@@ -51,7 +95,7 @@ def test_fusion_scan_matches_step_by_step_reference(fusion, seed):
     alpha = torch.randn(batch, s, 12, generator=g, dtype=torch.float64, requires_grad=True)
     key_mask, source_mask = padded(batch, t, g), padded(batch, s, g)
     results = []
-    for fn in (fusion_scan, fusion_reference):
+    for fn in (fusion_scan, written_out):
         out = fn(cell, x, key_mask, inter, (gamma, alpha), source_mask)
         valid = key_mask[..., None]  # steps past a row's end are never read
         loss = ((out["h"] * valid).sum() * 0.7 + (out["c"] * valid).sum() * 0.2 - (out["g"] * valid).sum() * 0.5)
@@ -66,16 +110,25 @@ def test_fusion_scan_matches_step_by_step_reference(fusion, seed):
     assert float(fast_grads[2].abs().max()) > 0 if fusion == "deep" else float(fast_grads[2].abs().max()) == 0
 
 
-def test_without_a_source_it_is_the_lstmn_of_kernels():
-    """The premise side (no inter-attention) against the package's independent LSTMN reference."""
+def test_without_a_source_it_is_the_fast_lstmn_scan():
+    """The premise side (no inter-attention) against the package's second LSTMN implementation, the fast
+    scan with its hand-written backward: outputs and gradients (weights and inputs), with padding."""
     model = fusion_model("shallow")
+    cell = model.fusion.premise_cell
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(3, 6, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 6, 12, generator=g, dtype=torch.float64, requires_grad=True)
     key_mask = padded(3, 6, g)
-    out = fusion_scan(model.fusion.premise_cell, x, key_mask, need_weights=True)
-    h, attention = lstmn_reference(model.fusion.premise_cell, x, key_mask)
-    torch.testing.assert_close(out["h"], h)
-    torch.testing.assert_close(out["intra"], attention)
+    results = []
+    for fn in (lambda: fusion_scan(cell, x, key_mask)["h"], lambda: lstmn_scan(cell, x, key_mask)[0]):
+        h = fn()
+        loss = (h * key_mask[..., None]).pow(2).sum()
+        results.append((h, torch.autograd.grad(loss, [x, *cell.parameters()])))
+    (h, grads), (h_scan, grads_scan) = results
+    torch.testing.assert_close(h * key_mask[..., None], h_scan * key_mask[..., None])
+    for a, b in zip(grads, grads_scan):
+        torch.testing.assert_close(a, b)
+    out = fusion_scan(cell, x.detach(), key_mask, need_weights=True)
+    assert torch.allclose(out["intra"].sum(-1), torch.ones(3, 6, dtype=torch.float64))  # rows over [zero slot, tokens]
 
 
 def test_split_pair_against_a_loop():
