@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from transformers import BertConfig, GPT2Config
 
-from .cross_attention import CROSS_SCORING  # name -> scoring rule of cross-attention (its own registry)
+from .cross_attention import CROSS_SCORING as CROSS_ATTENTION_VARIANTS  # name -> scoring rule (cross_attention.py)
 from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
 from .variants import VARIANTS  # name -> spec; iterating gives the names
 
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
-CROSS_ATTENTION_VARIANTS = tuple(CROSS_SCORING)  # GPT-2 decoders with add_cross_attention (cross_attention.py)
 
 # Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
 BERT_AUTO_MAP = {
@@ -132,7 +131,8 @@ class VariantFields:
         if self.lstmn_direction == "bidirectional" and "lstmn" in used and hidden < 2:
             raise _bad("hidden_size", hidden, "at least 2 for a bidirectional LSTMN")
         if self.cross_attention_variant not in CROSS_ATTENTION_VARIANTS:
-            raise _bad("cross_attention_variant", self.cross_attention_variant, f"one of {CROSS_ATTENTION_VARIANTS}")
+            raise _bad("cross_attention_variant", self.cross_attention_variant,
+                       f"one of {tuple(CROSS_ATTENTION_VARIANTS)}")
         if getattr(self, "add_cross_attention", False) and not self.supports_cross_attention:
             raise _bad("add_cross_attention", True, f"False for {type(self).__name__} (only GPT-2 decoders have "
                        "cross-attention)")

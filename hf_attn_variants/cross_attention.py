@@ -3,7 +3,7 @@
 ``VariantGPT2Block`` builds a ``GPT2CrossAttention`` when ``config.add_cross_attention`` is set, as
 stock GPT-2 does, so a Variant GPT-2 decoder runs inside ``transformers.EncoderDecoderModel``.
 ``config.cross_attention_variant`` names a scoring rule of ``CROSS_SCORING``, this module's own small
-registry (a ``CrossScoring`` per rule; the self-attention specs of ``variants.py`` are another registry):
+registry (a ``CrossScoring`` class per rule; the self-attention specs of ``variants.py`` are another registry):
 
 | scoring | e_ij (per head h) |
 |---|---|
@@ -37,7 +37,6 @@ Hub code: imports only torch, transformers and sibling files.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -117,19 +116,6 @@ def _additive_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_m
     return out
 
 
-@dataclass(frozen=True)
-class CrossScoring:
-    """A scoring rule of cross-attention. qk_dim: config -> the per-head size a of queries and keys;
-    scores: (q, k, score_vector, scale) -> e (B, H, Tq, Tk), the reference's; fast: (module, q, k, v,
-    encoder key_mask, dropout_p) -> out (B, H, Tq, Dv); score_vector: whether it learns v_h (H, a)."""
-
-    name: str
-    qk_dim: Callable[..., int]
-    scores: Callable[..., Tensor]
-    fast: Callable[..., Tensor]
-    score_vector: bool = False
-
-
 def _head_dim(config) -> int:
     return config.hidden_size // config.num_attention_heads
 
@@ -138,13 +124,45 @@ def _additive_dim(config) -> int:
     return config.additive_dim
 
 
-CROSS_SCORING: dict[str, CrossScoring] = {rule.name: rule for rule in (
-    CrossScoring("dense", _head_dim, _dot_product_scores, _dense_fast),
-    CrossScoring("additive", _additive_dim, _additive_scores, _additive_fast, score_vector=True),
-)}
+CROSS_SCORING: dict[str, type[CrossScoring]] = {}  # name -> rule, filled by defining the rules below
 
 
-def cross_scoring(name: str) -> CrossScoring:
+class CrossScoring:
+    """A scoring rule of cross-attention; its class body is the rule (read, never instantiated), and
+    defining a subclass registers it in ``CROSS_SCORING`` under its ``name``.
+
+    qk_dim: config -> the per-head size a of queries and keys; scores: (q, k, score_vector, scale) ->
+    e (B, H, Tq, Tk), the reference's; fast: (module, q, k, v, encoder key_mask, dropout_p) -> out
+    (B, H, Tq, Dv); score_vector: whether the rule learns v_h (H, a).
+    """
+
+    name: str
+    qk_dim: Callable[..., int]
+    scores: Callable[..., Tensor]
+    fast: Callable[..., Tensor]
+    score_vector: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        CROSS_SCORING[cls.name] = cls
+
+
+class DotProductCross(CrossScoring):
+    name = "dense"
+    qk_dim = _head_dim
+    scores = _dot_product_scores
+    fast = _dense_fast
+
+
+class AdditiveCross(CrossScoring):
+    name = "additive"
+    qk_dim = _additive_dim
+    scores = _additive_scores
+    fast = _additive_fast
+    score_vector = True
+
+
+def cross_scoring(name: str) -> type[CrossScoring]:
     """The scoring rule of that name; ValueError naming the field otherwise."""
     if name not in CROSS_SCORING:
         raise ValueError(f"cross_attention_variant={name!r} is invalid: expected one of {tuple(CROSS_SCORING)}.")

@@ -9,11 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from conftest import CASE_IDS, VARIANT_CASES
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, GPT2TokenizerFast, PreTrainedTokenizerFast
@@ -77,17 +74,6 @@ def load_with_remote_code(auto_class, folder: Path):
     model = auto_class.from_pretrained(folder, config=config, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules."), "not the folder's Hub code"
     return model
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread, above all on a machine shared with other test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def hub_code_files(folder: Path) -> set[str]:

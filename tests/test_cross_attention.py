@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 import torch
-from hub_helpers import one_torch_thread, run_without_package
+from hub_helpers import run_without_package
 from transformers import EncoderDecoderModel
 
 import hf_attn_variants as hv
@@ -22,12 +22,6 @@ from hf_attn_variants.cross_attention import GPT2CrossAttention, cross_attention
 CROSS = list(hv.CROSS_ATTENTION_VARIANTS)
 SELF = ["dense", "band", "additive", "lstmn"]  # the decoder's self-attention under the cross-attention
 VOCAB, BOS, EOS, PAD = 41, 1, 2, 0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
 
 
 def encoder_decoder(cross: str, self_variant: str = "dense", seed: int = 0, hidden: int = 32) -> EncoderDecoderModel:

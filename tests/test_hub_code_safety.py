@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import FAMILIES, HEAD_CLASSES, tiny_model
-from hub_helpers import PACKAGE_DIR, hub_code_files, one_torch_thread, reachable_files
+from hub_helpers import PACKAGE_DIR, hub_code_files, reachable_files
 
 import hf_attn_variants as hv
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
-
 
 ALLOWED_MODULES = {"torch", "transformers", "math", "typing", "dataclasses", "__future__"}
 ALLOWED_EXACT = {"collections.abc"}  # collections itself is not allowed, its abc submodule is

@@ -17,20 +17,12 @@ from hub_helpers import (
     HUB_CASE_IDS,
     HUB_CASES,
     hub_code_files,
-    one_torch_thread,
     reachable_files,
     run_without_package,
 )
 from safetensors.torch import save_file
 
 import hf_attn_variants as hv
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
-
 
 TOLERANCE = 1e-5
 FAMILY_AUTO_CLASSES = {

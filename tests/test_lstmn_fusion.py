@@ -11,19 +11,13 @@ import json
 
 import pytest
 import torch
-from hub_helpers import bert_tokenizer, one_torch_thread, run_without_package
+from hub_helpers import bert_tokenizer, run_without_package
 
 import hf_attn_variants as hv
 from hf_attn_variants.kernels import lstmn_scan
 from hf_attn_variants.modeling_lstmn_fusion import fusion_scan, split_pair
 
 FUSIONS = list(hv.FUSIONS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
 
 
 def fusion_model(fusion: str, seed: int = 0, hidden: int = 12, dtype=torch.float64):

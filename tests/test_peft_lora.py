@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 from conftest import FAMILIES, tiny_config, tiny_model
-from hub_helpers import HUB_CASE_IDS, HUB_CASES, load_with_remote_code, one_torch_thread
+from hub_helpers import HUB_CASE_IDS, HUB_CASES, load_with_remote_code
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -17,13 +17,6 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig
 from transformers.pytorch_utils import Conv1D
 
 import hf_attn_variants as hv
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
-
 
 LM = {"bert": (hv.VariantBertForMaskedLM, AutoModelForMaskedLM), "gpt2": (hv.VariantGPT2LMHeadModel,
                                                                         AutoModelForCausalLM)}

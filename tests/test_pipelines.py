@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
-from hub_helpers import HUB_CASE_IDS, HUB_CASES, TOKENIZERS, one_torch_thread, run_without_package
+from hub_helpers import HUB_CASE_IDS, HUB_CASES, TOKENIZERS, run_without_package
 
 import hf_attn_variants as hv
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
-
 
 TOLERANCE = 1e-5
 MASKED_TEXT = "the cat [MASK] on the mat"

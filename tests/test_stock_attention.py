@@ -35,14 +35,6 @@ MODELS = {
 CAUSAL = [name for name, spec in MODELS.items() if spec[2]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict:
     """Each tiny stock model, randomly initialised and saved once."""

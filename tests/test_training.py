@@ -32,14 +32,6 @@ TRAINING = {"num_train_epochs": 3, "per_device_train_batch_size": 16, "per_devic
             "eval_strategy": "epoch", "logging_strategy": "epoch", "report_to": "none", "dataloader_num_workers": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sentiment_rows(n: int, seed: int) -> list[dict]:
     """Sentences of filler words with one sentiment word: the label is that word's polarity."""
     rng = random.Random(seed)
