@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, masking_utils
 from transformers.masking_utils import AttentionMaskInterface
 
 from .kernels import band_attention
@@ -138,16 +138,41 @@ def _make_attention(window: int | None) -> Callable:
     return band_attention_forward
 
 
+def _mask_bases(fn, found: set[str], seen: set[int]) -> None:
+    """The base patterns of transformers' ``masking_utils`` a mask function is built on: itself, or
+    reached through the closures of its combinators (``and_masks``, ``or_masks``, sliding windows, ...)."""
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    if fn is masking_utils.causal_mask_function:
+        found.add("causal")
+    elif fn is masking_utils.bidirectional_mask_function:
+        found.add("bidirectional")
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        for item in content if isinstance(content, (tuple, list)) else (content,):
+            if callable(item) and not isinstance(item, torch.Tensor):
+                _mask_bases(item, found, seen)
+
+
 def _reads_ahead(mask_function: Callable | None) -> bool:
-    """Whether the model's mask pattern lets query 0 read key 1: a bidirectional mask (an encoder's
-    self-attention, cross-attention), whose every key slot holds a token, unlike a causal one."""
+    """Whether the model's mask pattern lets a query read later keys: a bidirectional mask (an encoder's
+    self-attention, cross-attention), whose every key slot holds a token, unlike a causal one.
+    Decided by the base pattern the mask function is built on (transformers' ``causal_mask_function``
+    or ``bidirectional_mask_function``); a pattern built on neither or on both is refused."""
     if mask_function is None:
         return False
-    zero, one = torch.tensor(0), torch.tensor(1)
-    try:
-        return bool(mask_function(zero, zero, zero, one))
-    except (IndexError, RuntimeError, TypeError):  # a pattern that needs real indices: treat it as causal
-        return False
+    found: set[str] = set()
+    _mask_bases(mask_function, found, set())
+    if len(found) != 1:
+        name = getattr(mask_function, "__qualname__", repr(mask_function))
+        raise ValueError(f"band attention cannot tell whether the mask pattern {name} is causal or bidirectional: it "
+                         f"is built on {' and '.join(sorted(found)) or 'neither'} of transformers' "
+                         "causal_mask_function and bidirectional_mask_function")
+    return found == {"bidirectional"}
 
 
 def _make_mask(window: int | None) -> Callable:

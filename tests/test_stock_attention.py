@@ -204,3 +204,23 @@ def test_cross_attention_stays_dense(tmp_path):
     ours = outputs(band, attention_mask=mask, **kw)
     reference = outputs(eager, attention_mask=explicit_band_mask(mask, 2, causal=True), **kw)
     assert (ours - reference)[mask.bool()].abs().max() <= 1e-5
+
+
+def test_the_mask_pattern_is_read_from_its_base_not_guessed():
+    """Which key slots hold tokens follows the base pattern transformers built the mask function on,
+    through its combinators and padding closures (which cannot be called on scalar indices); a pattern
+    built on neither base, or on both, is refused with a message instead of being taken as causal."""
+    from transformers import masking_utils as mu
+
+    from hf_attn_variants.stock_attention import _reads_ahead
+
+    padding = mu.padding_mask_function(torch.ones(2, 1, dtype=torch.bool))  # indexing key 1 would fail
+    causal = [mu.causal_mask_function, mu.sliding_window_causal_mask_function(3), mu.and_masks(
+        mu.causal_mask_function, padding), mu.chunked_causal_mask_function(4, torch.zeros(1, dtype=torch.long))]
+    bidirectional = [mu.bidirectional_mask_function, mu.sliding_window_bidirectional_mask_function(2),
+                     mu.and_masks(mu.bidirectional_mask_function, padding)]
+    assert [_reads_ahead(f) for f in causal + bidirectional] == [False] * len(causal) + [True] * len(bidirectional)
+    assert _reads_ahead(None) is False
+    for unknown in (lambda b, h, q, k: q >= k, mu.or_masks(mu.causal_mask_function, mu.bidirectional_mask_function)):
+        with pytest.raises(ValueError, match="causal or bidirectional"):
+            _reads_ahead(unknown)
