@@ -62,7 +62,7 @@ class LSTMNAttention(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.layer_idx = layer_idx
-        self.variant = "lstmn"
+        self.variant = config.variant_for_layer(layer_idx)  # the spec that built this sublayer (variants.LSTMN)
         self.bidirectional = config.lstmn_direction == "bidirectional"
         forward_size = hidden // 2 if self.bidirectional else hidden
         self.forward_cell = LSTMNCell(hidden, forward_size)
