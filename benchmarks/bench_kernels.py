@@ -30,9 +30,9 @@ from common import (DTYPES, RESULTS, add_device_args, check_device, device_line,
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hf_attn_variants import band_flex  # noqa: E402
-from hf_attn_variants import kernels as K  # noqa: E402
-from hf_attn_variants.attention import LSTMNCell  # noqa: E402
+from hf_attn_variants import hfav_band_flex as band_flex  # noqa: E402
+from hf_attn_variants import hfav_kernels as K  # noqa: E402
+from hf_attn_variants.hfav_attention import LSTMNCell  # noqa: E402
 
 H, D = 8, 64
 RUN = {"device": "cpu", "dtype": torch.float32}  # set by --device / --dtype

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from transformers import BertConfig, GPT2Config
 
-from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
-from .variants import VARIANTS  # name -> spec; iterating gives the names
+from .hfav_variants import BAND_COMBINE as BAND_COMBINES  # name -> function
+from .hfav_variants import VARIANTS  # name -> spec; iterating gives the names
 
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
-CROSS_ATTENTION_VARIANTS = ("dense", "additive")  # GPT-2 decoders with add_cross_attention (cross_attention.py)
+CROSS_ATTENTION_VARIANTS = ("dense", "additive")  # GPT-2 decoders with add_cross_attention (hfav_cross_attention.py)
 
 # Every Auto class of a family, so that a saved folder loads with any of them (trust_remote_code)
 BERT_AUTO_MAP = {

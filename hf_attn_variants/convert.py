@@ -20,8 +20,8 @@ import torch
 import transformers
 from torch import nn
 
-from .attention import VariantAttention
 from .configuration_variants import VariantBertConfig, VariantGPT2Config
+from .hfav_attention import VariantAttention
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
     VariantBertForSequenceClassification,

@@ -35,10 +35,10 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
-from .attention import LSTMNCell
 from .configuration_lstmn_fusion import LSTMNFusionConfig
-from .kernels import lstmn_gates
-from .masks import reject_unknown_kwargs, wrap_output
+from .hfav_attention import LSTMNCell
+from .hfav_kernels import lstmn_gates
+from .hfav_masks import reject_unknown_kwargs, wrap_output
 
 Tensor = torch.Tensor
 

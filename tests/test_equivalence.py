@@ -10,8 +10,8 @@ from conftest import random_batch, tiny_config, tiny_model
 from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel, GPT2Model
 
 import hf_attn_variants as hv
-from hf_attn_variants.attention import VariantAttention
 from hf_attn_variants.convert import low_rank_factors
+from hf_attn_variants.hfav_attention import VariantAttention
 
 STOCK = {"bert": BertModel, "gpt2": GPT2Model}
 

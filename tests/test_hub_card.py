@@ -70,7 +70,7 @@ def test_save_hub_folder_is_complete_and_loads(model, tokenizer, tmp_path):
     folder = hv.save_hub_folder(model, tokenizer, tmp_path / "out", card_data=CARD)
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "eval_results.json", "tokenizer.json",
-            "modeling_bert_variants.py", "configuration_variants.py", "attention.py"} <= names
+            "modeling_bert_variants.py", "configuration_variants.py", "hfav_attention.py"} <= names
     assert not any(n.endswith((".bin", ".pt")) for n in names)
     assert "auto_map" in json.loads((folder / "config.json").read_text())
     assert json.loads((folder / "eval_results.json").read_text()) == CARD["metrics"]

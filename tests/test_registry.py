@@ -12,10 +12,12 @@ import torch
 from conftest import FAMILIES, VARIANT_CASES, random_batch, tiny_config, tiny_model
 
 import hf_attn_variants as hv
-from hf_attn_variants import hub, pairs, variants
+from hf_attn_variants import hfav_pairs as pairs
+from hf_attn_variants import hfav_variants as variants
+from hf_attn_variants import hub
 from hf_attn_variants.costs import attended_pairs, cost_table, model_costs
-from hf_attn_variants.kernels import dense_attention, dense_attention_reference, softmax_backward
-from hf_attn_variants.variants import VARIANTS, ScoringSpec, VariantSpec
+from hf_attn_variants.hfav_kernels import dense_attention, dense_attention_reference, softmax_backward
+from hf_attn_variants.hfav_variants import VARIANTS, ScoringSpec, VariantSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "configs"))
 import generate  # noqa: E402

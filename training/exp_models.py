@@ -21,7 +21,7 @@ def attention_sublayer(variant: dict, hidden: int, heads: int, layers: int, laye
 
     Returns a module called as ``module(x (B, T, hidden), key_mask or None) -> ((B, T, hidden), weights)``.
     """
-    from hf_attn_variants.attention import attention_class
+    from hf_attn_variants.hfav_attention import attention_class
 
     config = hv.VariantGPT2Config(n_embd=hidden, n_head=heads, n_layer=layers, vocab_size=2, attn_pdrop=0.0,
                                   resid_pdrop=0.0, embd_pdrop=0.0, **variant)

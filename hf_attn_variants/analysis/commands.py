@@ -229,8 +229,8 @@ def convert(argv: list[str] | None = None) -> dict:
     source = hv.convert_from_dense(args.src)  # dense Variant: numerically the stock model
     model = hv.convert_from_dense(args.src, **fields)
     rows = []
-    src_layers = [m for m in source.modules() if isinstance(m, hv.attention.VariantAttention)]
-    new_layers = [m for m in model.modules() if isinstance(m, hv.attention.VariantAttention)]
+    src_layers = [m for m in source.modules() if isinstance(m, hv.hfav_attention.VariantAttention)]
+    new_layers = [m for m in model.modules() if isinstance(m, hv.hfav_attention.VariantAttention)]
     for i, (src, new) in enumerate(zip(src_layers, new_layers)):
         if new.variant not in ("low_rank", "low_rank_band"):
             continue

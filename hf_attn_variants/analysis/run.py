@@ -50,7 +50,7 @@ def load_for_analysis(model_or_path, tokenizer=None, *, eager: bool = True):
 
 
 def _variant_modules(model: nn.Module):
-    from ..attention import VariantAttention
+    from ..hfav_attention import VariantAttention
 
     return (m for m in model.modules() if isinstance(m, VariantAttention))
 

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
-from .kernels import additive_attention, additive_scores, dense_attention
+from .hfav_kernels import additive_attention, additive_scores, dense_attention
 
 Tensor = torch.Tensor
 DIRECT_BUDGET = 1 << 23  # (query, key, dim) triples below which additive scores are built in one tensor
@@ -121,7 +121,7 @@ class GPT2CrossAttention(nn.Module):
     values are computed on the first call and read from the cache afterwards (``cross_k``, ``cross_v``).
     """
 
-    is_cross_attention = True  # its variant names a scoring rule, not a self-attention spec of variants.py
+    is_cross_attention = True  # its variant names a scoring rule, not a self-attention spec of hfav_variants.py
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

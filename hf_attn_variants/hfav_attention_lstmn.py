@@ -1,5 +1,5 @@
 """The LSTMN sublayer (Cheng et al. 2016): the attention sublayer replaced by an LSTMN whose memory
-tape is read by intra-attention. The recurrence itself is in ``kernels_lstmn.py``.
+tape is read by intra-attention. The recurrence itself is in ``hfav_kernels_lstmn.py``.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .caching import extend
-from .kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
+from .hfav_caching import extend
+from .hfav_kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
 
 Tensor = torch.Tensor
 

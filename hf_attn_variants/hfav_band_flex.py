@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .pairs import pair_allowed
+from .hfav_pairs import pair_allowed
 
 Tensor = torch.Tensor
 

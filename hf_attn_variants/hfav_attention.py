@@ -7,7 +7,7 @@ shapes, added parameters and their init, the cache rule) is read from the varian
 ``query``/``key``/``value`` Linears; GPT-2: one fused ``c_attn`` Conv1D), so that stock
 checkpoints load.
 
-A variant whose spec names its own ``modules`` (``lstmn``: ``attention_lstmn.py``) replaces the
+A variant whose spec names its own ``modules`` (``lstmn``: ``hfav_attention_lstmn.py``) replaces the
 sublayer; ``attention_class(family, variant)`` picks the class of a layer.
 
 Every module can record what it computed for analysis: set ``module.capture = True`` and the
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
-from .caching import extend
-from .variants import BAND_COMBINE, VARIANTS, Context, Projected, Result, spec_of
+from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
+from .hfav_caching import extend
+from .hfav_variants import BAND_COMBINE, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
 
@@ -204,7 +204,7 @@ def init_variant_parameters(module: nn.Module, std: float, init) -> None:
     """Initialise the parameters the variants add, by the spec of the module's variant
     (``init`` is transformers.initialization)."""
     variant = getattr(module, "variant", None)
-    if getattr(module, "is_cross_attention", False):  # cross_attention.py initialises its own parameters
+    if getattr(module, "is_cross_attention", False):  # hfav_cross_attention.py initialises its own parameters
         return
     if isinstance(variant, str) and variant in VARIANTS and isinstance(module, nn.Module):
         VARIANTS[variant].init(module, std, init)
