@@ -4,9 +4,6 @@ forwards), and the ``train.py`` option that sets it."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -14,9 +11,7 @@ from conftest import FAMILIES, HEAD_CLASSES, random_batch, tiny_config, tiny_mod
 
 from hf_attn_variants import hfav_attention as attention
 from hf_attn_variants import hfav_variants as variants
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-import train  # noqa: E402
+from hf_attn_variants_research import train
 
 
 @pytest.mark.parametrize("family", FAMILIES)

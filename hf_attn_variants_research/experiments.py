@@ -2,10 +2,10 @@
 task parameters), run resumably, in parallel processes when asked, and aggregated into tables and plots.
 
 Usage:
-    python training/experiments.py run configs/experiments/full.yaml [--quick] [--jobs N] [--device cuda]
+    hf-attn-variants experiments run configs/experiments/full.yaml [--quick] [--jobs N] [--device cuda]
                                    [--only SUITE,...] [--limit N]
-    python training/experiments.py aggregate configs/experiments/full.yaml [--quick]
-    python training/experiments.py list configs/experiments/full.yaml [--quick]     # the jobs, done or not
+    hf-attn-variants experiments aggregate configs/experiments/full.yaml [--quick]
+    hf-attn-variants experiments list configs/experiments/full.yaml [--quick]     # the jobs, done or not
 
 A grid file (``configs/experiments/*.yaml``) names where job records go (``out``), where tables and plots go
 (``results``) and optionally where the tokenised datasets go (``data``, default ``<out>/data``; grids that
@@ -40,8 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
@@ -245,8 +243,7 @@ def prepare_data(grid: dict, jobs: list[dict]) -> None:
 
 def encode_classification(dataset: str, train: dict, folder: Path) -> dict:
     """Token ids, segment ids and labels of every split, with a WordPiece tokenizer trained once on train."""
-    import corpora
-    import tasks
+    from . import corpora, tasks
 
     data = corpora.load_data({"dataset": dataset})
     columns = tasks.DEFAULT_COLUMNS[dataset]
@@ -266,8 +263,9 @@ def encode_classification(dataset: str, train: dict, folder: Path) -> dict:
 
 def shakespeare_chars() -> dict:
     """Character-level Shakespeare: the sorted character set of train (unknown characters -> id 0)."""
-    import corpora
     import torch
+
+    from . import corpora
 
     data = corpora.load_data({"dataset": "shakespeare"})
     texts = {split: "\n".join(ds["text"]) + "\n" for split, ds in data.items()}
@@ -309,8 +307,9 @@ def evaluate_classifier(model, split: dict, limit: int | None, pad_id: int, devi
 # ----------------------------------------------------------------------------- the three kinds of job
 
 def run_classification(job: dict, data_dir: str, device) -> dict:
-    import exp_models
     import torch
+
+    from . import exp_models
 
     data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
@@ -345,8 +344,9 @@ def run_classification(job: dict, data_dir: str, device) -> dict:
 
 
 def run_lm(job: dict, data_dir: str, device) -> dict:
-    import exp_models
     import torch
+
+    from . import exp_models
 
     data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
@@ -409,9 +409,9 @@ def probe_metric(logits, batch) -> tuple:
 
 
 def run_probe(job: dict, data_dir: str, device) -> dict:
-    import exp_models
-    import probes
     import torch
+
+    from . import exp_models, probes
 
     params = {k: v for k, v in job["probe"].items() if k != "name"}
     name, train, size = job["probe"]["name"], job["train"], job["size"]
@@ -510,7 +510,7 @@ def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu"
 
 
 def aggregate(grid: dict) -> None:
-    import exp_report
+    from . import exp_report
 
     exp_report.write_results(grid, expand(grid))
 

@@ -1,9 +1,9 @@
 """Train and evaluate an attention-variant model from one YAML run config.
 
 Usage:
-    python training/train.py configs/quickstart.yaml [key=value ...] [--training_arg value ...]
-    torchrun --nproc_per_node 2 training/train.py configs/quickstart.yaml
-    accelerate launch --config_file configs/accelerate/ddp.yaml training/train.py configs/run.yaml
+    hf-attn-variants train configs/quickstart.yaml [key=value ...] [--training_arg value ...]
+    torchrun --nproc_per_node 2 -m hf_attn_variants_research.train configs/quickstart.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m hf_attn_variants_research.train configs/run.yaml
 
 Overrides use dotted keys (``variant.attention_window=8``, ``data.max_train_samples=500``); a bare
 key that is a ``TrainingArguments`` field goes to ``training`` (``learning_rate=1e-3``, or
@@ -51,15 +51,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from accelerate import PartialState
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import corpora  # noqa: E402
-import tasks  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+import yaml
+from accelerate import PartialState
 from transformers import (  # noqa: E402
     EncoderDecoderModel,
     Seq2SeqTrainer,
@@ -72,6 +67,11 @@ from transformers import (  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
+
+from . import (
+    corpora,  # noqa: E402
+    tasks,  # noqa: E402
+)
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
@@ -145,11 +145,38 @@ def apply_override(cfg: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+def shipped_configs() -> Path:
+    """The run configs shipped with the package (package data of a wheel; ``configs/`` of a checkout)."""
+    from importlib import resources
+
+    try:
+        packaged = Path(str(resources.files("hf_attn_variants_research.configs")))
+        if (packaged / "quickstart.yaml").is_file():
+            return packaged
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(path: str) -> Path:
+    """A run config's file: ``path`` itself, else a shipped config of that name (``quickstart``,
+    ``mr/band``, ``configs/mr/band.yaml``)."""
+    if Path(path).is_file():
+        return Path(path)
+    name = str(path).removeprefix("configs/")
+    for candidate in (name, f"{name}.yaml"):
+        shipped = shipped_configs() / candidate
+        if shipped.is_file():
+            return shipped
+    raise FileNotFoundError(f"run config {path!r}: no such file, and no shipped config of that name "
+                            f"(shipped: quickstart, mr/<variant>, snli/<variant>, shakespeare/<variant>, ...)")
+
+
 def load_config(path: str, overrides: list[str]) -> dict:
-    """The run config: the YAML file, then the overrides, then checks and defaults."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"run config {path!r}: no such file")
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    """The run config: the YAML file (or a shipped config's name), then the overrides, then checks
+    and defaults."""
+    path = resolve_config(path)
+    cfg = yaml.safe_load(path.read_text()) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"run config {path!r} must be a YAML mapping")
     for key, value in parse_overrides(overrides):
@@ -349,7 +376,7 @@ def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
     wanted = ("accuracy", "macro_f1", "perplexity", "exact_match", "bleu", "chrf")
     metrics = {k.removeprefix("test_"): v for k, v in metrics.items()
                if isinstance(v, (int, float)) and k.removeprefix("test_") in wanted}
-    training = (f"Trained with `training/train.py` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
+    training = (f"Trained with `hf-attn-variants train` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
                 f"{cfg['training'].get('num_train_epochs', 3)} epoch(s) in {elapsed:.0f} s; test-set metrics above.")
     hub_id = cfg["training"].get("hub_model_id")
     out = Path(cfg["training"]["output_dir"]).name
