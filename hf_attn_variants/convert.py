@@ -71,13 +71,16 @@ def low_rank_factors(wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, rank: int, 
 def _load(path: str | os.PathLike) -> nn.Module:
     if not os.path.exists(path) and os.path.sep in str(path):
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
-    config = transformers.AutoConfig.from_pretrained(path)
-    arch = next((a for a in (config.architectures or []) if a in TARGETS and hasattr(transformers, a)), None)
+    config = transformers.AutoConfig.from_pretrained(path)  # this package registered the Variant families
+    arch = next((a for a in (config.architectures or []) if a in TARGETS), None)
     if arch is None:
-        arch = {"bert": "BertModel", "gpt2": "GPT2Model"}.get(config.model_type)
+        arch = {"bert": "BertModel", "gpt2": "GPT2Model", "variant_bert": "VariantBertModel",
+                "variant_gpt2": "VariantGPT2Model"}.get(config.model_type)
     if arch is None:
-        raise ValueError(f"model_type={config.model_type!r} at {str(path)!r}: expected a BERT or GPT-2 checkpoint")
-    return getattr(transformers, arch).from_pretrained(path)
+        raise ValueError(f"model_type={config.model_type!r} at {str(path)!r}: expected a BERT or GPT-2 checkpoint "
+                         "(stock or a dense Variant model)")
+    cls = getattr(transformers, arch, None) or TARGETS[arch]  # a stock class, or the Variant class itself
+    return cls.from_pretrained(path)
 
 
 def _is_gpt2(module: VariantAttention) -> bool:

@@ -34,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "cross-attention alignment pictures of trained date-normalisation models"),
 }
 # errors a user can fix from the message alone: shown as one line unless --debug
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+# (OSError covers missing files and folders, and transformers' "not a valid model identifier")
+USER_ERRORS = (ValueError, OSError, KeyError)
 
 
 def version() -> str:

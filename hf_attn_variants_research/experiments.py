@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
@@ -65,7 +64,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def load_grid(path: str | Path, quick: bool = False) -> dict:
     """The grid file, checked; with ``quick``, each suite's ``quick`` mapping merged over it."""
-    grid = yaml.safe_load(Path(path).read_text())
+    from .yaml_files import read_yaml
+
+    grid = read_yaml(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("suites"), dict):
         raise ValueError(f"grid {path}: expected a mapping with a 'suites' mapping")
     for field in ("out", "results"):
@@ -74,7 +75,10 @@ def load_grid(path: str | Path, quick: bool = False) -> dict:
     suites = {}
     for name, suite in grid["suites"].items():
         suite = deep_merge(suite, suite.get("quick") or {}) if quick else suite
-        suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
+        try:
+            suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
+        except ValueError as e:
+            raise ValueError(f"grid {path}: {e}") from e
     data = grid.get("data") or grid["out"] + ("-quick" if quick else "") + "/data"
     return {**grid, "suites": suites, "quick": quick, "path": str(path), "data": data,
             "out": grid["out"] + ("-quick" if quick else ""), "results": grid["results"] + ("/quick" if quick else "")}
@@ -541,5 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["experiments", *sys.argv[1:]]))

@@ -15,6 +15,7 @@ Not imported by the package (a training helper).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -96,5 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{name}] {source!r} -> {''.join(t for t in tgt if not t.startswith('['))!r}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["plot-alignment", *sys.argv[1:]]))

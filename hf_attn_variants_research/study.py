@@ -597,5 +597,7 @@ def _num(v):
         return v
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["study", *sys.argv[1:]]))

@@ -51,11 +51,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 import yaml
 from accelerate import PartialState
-from transformers import (  # noqa: E402
+from transformers import (
     EncoderDecoderModel,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
@@ -64,18 +64,18 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint
 
-import hf_attn_variants as hv  # noqa: E402
+import hf_attn_variants as hv
 
-from . import (
-    corpora,  # noqa: E402
-    tasks,  # noqa: E402
-)
+from . import corpora, tasks
+from .yaml_files import read_yaml
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
 VARIANT_FIELDS = {f.name for f in dataclasses.fields(hv.configuration_variants.VariantFields)}
+# the LSTMN fusion model's own fields a run may vary (task pair_fusion)
+FUSION_FIELDS = {"fusion", "dropout", "hidden_size", "initializer_range"}
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
                "text_pair_column", "label_column", "target_column", "max_length", "max_train_samples",
@@ -176,12 +176,65 @@ def load_config(path: str, overrides: list[str]) -> dict:
     """The run config: the YAML file (or a shipped config's name), then the overrides, then checks
     and defaults."""
     path = resolve_config(path)
-    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg = read_yaml(path)
     if not isinstance(cfg, dict):
-        raise ValueError(f"run config {path!r} must be a YAML mapping")
-    for key, value in parse_overrides(overrides):
-        apply_override(cfg, key, value)
-    return check_config(coerce_numbers(cfg))
+        raise ValueError(f"{path}: a run config must be a YAML mapping, not {type(cfg).__name__}")
+    try:
+        for key, value in parse_overrides(overrides):
+            apply_override(cfg, key, value)
+        cfg = check_config(coerce_numbers(cfg))
+        validate_runs(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{path}: {e}") from e
+    return cfg
+
+
+def validate_runs(cfg: dict) -> None:
+    """Build the model config of the main run and of every baseline (no weights, no data), so that a
+    bad variant field, a misspelled one or a bad model size fails now, before any data loads, with
+    the section named (``variant`` or ``baselines.NAME``). Checks the training fields the same way."""
+    allowed = FUSION_FIELDS if cfg["task"] == "pair_fusion" else VARIANT_FIELDS
+    for where, fields in [("variant", cfg["variant"]), *((f"baselines.{n}", f) for n, f in cfg["baselines"].items())]:
+        if not isinstance(fields, dict):
+            raise ValueError(f"{where}={fields!r} is invalid: expected a mapping of variant fields")
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}: expected some of {sorted(allowed)}")
+    main = plan_runs(cfg)[0][0]
+    for name, variant, _ in plan_runs(cfg):
+        where = "variant" if name == main else f"baselines.{name}"
+        try:
+            _check_model_config(cfg, variant)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+    try:
+        training_args(cfg, Path(cfg["training"]["output_dir"]) / "validation", None, True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"training: {e}") from e
+
+
+def _check_model_config(cfg: dict, variant: dict) -> None:
+    """The model config a run would build (with a placeholder vocabulary), built and discarded."""
+    model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("family", "pretrained")}
+    placeholder = {"vocab_size": 128, "pad_token_id": 0}
+    if cfg["task"] == "seq2seq":
+        sizes = {part: dict(cfg["model"].get(part) or {}) for part in ("encoder", "decoder")}
+        hv.VariantBertConfig(**{**sizes["encoder"], **{k: v for k, v in variant.items()
+                                                        if k != "cross_attention_variant"}, **placeholder})
+        hv.VariantGPT2Config(**{**sizes["decoder"], **variant, **placeholder}, add_cross_attention=True,
+                             is_decoder=True)
+        return
+    cls = model_class(cfg)
+    if cls is hv.LSTMNFusionForSequenceClassification:
+        hv.LSTMNFusionConfig(**{**model_cfg, **variant, **placeholder})
+        return
+    pretrained = cfg["model"].get("pretrained")
+    if pretrained:
+        if not Path(str(pretrained)).exists() and (str(pretrained).startswith((".", "/", "~")) or
+                                                   str(pretrained).count("/") > 1):
+            raise FileNotFoundError(f"model.pretrained={str(pretrained)!r}: no such folder")
+        return  # the checkpoint's own config is read when the run starts
+    cls.config_class(**{**model_cfg, **variant, **placeholder})
 
 
 def check_config(cfg: dict) -> dict:
@@ -509,5 +562,7 @@ def print_comparison(cfg: dict, results: dict) -> None:
         print(f"| {name} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + f" | {r['seconds']:.0f} | {r['folder']} |")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .metrics import DEFAULT_WINDOWS
+from .paths import check_model_path
 
 
 def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
@@ -98,6 +99,7 @@ def analyze(argv: list[str] | None = None) -> dict:
     from .run import batches, capture, load_texts, random_init_like
 
     args = analyze_parser().parse_args(argv)
+    check_model_path(args.model)
     try:
         windows = tuple(int(w) for w in args.windows.split(","))
     except ValueError as e:
@@ -221,6 +223,7 @@ def convert(argv: list[str] | None = None) -> dict:
     from .rank import bilinear_spectrum
 
     args = convert_parser().parse_args(argv)
+    check_model_path(args.src)
     fields = {"attention_variant": args.variant}
     for key, value in (("attention_rank", args.rank), ("attention_window", args.window),
                        ("attention_global_tokens", args.global_tokens), ("band_combine", args.band_combine)):

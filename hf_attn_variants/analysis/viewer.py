@@ -469,6 +469,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .paths import check_model_path
+
+    for what, path in (("model", args.model), ("--compare", args.compare)):
+        if path is not None:
+            check_model_path(path, what)
     model, tokenizer = load_model(args.model)
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
