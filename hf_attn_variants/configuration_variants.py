@@ -44,7 +44,7 @@ def _is_int(value) -> bool:
 
 @dataclass(kw_only=True)
 class VariantFields:
-    """The attention-variant fields shared by both families (DESIGN.md, "Variants").
+    """The attention-variant fields shared by both families (docs/design.md, "The variants, exactly").
 
     attention_variant: one of VARIANTS, for every layer.
     layer_variants:    optional list, one variant per layer (overrides attention_variant).

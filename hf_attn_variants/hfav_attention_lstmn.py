@@ -19,7 +19,7 @@ Tensor = torch.Tensor
 
 
 class LSTMNCell(nn.Module):
-    """The parameters of one LSTMN direction (Cheng et al. 2016, eq. 7-10 with DESIGN.md's names).
+    """The parameters of one LSTMN direction (Cheng et al. 2016, eq. 7-10 with docs/design.md's names).
 
     w_tape: W_h (on tape slots h_i), w_input: W_x (on x_t), w_summary: W_h̃ (on h̃_{t-1}),
     score: v, gates: W and b on [h̃_t; x_t] -> [i; f; o; ĉ].

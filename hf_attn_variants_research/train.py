@@ -1,7 +1,8 @@
 """Train and evaluate an attention-variant model from one YAML run config.
 
 Usage:
-    hf-attn-variants train configs/quickstart.yaml [key=value ...] [--training_arg value ...]
+    hf-attn-variants train CONFIG [key=value ...] [--training_arg value ...]
+    hf-attn-variants train quickstart          # a shipped config by name (configs/quickstart.yaml)
     torchrun --nproc_per_node 2 -m hf_attn_variants_research.train configs/quickstart.yaml
     accelerate launch --config_file configs/accelerate/ddp.yaml -m hf_attn_variants_research.train configs/run.yaml
 
@@ -69,7 +70,7 @@ from transformers.trainer_utils import get_last_checkpoint
 import hf_attn_variants as hv
 
 from . import corpora, tasks
-from .yaml_files import read_yaml
+from .yaml_files import read_yaml, resolve_config, shipped_configs  # noqa: F401
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
@@ -143,33 +144,6 @@ def apply_override(cfg: dict, key: str, value) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {key}={value!r}: {part!r} is not a mapping")
     node[parts[-1]] = value
-
-
-def shipped_configs() -> Path:
-    """The run configs shipped with the package (package data of a wheel; ``configs/`` of a checkout)."""
-    from importlib import resources
-
-    try:
-        packaged = Path(str(resources.files("hf_attn_variants_research.configs")))
-        if (packaged / "quickstart.yaml").is_file():
-            return packaged
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[1] / "configs"
-
-
-def resolve_config(path: str) -> Path:
-    """A run config's file: ``path`` itself, else a shipped config of that name (``quickstart``,
-    ``mr/band``, ``configs/mr/band.yaml``)."""
-    if Path(path).is_file():
-        return Path(path)
-    name = str(path).removeprefix("configs/")
-    for candidate in (name, f"{name}.yaml"):
-        shipped = shipped_configs() / candidate
-        if shipped.is_file():
-            return shipped
-    raise FileNotFoundError(f"run config {path!r}: no such file, and no shipped config of that name "
-                            f"(shipped: quickstart, mr/<variant>, snli/<variant>, shakespeare/<variant>, ...)")
 
 
 def load_config(path: str, overrides: list[str]) -> dict:

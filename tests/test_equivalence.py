@@ -1,4 +1,4 @@
-"""The equivalences that prove the variants right (DESIGN.md): dense = stock, band with a wide
+"""The equivalences that prove the variants right (docs/design.md): dense = stock, band with a wide
 window = dense, band = stock with an explicit band mask, SVD-converted low rank = dense at
 r = D and the Eckart-Young error below it, stock checkpoints load into every variant."""
 

@@ -165,7 +165,9 @@ def test_template_ships_in_the_wheel(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)  # what a regular install puts on sys.path
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import hf_attn_variants as hv; "
               "from hf_attn_variants.hub import template_path; p = template_path(); "
-              "assert str(p).startswith(sys.argv[1]), p; assert hv.__file__.startswith(sys.argv[1]); print(p)")
+              "assert str(p).startswith(sys.argv[1]), p; assert hv.__file__.startswith(sys.argv[1]); "
+              "from hf_attn_variants_research.yaml_files import resolve_config; c = resolve_config('mr/band'); "
+              "assert str(c).startswith(sys.argv[1]), c; print(p)")
     run = subprocess.run([sys.executable, "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
