@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 # errors a user can fix from the message alone: shown as one line unless --debug
 # (OSError covers missing files and folders, and transformers' "not a valid model identifier")
-USER_ERRORS = (ValueError, OSError, KeyError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def version() -> str:
@@ -80,8 +80,8 @@ def resolve(name: str):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception as one line: its message (KeyError's repr quotes are dropped), newlines folded."""
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    """An exception as one line: its message, newlines folded."""
+    text = str(error)
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return text or type(error).__name__
 
