@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from hf_attn_variants.kernels import additive_scores, allowed_mask, masked_softmax_attention
+from hf_attn_variants.hfav_kernels import additive_scores, allowed_mask, masked_softmax_attention
 
 Tensor = torch.Tensor
 

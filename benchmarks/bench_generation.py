@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import hf_attn_variants as hv
-from hf_attn_variants.variants import STOCK
+from hf_attn_variants.hfav_variants import STOCK
 
 BENCH_FIELDS = {"attention_rank": 16, "attention_window": 64}  # this benchmark's r and w, over the specs' own
 # every registered variant with the fields of its run configs (head size 64, as here)

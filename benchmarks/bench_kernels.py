@@ -31,9 +31,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import anchors  # noqa: E402
-from hf_attn_variants import band_flex  # noqa: E402
-from hf_attn_variants import kernels as K  # noqa: E402
-from hf_attn_variants.attention import LSTMNCell  # noqa: E402
+from hf_attn_variants import hfav_band_flex as band_flex  # noqa: E402
+from hf_attn_variants import hfav_kernels as K  # noqa: E402
+from hf_attn_variants.hfav_attention import LSTMNCell  # noqa: E402
 
 H, D = 8, 64
 RUN = {"device": "cpu", "dtype": torch.float32}  # set by --device / --dtype

@@ -34,7 +34,7 @@ import torch
 
 import hf_attn_variants as hv
 from hf_attn_variants.costs import model_costs
-from hf_attn_variants.variants import STOCK
+from hf_attn_variants.hfav_variants import STOCK
 
 TOKENS, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 2048, 256, 4, 4, 1024, 1000
 # every registered variant with the fields of its run configs (head size 64, as here), w = 128 below; a variant

@@ -49,7 +49,7 @@ def config(task: str, variant: str) -> dict:
 
 def render(task: str, variant: str) -> str:
     header = (f"# {variant} attention on {task} ({TASKS[task]['task']}); written by configs/generate.py.\n"
-              f"#   python training/train.py configs/{task}/{variant}.yaml [key=value ...]\n")
+              f"#   hf-attn-variants train configs/{task}/{variant}.yaml [key=value ...]\n")
     return header + yaml.safe_dump(config(task, variant), sort_keys=False)
 
 

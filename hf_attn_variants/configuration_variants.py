@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from transformers import BertConfig, GPT2Config
 
-from .cross_attention import CROSS_SCORING as CROSS_ATTENTION_VARIANTS  # name -> scoring rule (cross_attention.py)
-from .variants import BAND_COMBINE as BAND_COMBINES  # name -> function
-from .variants import VARIANTS  # name -> spec; iterating gives the names
+from .hfav_cross_attention import CROSS_SCORING as CROSS_ATTENTION_VARIANTS  # name -> scoring rule (cross_attention.py)
+from .hfav_variants import BAND_COMBINE as BAND_COMBINES  # name -> function
+from .hfav_variants import VARIANTS  # name -> spec; iterating gives the names
 
 LSTMN_DIRECTIONS = ("forward", "bidirectional")
 
@@ -44,7 +44,7 @@ def _is_int(value) -> bool:
 
 @dataclass(kw_only=True)
 class VariantFields:
-    """The attention-variant fields shared by both families (DESIGN.md, "Variants").
+    """The attention-variant fields shared by both families (docs/design.md, "The variants, exactly").
 
     attention_variant: one of VARIANTS, for every layer.
     layer_variants:    optional list, one variant per layer (overrides attention_variant).

@@ -21,7 +21,7 @@ import torch
 import transformers
 from torch import nn
 
-from .attention import VariantAttention
+from .hfav_attention import VariantAttention
 from .configuration_variants import VariantBertConfig, VariantFields, VariantGPT2Config
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
@@ -30,7 +30,7 @@ from .modeling_bert_variants import (
     VariantBertModel,
 )
 from .modeling_gpt2_variants import VariantGPT2ForSequenceClassification, VariantGPT2LMHeadModel, VariantGPT2Model
-from .variants import STOCK, VARIANTS, ScorePair
+from .hfav_variants import STOCK, VARIANTS, ScorePair
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -77,13 +77,16 @@ def low_rank_factors(wq: Tensor, bq: Tensor, wk: Tensor, bk: Tensor, rank: int, 
 def _load(path: str | os.PathLike) -> nn.Module:
     if not os.path.exists(path) and os.path.sep in str(path):
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
-    config = transformers.AutoConfig.from_pretrained(path)
-    arch = next((a for a in (config.architectures or []) if a in TARGETS and hasattr(transformers, a)), None)
+    config = transformers.AutoConfig.from_pretrained(path)  # this package registered the Variant families
+    arch = next((a for a in (config.architectures or []) if a in TARGETS), None)
     if arch is None:
-        arch = {"bert": "BertModel", "gpt2": "GPT2Model"}.get(config.model_type)
+        arch = {"bert": "BertModel", "gpt2": "GPT2Model", "variant_bert": "VariantBertModel",
+                "variant_gpt2": "VariantGPT2Model"}.get(config.model_type)
     if arch is None:
-        raise ValueError(f"model_type={config.model_type!r} at {str(path)!r}: expected a BERT or GPT-2 checkpoint")
-    return getattr(transformers, arch).from_pretrained(path)
+        raise ValueError(f"model_type={config.model_type!r} at {str(path)!r}: expected a BERT or GPT-2 checkpoint "
+                         "(stock or a dense Variant model)")
+    cls = getattr(transformers, arch, None) or TARGETS[arch]  # a stock class, or the Variant class itself
+    return cls.from_pretrained(path)
 
 
 def _is_gpt2(module: VariantAttention) -> bool:

@@ -16,10 +16,10 @@ from functools import lru_cache
 
 import torch
 
-from .attention import attention_class
 from .configuration_variants import VARIANTS, VariantBertConfig, VariantGPT2Config
-from .pairs import pair_allowed
-from .variants import spec_of
+from .hfav_attention import attention_class
+from .hfav_pairs import pair_allowed
+from .hfav_variants import spec_of
 
 
 @lru_cache(maxsize=256)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .variants import PAPERS, VARIANTS
+from .hfav_variants import PAPERS, VARIANTS
 
 CARD_KEYS = ("task", "datasets", "dataset_name", "metrics", "base_model", "license", "extra_tags", "model_name",
              "training")

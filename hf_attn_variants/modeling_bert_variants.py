@@ -22,9 +22,9 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .attention import attention_class, init_variant_parameters
 from .configuration_variants import VariantBertConfig
-from .masks import (
+from .hfav_attention import attention_class, init_variant_parameters
+from .hfav_masks import (
     LOSS_KWARGS,
     check_attn_implementation,
     check_length,
@@ -140,7 +140,7 @@ class VariantBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
-        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
+        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (hfav_attention.py); others check the name
 
     def _init_weights(self, module):
         super()._init_weights(module)

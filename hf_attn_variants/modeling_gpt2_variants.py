@@ -30,11 +30,11 @@ from transformers.modeling_outputs import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from .attention import attention_class, init_variant_parameters
-from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
-from .cross_attention import GPT2CrossAttention, init_cross_attention
-from .masks import (
+from .hfav_attention import attention_class, init_variant_parameters
+from .hfav_caching import VariantCache
+from .hfav_cross_attention import GPT2CrossAttention, init_cross_attention
+from .hfav_masks import (
     check_attn_implementation,
     check_length,
     config_default,
@@ -134,7 +134,7 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
-        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (attention.py); others check the name
+        return True  # dense layers dispatch through ALL_ATTENTION_FUNCTIONS (hfav_attention.py); others check the name
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -1,6 +1,6 @@
 """Sentence-pair classification by two LSTMNs joined with inter-attention (Cheng et al. 2016, section 4).
 
-The premise is read by one LSTMN (intra-attention over its own tape, DESIGN.md's equations); its tape
+The premise is read by one LSTMN (intra-attention over its own tape, docs/design.md's equations); its tape
 of hidden states γ_j and memory cells α_j is the "source memory". A second LSTMN reads the hypothesis
 and, at every step t, also attends over the premise tape (inter-attention):
 
@@ -36,10 +36,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
-from .attention import LSTMNCell
 from .configuration_lstmn_fusion import LSTMNFusionConfig
-from .kernels import lstmn_start, lstmn_step, tape_read
-from .masks import reject_unknown_kwargs, wrap_output
+from .hfav_kernels import lstmn_start, lstmn_step, tape_read
+from .hfav_masks import reject_unknown_kwargs, wrap_output
 
 Tensor = torch.Tensor
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .variants import VARIANTS
+from .hfav_variants import VARIANTS
 
 FAMILY_OF_MODEL_TYPE = {"variant_bert": "bert", "variant_gpt2": "gpt2"}
 

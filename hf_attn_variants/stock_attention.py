@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, masking_utils
 from transformers.masking_utils import AttentionMaskInterface
 
-from .kernels import band_attention
+from .hfav_kernels import band_attention
 
 Tensor = torch.Tensor
 

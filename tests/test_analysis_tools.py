@@ -198,7 +198,7 @@ def tiny_saved(tmp_path_factory):
 
 
 def test_cli_analyze_end_to_end(tiny_saved, tmp_path):
-    from hf_attn_variants.cli import main
+    from hf_attn_variants_research.cli import main
 
     folder, texts = tiny_saved
     out = tmp_path / "out"
@@ -220,7 +220,7 @@ def test_cli_analyze_end_to_end(tiny_saved, tmp_path):
 
 
 def test_cli_convert_prints_energy(tiny_saved, tmp_path, capsys):
-    from hf_attn_variants.cli import main
+    from hf_attn_variants_research.cli import main
 
     folder, _ = tiny_saved
     out = tmp_path / "lr"
@@ -234,9 +234,9 @@ def test_cli_convert_prints_energy(tiny_saved, tmp_path, capsys):
 
 
 def test_cli_errors():
-    from hf_attn_variants.cli import COMMANDS, main, resolve
+    from hf_attn_variants_research.cli import COMMANDS, main, resolve
 
-    assert COMMANDS["view"] == "hf_attn_variants.analysis.viewer:main"
+    assert COMMANDS["view"][0] == "hf_attn_variants.analysis.viewer:main"
     with pytest.raises(SystemExit, match="unknown command"):
         main(["nope"])
     try:

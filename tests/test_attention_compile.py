@@ -4,18 +4,14 @@ forwards), and the ``train.py`` option that sets it."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 from conftest import FAMILIES, HEAD_CLASSES, random_batch, tiny_config, tiny_model
 
-from hf_attn_variants import attention, variants
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-import train  # noqa: E402
+from hf_attn_variants import hfav_attention as attention
+from hf_attn_variants import hfav_variants as variants
+from hf_attn_variants_research import train
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -42,7 +38,7 @@ def test_attention_compile_is_saved_with_the_model(family, tmp_path):
 def test_the_field_reaches_the_kernels(family, variant, kernel, flag, monkeypatch):
     """The model passes compiled=True to the additive kernel and flex=True to the band kernel."""
     seen = []
-    original = getattr(variants, kernel)  # the spec adapters call the kernels by their names in variants.py
+    original = getattr(variants, kernel)  # the spec adapters call the kernels by their names in hfav_variants.py
 
     def spy(*args, **kwargs):  # records the flag, then runs the eager kernel (no compile in this test)
         seen.append(kwargs[flag])

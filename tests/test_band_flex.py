@@ -1,4 +1,4 @@
-"""The band's flex_attention path (``hf_attn_variants/band_flex.py``), tested on the CPU, where
+"""The band's flex_attention path (``hf_attn_variants/hfav_band_flex.py``), tested on the CPU, where
 flex_attention compiles for inference: the result equals the naive reference; the block mask
 is built once per forward and shared by the layers; repeated forwards (and lengths in the same
 bucket) do not recompile (dynamo's frame counters); the fallbacks warn once with their reason.
@@ -17,10 +17,10 @@ import torch
 from conftest import random_batch, tiny_model
 from torch._dynamo.utils import counters
 
-from hf_attn_variants import band_flex
-from hf_attn_variants import kernels as K
+from hf_attn_variants import hfav_band_flex as band_flex
+from hf_attn_variants import hfav_kernels as K
 
-LOGGER = "hf_attn_variants.band_flex"
+LOGGER = "hf_attn_variants.hfav_band_flex"
 
 
 @pytest.fixture(autouse=True)

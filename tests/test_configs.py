@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT / "configs"))
 
 import generate  # noqa: E402
-import train  # noqa: E402
+
+from hf_attn_variants_research import train  # noqa: E402
 
 # run configs of train.py; configs/experiments holds the experiment grids (tests/test_experiments.py checks them)
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")

@@ -6,8 +6,8 @@ import torch
 from conftest import tiny_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from hf_attn_variants.attention import LSTMNAttention, VariantAttention
 from hf_attn_variants.costs import attended_pairs, cost_table, model_costs
+from hf_attn_variants.hfav_attention import LSTMNAttention, VariantAttention
 
 
 def attention_parameter_count(model) -> int:

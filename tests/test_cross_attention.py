@@ -17,7 +17,7 @@ from hub_helpers import run_without_package
 from transformers import EncoderDecoderModel
 
 import hf_attn_variants as hv
-from hf_attn_variants.cross_attention import GPT2CrossAttention, cross_attention_reference
+from hf_attn_variants.hfav_cross_attention import GPT2CrossAttention, cross_attention_reference
 
 CROSS = list(hv.CROSS_ATTENTION_VARIANTS)
 SELF = ["dense", "band", "additive", "lstmn"]  # the decoder's self-attention under the cross-attention
@@ -255,7 +255,7 @@ def test_encoder_and_decoder_hub_folders_load_without_the_package(tmp_path):
         logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=targets).logits
     model.encoder.save_pretrained(tmp_path / "encoder")
     model.decoder.save_pretrained(tmp_path / "decoder")
-    assert (tmp_path / "decoder" / "cross_attention.py").is_file()
+    assert (tmp_path / "decoder" / "hfav_cross_attention.py").is_file()
     (tmp_path / "inputs.json").write_text(json.dumps({"ids": ids.tolist(), "mask": mask.tolist(),
                                                       "targets": targets.tolist()}))
     report = run_without_package('''

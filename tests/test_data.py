@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
+from hf_attn_variants_research import corpora, tasks, train
 
-import corpora  # noqa: E402
-import tasks  # noqa: E402
-import train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {  # split sizes, label column, number of classes
     "mr": ({"train": 8485, "validation": 1060, "test": 1060}, "label", 2),

@@ -1,4 +1,4 @@
-"""The date-normalisation generator (training/dates.py), checked by an independent parser: month and
+"""The date-normalisation generator (hf_attn_variants_research/dates.py), checked by an independent parser: month and
 weekday names from a table written here by hand (not babel's CLDR data), filler words dropped, then
 ``dateutil.parser`` with the day-first convention of the row's locale and the 1950 pivot for
 two-digit years. Also: every format occurs, the generator is deterministic, splits are disjoint."""
@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import datetime
 import re
-import sys
 import unicodedata
-from pathlib import Path
 
 import pytest
 from dateutil import parser as dateparser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-
-import dates  # noqa: E402
+from hf_attn_variants_research import dates
 
 # hand-written month names (wide), in month order
 MONTHS = {

@@ -1,4 +1,4 @@
-"""The equivalences that prove the variants right (DESIGN.md): dense = stock, band with a wide
+"""The equivalences that prove the variants right (docs/design.md): dense = stock, band with a wide
 window = dense, band = stock with an explicit band mask, SVD-converted low rank = dense at
 r = D and the Eckart-Young error below it, stock checkpoints load into every variant."""
 
@@ -10,8 +10,8 @@ from conftest import random_batch, tiny_config, tiny_model
 from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel, GPT2Model
 
 import hf_attn_variants as hv
-from hf_attn_variants.attention import VariantAttention
 from hf_attn_variants.convert import low_rank_factors
+from hf_attn_variants.hfav_attention import VariantAttention
 
 STOCK = {"bert": BertModel, "gpt2": GPT2Model}
 

@@ -4,19 +4,15 @@ brute-force checkers, determinism of a job, and a quick end-to-end run on a tiny
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
+from hf_attn_variants_research import exp_report, experiments, probes
 
-import exp_report  # noqa: E402
-import experiments  # noqa: E402
-import probes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_grid(tmp_path: Path, **suites) -> dict:

@@ -9,7 +9,7 @@ import torch
 from conftest import CASE_IDS, VARIANT_CASES, random_batch, tiny_model
 
 import hf_attn_variants as hv
-from hf_attn_variants.caching import VariantCache
+from hf_attn_variants.hfav_caching import VariantCache
 
 GPT2_CASES = VARIANT_CASES + [("mixed", {"layer_variants": ["band", "lstmn"]}),
                               ("mixed", {"layer_variants": ["additive", "low_rank"]})]

@@ -13,8 +13,8 @@ from test_generation import decode_step_by_step
 from test_kernels import assert_same_with_grads, make_key_mask, qkv
 
 import hf_attn_variants as hv
-from hf_attn_variants import kernels as K
-from hf_attn_variants import pairs
+from hf_attn_variants import hfav_kernels as K
+from hf_attn_variants import hfav_pairs as pairs
 from hf_attn_variants.costs import attended_pairs, model_costs
 
 

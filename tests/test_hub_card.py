@@ -30,8 +30,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    sys.path.insert(0, str(ROOT / "training"))
-    import tasks
+    from hf_attn_variants_research import tasks
 
     texts = [["a good film", "a bad film", "the story was great", "boring plot"] * 5]
     return tasks.train_tokenizer(texts, "bert", vocab_size=97)
@@ -70,7 +69,7 @@ def test_save_hub_folder_is_complete_and_loads(model, tokenizer, tmp_path):
     folder = hv.save_hub_folder(model, tokenizer, tmp_path / "out", card_data=CARD)
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "eval_results.json", "tokenizer.json",
-            "modeling_bert_variants.py", "configuration_variants.py", "attention.py"} <= names
+            "modeling_bert_variants.py", "configuration_variants.py", "hfav_attention.py"} <= names
     assert not any(n.endswith((".bin", ".pt")) for n in names)
     assert "auto_map" in json.loads((folder / "config.json").read_text())
     assert json.loads((folder / "eval_results.json").read_text()) == CARD["metrics"]
@@ -152,18 +151,23 @@ def test_template_ships_in_the_wheel(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         source.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, source / name)
-    for name in ("hf_attn_variants", "model_cards"):
+    for name in ("hf_attn_variants", "hf_attn_variants_research", "model_cards", "configs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("hf_attn_variants-*.whl"))
-    assert "hf_attn_variants/model_cards/variant_model_card.md" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hf_attn_variants/model_cards/variant_model_card.md" in names
+    assert {"hf_attn_variants_research/train.py", "hf_attn_variants_research/configs/quickstart.yaml",
+            "hf_attn_variants_research/configs/mr/band.yaml"} <= set(names)  # the research layer and its configs
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # what a regular install puts on sys.path
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import hf_attn_variants as hv; "
               "from hf_attn_variants.hub import template_path; p = template_path(); "
-              "assert str(p).startswith(sys.argv[1]), p; assert hv.__file__.startswith(sys.argv[1]); print(p)")
+              "assert str(p).startswith(sys.argv[1]), p; assert hv.__file__.startswith(sys.argv[1]); "
+              "from hf_attn_variants_research.yaml_files import resolve_config; c = resolve_config('mr/band'); "
+              "assert str(c).startswith(sys.argv[1]), c; print(p)")
     run = subprocess.run([sys.executable, "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]

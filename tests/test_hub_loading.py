@@ -115,7 +115,8 @@ def test_folder_holds_weights_code_and_full_auto_map(hub_root, family, case_id, 
             assert name in {node.name for node in tree.body if isinstance(node, ast.ClassDef)}, reference
         code = hub_code_files(folder)
         assert code == reachable_files(f"modeling_{family}_variants") | reachable_files("configuration_variants")
-        assert {"configuration_variants.py", f"modeling_{family}_variants.py", "attention.py", "kernels.py"} <= code
+        assert {"configuration_variants.py", f"modeling_{family}_variants.py", "hfav_attention.py",
+                "hfav_kernels.py"} <= code
 
 
 def test_auto_map_matches_the_registered_auto_classes():

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_attn_variants import kernels as K
-from hf_attn_variants import kernels_additive, kernels_lstmn
-from hf_attn_variants.attention import LSTMNCell
+from hf_attn_variants import hfav_kernels as K
+from hf_attn_variants import hfav_kernels_additive as kernels_additive
+from hf_attn_variants import hfav_kernels_lstmn as kernels_lstmn
+from hf_attn_variants.hfav_attention import LSTMNCell
 
 
 def make_key_mask(batch: int, length: int, padding: str | None, g: torch.Generator) -> torch.Tensor | None:

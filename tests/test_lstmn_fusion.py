@@ -14,7 +14,7 @@ import torch
 from hub_helpers import bert_tokenizer, run_without_package
 
 import hf_attn_variants as hv
-from hf_attn_variants.kernels import lstmn_scan
+from hf_attn_variants.hfav_kernels import lstmn_scan
 from hf_attn_variants.modeling_lstmn_fusion import fusion_scan, split_pair
 
 FUSIONS = list(hv.FUSIONS)
@@ -180,7 +180,7 @@ def test_auto_classes_and_hub_folder_in_a_fresh_interpreter(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSequenceClassification"] == \
         "modeling_lstmn_fusion.LSTMNFusionForSequenceClassification"
-    assert {"modeling_lstmn_fusion.py", "configuration_lstmn_fusion.py", "attention.py", "kernels.py"} <= {
+    assert {"modeling_lstmn_fusion.py", "configuration_lstmn_fusion.py", "hfav_attention.py", "hfav_kernels.py"} <= {
         p.name for p in tmp_path.glob("*.py")}
     assert AutoConfig.from_pretrained(tmp_path).fusion == "deep"
     batch = tok(["the cat sat on the mat"], ["a dog ran"], return_tensors="pt")

@@ -10,7 +10,7 @@ from conftest import HEAD_CLASSES, random_batch, tiny_config, tiny_model
 from transformers import AutoModel
 
 import hf_attn_variants as hv
-from hf_attn_variants.attention import LSTMNAttention, VariantAttention
+from hf_attn_variants.hfav_attention import LSTMNAttention, VariantAttention
 
 
 def labels_for(cls, ids):
@@ -61,7 +61,7 @@ def test_save_load_round_trip(family, case, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     expected = hv.configuration_variants.BERT_AUTO_MAP if family == "bert" else hv.configuration_variants.GPT2_AUTO_MAP
     assert config["attention_variant"] == variant and config["auto_map"] == expected  # every Auto class of the family
-    assert (tmp_path / "attention.py").exists() and (tmp_path / "kernels.py").exists()
+    assert (tmp_path / "hfav_attention.py").exists() and (tmp_path / "hfav_kernels.py").exists()
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     with torch.no_grad():

@@ -5,18 +5,15 @@ that load again."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-
-import train  # noqa: E402
 
 import hf_attn_variants as hv  # noqa: E402
+from hf_attn_variants_research import train  # noqa: E402
 
 COMMON = ["data.max_train_samples=64", "data.max_eval_samples=16", "data.max_test_samples=16", "num_train_epochs=1",
           "report_to=none", "use_cpu=true", "disable_tqdm=true", "per_device_train_batch_size=16"]

@@ -1,7 +1,7 @@
 """Mixed precision: every variant x both families trains under ``torch.autocast`` (bf16 on CPU;
 bf16 and fp16 with a ``GradScaler`` on CUDA, skipped without a GPU), with gradients close to the
 fp32 ones; the custom autograd Functions (additive tiles, LSTMN recurrence) compute in fp32
-under autocast (``hf_attn_variants/precision.py``); a ``Trainer`` run with ``bf16=True``.
+under autocast (``hf_attn_variants/hfav_precision.py``); a ``Trainer`` run with ``bf16=True``.
 
 Tolerance: the relative L2 error of all gradients together (every parameter, concatenated)
 against the fp32 run is at most ``GRAD_RTOL`` = 2e-2, and the loss agrees within 1e-2
@@ -19,8 +19,8 @@ from test_trainer import Batch, rows_for
 from transformers import Trainer, TrainingArguments
 from transformers.pytorch_utils import Conv1D
 
-from hf_attn_variants import kernels as K
-from hf_attn_variants.attention import LSTMNCell
+from hf_attn_variants import hfav_kernels as K
+from hf_attn_variants.hfav_attention import LSTMNCell
 
 GRAD_RTOL = 2e-2
 CUDA = torch.cuda.is_available()

@@ -13,17 +13,18 @@ import yaml
 from conftest import FAMILIES, VARIANT_CASES, random_batch, tiny_config, tiny_model
 
 import hf_attn_variants as hv
-from hf_attn_variants import hub, pairs, variants
+from hf_attn_variants import hfav_pairs as pairs
+from hf_attn_variants import hfav_variants as variants
+from hf_attn_variants import hub
 from hf_attn_variants.analysis import commands, viewer
 from hf_attn_variants.costs import attended_pairs, cost_table, model_costs
-from hf_attn_variants.kernels import dense_attention, dense_attention_reference, softmax_backward
-from hf_attn_variants.variants import VARIANTS, ScoringSpec, VariantSpec
+from hf_attn_variants.hfav_kernels import dense_attention, dense_attention_reference, softmax_backward
+from hf_attn_variants.hfav_variants import VARIANTS, ScoringSpec, VariantSpec
+
+from hf_attn_variants_research import exp_models, experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "configs"))
-sys.path.insert(0, str(ROOT / "training"))
-import exp_models  # noqa: E402
-import experiments  # noqa: E402
 import generate  # noqa: E402
 
 

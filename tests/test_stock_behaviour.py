@@ -15,7 +15,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import hf_attn_variants as hv
-from hf_attn_variants.caching import VariantCache
+from hf_attn_variants.hfav_caching import VariantCache
 
 GPT2_CASES = VARIANT_CASES + [("mixed", {"layer_variants": ["band", "lstmn"]})]
 GPT2_IDS = CASE_IDS + ["mixed-band-lstmn"]

@@ -1,4 +1,4 @@
-"""End-to-end runs of training/train.py on tiny configs and small local fixture files: every task,
+"""End-to-end runs of hf_attn_variants_research/train.py on tiny configs and small local fixture files: every task,
 a stock checkpoint converted to a variant, resume after SIGKILL, and a 2-process (gloo) run."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
 
-import train  # noqa: E402
+from hf_attn_variants_research import train  # noqa: E402
 
 POSITIVE = ["good", "great", "love", "wonderful", "superb"]
 NEGATIVE = ["bad", "awful", "hate", "terrible", "boring"]
@@ -250,8 +249,9 @@ def test_tensorboard_logs_when_asked(files, tmp_path):
 
 def test_tokenizer_fingerprint_is_content_based():
     """Equal texts give equal fingerprints (ranks reuse rank 0's trained tokenizer); other texts do not."""
-    import tasks
     from datasets import Dataset, DatasetDict
+
+    from hf_attn_variants_research import tasks
 
     rows = {"text": ["a b", "c d"]}
     one, two = (DatasetDict({"train": Dataset.from_dict(rows)}) for _ in range(2))
@@ -267,7 +267,7 @@ def _env() -> dict[str, str]:
 
 
 def _train(args: list[str], env: dict | None = None, launcher: list[str] | None = None):
-    cmd = [*(launcher or [sys.executable]), str(ROOT / "training" / "train.py"), *args]
+    cmd = [*(launcher or [sys.executable]), "-m", "hf_attn_variants_research.train", *args]
     return subprocess.run(cmd, env=env or _env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

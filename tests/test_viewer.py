@@ -24,7 +24,7 @@ from hf_attn_variants.analysis.viewer import (
     storage,
     view,
 )
-from hf_attn_variants.cli import main as cli_main
+from hf_attn_variants_research.cli import main as cli_main
 
 TEXT = "the cat sat on the mat"
 PAIR = "a dog ran in the park"

@@ -1,5 +1,6 @@
-"""Analysis instruments for attention (a tool, not Hub code): per-head metrics, ranks, rollout,
-head importance, plots, and the all-MiniLM-L6-v2 study."""
+"""Analysis instruments for attention (the library's tools, not Hub code): per-head metrics, ranks,
+rollout, head importance, plots and the viewer. They import the library only; the research package
+(``hf_attn_variants_research``) builds on them (the MiniLM study, the built-in text corpora)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .metrics import DEFAULT_WINDOWS
+from .paths import check_model_path
 
 
 def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
@@ -98,6 +99,7 @@ def analyze(argv: list[str] | None = None) -> dict:
     from .run import batches, capture, load_texts, random_init_like
 
     args = analyze_parser().parse_args(argv)
+    check_model_path(args.model)
     try:
         windows = tuple(int(w) for w in args.windows.split(","))
     except ValueError as e:
@@ -200,7 +202,7 @@ def _load_with_head(path):
 # ----------------------------------------------------------------------------- convert
 
 def convert_parser() -> argparse.ArgumentParser:
-    from hf_attn_variants.variants import BAND_COMBINE, VARIANTS
+    from hf_attn_variants.hfav_variants import BAND_COMBINE, VARIANTS
 
     p = argparse.ArgumentParser(prog="hf-attn-variants convert",
                                 description="Convert a stock dense BERT/GPT-2 checkpoint to a variant "
@@ -224,6 +226,7 @@ def convert(argv: list[str] | None = None) -> dict:
     from .rank import bilinear_spectrum
 
     args = convert_parser().parse_args(argv)
+    check_model_path(args.src)
     fields = {"attention_variant": args.variant}
     for key, value in (("attention_rank", args.rank), ("attention_window", args.window),
                        ("attention_global_tokens", args.global_tokens), ("band_combine", args.band_combine)):
@@ -232,8 +235,8 @@ def convert(argv: list[str] | None = None) -> dict:
     source = hv.convert_from_dense(args.src)  # dense Variant: numerically the stock model
     model = hv.convert_from_dense(args.src, **fields)
     rows = []
-    src_layers = [m for m in source.modules() if isinstance(m, hv.attention.VariantAttention)]
-    new_layers = [m for m in model.modules() if isinstance(m, hv.attention.VariantAttention)]
+    src_layers = [m for m in source.modules() if isinstance(m, hv.hfav_attention.VariantAttention)]
+    new_layers = [m for m in model.modules() if isinstance(m, hv.hfav_attention.VariantAttention)]
     for i, (src, new) in enumerate(zip(src_layers, new_layers)):
         for pair in derived_pairs(new):  # the low-rank pairs its spec draws: set by SVD
             if pair.rank is None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..attention import VariantAttention
+from ..hfav_attention import VariantAttention
 
 Tensor = torch.Tensor
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,6 @@ from .rank import RANK_MEASURES, attention_ranks, bilinear_ranks
 from .rollout import rollout
 
 Tensor = torch.Tensor
-TEXT_SOURCES = ("mr", "snli", "shakespeare")
 
 
 def load_for_analysis(model_or_path, tokenizer=None, *, eager: bool = True):
@@ -50,40 +49,39 @@ def load_for_analysis(model_or_path, tokenizer=None, *, eager: bool = True):
 
 
 def _variant_modules(model: nn.Module):
-    from ..attention import VariantAttention
+    from ..hfav_attention import VariantAttention
 
     return (m for m in model.modules() if isinstance(m, VariantAttention))
 
 
+# name -> function(split) giving a corpus's texts. The tools ship none: the research package
+# registers mr, snli and shakespeare (``hf_attn_variants_research.texts``), keeping the tools free of
+# any import of the research code.
+TEXT_SOURCES: dict[str, Callable[[str], list[str]]] = {}
+
+
+def register_text_source(name: str, texts_of_split: Callable[[str], list[str]]) -> None:
+    """Make ``load_texts(name)`` (and ``--texts name``) give ``texts_of_split(split)``."""
+    TEXT_SOURCES[name] = texts_of_split
+
+
 def load_texts(source: str, n: int | None = None, seed: int = 0, split: str = "train") -> list[str]:
-    """Texts from a file (one per line) or a built-in corpus (mr, snli: premise and hypothesis
-    sentences, shakespeare: lines), n of them sampled with a fixed seed."""
+    """Texts from a file (one per line) or a registered corpus (``TEXT_SOURCES``; the research
+    package registers mr, snli: premise and hypothesis sentences, shakespeare: lines), n of them
+    sampled with a fixed seed."""
     if os.path.exists(source):
         with open(source, encoding="utf-8") as f:
             texts = [line.strip() for line in f if line.strip()]
     elif source in TEXT_SOURCES:
-        texts = _builtin_texts(source, split)
+        texts = TEXT_SOURCES[source](split)
+    elif os.sep in source or source.endswith(".txt"):
+        raise FileNotFoundError(f"texts={source!r}: no such file")
     else:
-        raise ValueError(f"texts={source!r}: not a file and not one of {TEXT_SOURCES}")
+        known = sorted(TEXT_SOURCES) or "none (hf_attn_variants_research.texts registers mr, snli, shakespeare)"
+        raise ValueError(f"texts={source!r}: not a file and not a registered text source; registered: {known}")
     if n is not None and n < len(texts):
         texts = random.Random(seed).sample(texts, n)
     return texts
-
-
-def _builtin_texts(name: str, split: str) -> list[str]:
-    import importlib
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "training"
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    data = importlib.import_module("corpora").load_builtin(name)[split]
-    columns = [c for c in ("text", "sentence", "premise", "hypothesis") if c in data.column_names]
-    texts = [t for c in columns for t in data[c]]
-    if name == "shakespeare":
-        texts = [line.strip() for t in texts for line in t.split("\n") if len(line.split()) >= 4]
-    return sorted(set(t for t in texts if t and t.strip()))
 
 
 def batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 64,

@@ -88,7 +88,7 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
 
 def _drawing(config, layer: int):
     """The spec's ``draw`` of a layer (``variants.Drawing``); a stock model draws as dense."""
-    from hf_attn_variants.variants import STOCK, spec_of
+    from hf_attn_variants.hfav_variants import STOCK, spec_of
 
     variant = config.variant_for_layer(layer) if hasattr(config, "variant_for_layer") else STOCK
     return variant, spec_of(variant).draw(config)
@@ -114,7 +114,7 @@ def layer_info(config, layer: int, heads: int) -> dict:
 def _score_pairs(module: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor, float]] | None:
     """Per head (q (T, d), k (T, d), scale) of a Variant attention module for its input x (1, T, hidden):
     the dot-product pair its spec draws for each head (``variants.Drawing.pair_of_head``)."""
-    from hf_attn_variants.variants import PAIR_FIELDS, VARIANTS, Projected
+    from hf_attn_variants.hfav_variants import PAIR_FIELDS, VARIANTS, Projected
 
     variant = getattr(module, "variant", None)
     if variant not in VARIANTS or not hasattr(module, "_project"):
@@ -477,6 +477,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .paths import check_model_path
+
+    for what, path in (("model", args.model), ("--compare", args.compare)):
+        if path is not None:
+            check_model_path(path, what)
     model, tokenizer = load_model(args.model)
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

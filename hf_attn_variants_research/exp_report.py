@@ -436,8 +436,7 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
     index (``README.md``: what ran, how long it took, how to rerun it)."""
     folder = Path(grid["results"])
     folder.mkdir(parents=True, exist_ok=True)
-    command = f"python training/experiments.py run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick")
-                                                                                 else "")
+    command = f"hf-attn-variants experiments run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick") else "")
     summary, index, versions = {}, [], set()
     for name, suite in grid["suites"].items():
         suite_jobs = [j for j in jobs if j["suite"] == name]
@@ -486,7 +485,7 @@ def index_text(command: str, grid: dict, index: list[str], versions: set) -> str
     return "\n".join([
         "# Experiment results", "",
         f"Written by `{command}` (this index, every table, plot and `summary.json`; "
-        f"`python training/experiments.py aggregate {grid.get('path', 'GRID')}` rewrites them from the records "
+        f"`hf-attn-variants experiments aggregate {grid.get('path', 'GRID')}` rewrites them from the records "
         f"in `{grid['out']}/records/`, which stay outside git). Jobs ran on: {used}, one torch thread per job.", "",
         "| suite | kind | models | jobs ran | compute (min, single-thread) |", "|---|---|---|---|---|", *index, "",
         "Statistics: per cell (model x sweep point) the learning rate with the best mean validation metric, then "

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .kernels_additive import EXP_TANH_BOUND
-from .precision import autocast_on, in_fp32
+from .hfav_kernels_additive import EXP_TANH_BOUND
+from .hfav_precision import autocast_on, in_fp32
 
 Tensor = torch.Tensor
 
@@ -137,7 +137,7 @@ class _LSTMNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable):
-        if autocast_on(xs):  # mixed precision: this Function computes in fp32 (precision.py)
+        if autocast_on(xs):  # mixed precision: this Function computes in fp32 (hfav_precision.py)
             return in_fp32(_LSTMNRecurrence.forward, ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable)
         B, T, d = xs.shape
         tape = xs.new_zeros(B, T + 1, 2 * d)  # [h | c]; slot 0 is the zero slot, slot t + 1 is token t

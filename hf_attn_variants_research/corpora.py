@@ -350,7 +350,7 @@ def _subsample(data: DatasetDict, data_cfg: dict) -> DatasetDict:
 
 
 def _build_dates() -> DatasetDict:
-    from dates import build_dates  # training/dates.py: generated, seeded, offline
+    from .dates import build_dates  # hf_attn_variants_research/dates.py: generated, seeded, offline
 
     return build_dates()
 

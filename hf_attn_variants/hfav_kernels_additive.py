@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .kernels_dense import masked_softmax_attention
-from .pairs import allowed_mask, key_range, tile_mask
-from .precision import autocast_on, in_fp32
+from .hfav_kernels_dense import masked_softmax_attention
+from .hfav_pairs import allowed_mask, key_range, tile_mask
+from .hfav_precision import autocast_on, in_fp32
 
 Tensor = torch.Tensor
 
@@ -123,7 +123,7 @@ class _AdditiveTiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q, tile_k, compiled):
-        if autocast_on(q):  # mixed precision: this Function computes in fp32 (precision.py)
+        if autocast_on(q):  # mixed precision: this Function computes in fp32 (hfav_precision.py)
             return in_fp32(_AdditiveTiled.forward, ctx, q, k, v, w, causal, key_mask, window, dropout_p, tile_q,
                            tile_k, compiled)
         B, H, tq_all, a = q.shape

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-from .variants import STOCK
+from .hfav_variants import STOCK
 
 Tensor = torch.Tensor
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell
-from .kernels import (
+from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell
+from .hfav_kernels import (
     additive_attention,
     additive_attention_reference,
     band_attention,

@@ -23,7 +23,7 @@ def attention_sublayer(variant: dict, hidden: int, heads: int, layers: int, laye
     """
     from transformers import initialization
 
-    from hf_attn_variants.attention import attention_class, init_variant_parameters
+    from hf_attn_variants.hfav_attention import attention_class, init_variant_parameters
 
     config = hv.VariantGPT2Config(n_embd=hidden, n_head=heads, n_layer=layers, vocab_size=2, attn_pdrop=0.0,
                                   resid_pdrop=0.0, embd_pdrop=0.0, **variant)

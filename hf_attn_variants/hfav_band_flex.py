@@ -4,7 +4,7 @@ fallback.
 
 Guo et al. 2019's band module keeps the scores where |i - j| <= w (bidirectional) or
 0 <= i - j <= w (causal); flex_attention visits only the (128 x 128) blocks that touch the band.
-Facts this file is built around (DESIGN.md, "Facts about PyTorch on a GPU"):
+Facts this file is built around (docs/design.md, "PyTorch on a GPU"):
 
 - ``create_block_mask`` costs milliseconds: a ``BandPlan`` (the block mask and the padded
   key-validity vector it reads) is cached, keyed on (batch or None, T, window, direction,
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .pairs import pair_allowed
+from .hfav_pairs import pair_allowed
 
 Tensor = torch.Tensor
 

@@ -143,7 +143,7 @@ class VariantCache(Cache):
 
     def update(self, *args, **kwargs):
         raise NotImplementedError("VariantCache layers are extended by the variant attention modules "
-                                  "(hf_attn_variants.caching.extend), not through Cache.update")
+                                  "(hf_attn_variants.hfav_caching.extend), not through Cache.update")
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last ``-tokens_to_remove`` tokens (a negative int, as for ``DynamicCache``; 0 only

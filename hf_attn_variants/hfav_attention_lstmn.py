@@ -1,5 +1,5 @@
 """The LSTMN sublayer (Cheng et al. 2016): the attention sublayer replaced by an LSTMN whose memory
-tape is read by intra-attention. The recurrence itself is in ``kernels_lstmn.py``.
+tape is read by intra-attention. The recurrence itself is in ``hfav_kernels_lstmn.py``.
 
 Hub code: imports only torch, transformers and sibling files.
 """
@@ -12,14 +12,14 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .caching import extend
-from .kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
+from .hfav_caching import extend
+from .hfav_kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
 
 Tensor = torch.Tensor
 
 
 class LSTMNCell(nn.Module):
-    """The parameters of one LSTMN direction (Cheng et al. 2016, eq. 7-10 with DESIGN.md's names).
+    """The parameters of one LSTMN direction (Cheng et al. 2016, eq. 7-10 with docs/design.md's names).
 
     w_tape: W_h (on tape slots h_i), w_input: W_x (on x_t), w_summary: W_h̃ (on h̃_{t-1}),
     score: v, gates: W and b on [h̃_t; x_t] -> [i; f; o; ĉ].

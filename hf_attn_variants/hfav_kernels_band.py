@@ -11,9 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .band_flex import band_flex_attention
-from .kernels_dense import dense_attention, dense_attention_reference
-from .pairs import pair_allowed
+from .hfav_band_flex import band_flex_attention
+from .hfav_kernels_dense import dense_attention, dense_attention_reference
+from .hfav_pairs import pair_allowed
 
 Tensor = torch.Tensor
 
@@ -41,7 +41,7 @@ def band_attention(
     """Exact band attention that skips the blocks outside the band. O(T·(b + 2w)) time and memory.
 
     It runs compiled ``flex_attention`` with a sliding-window block mask built once per forward
-    (``band_flex.py``) where that applies: on CUDA (``flex`` None or True), and on CPU for no-grad
+    (``hfav_band_flex.py``) where that applies: on CUDA (``flex`` None or True), and on CPU for no-grad
     calls when ``flex=True`` (``config.attention_compile``); a fallback from there warns once with
     its reason. Otherwise:
 

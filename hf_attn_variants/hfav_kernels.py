@@ -4,11 +4,11 @@ One file per variant family, gathered here:
 
 | file | kernels (fast path, reference) |
 |---|---|
-| ``pairs.py`` | the allowed-pairs rule every kernel, mask and cost count uses |
-| ``kernels_dense.py`` | ``dense_attention``, ``low_rank_attention`` (SDPA); references; the masked softmax |
-| ``kernels_band.py`` | ``band_attention`` (blocked SDPA; flex attention on CUDA); reference |
-| ``kernels_additive.py`` | ``additive_attention`` (tiled, recomputing backward); reference |
-| ``kernels_lstmn.py`` | ``lstmn_scan`` (hand-written backward through time); ``lstmn_reference`` (step by step) |
+| ``hfav_pairs.py`` | the allowed-pairs rule every kernel, mask and cost count uses |
+| ``hfav_kernels_dense.py`` | ``dense_attention``, ``low_rank_attention`` (SDPA); references; the masked softmax |
+| ``hfav_kernels_band.py`` | ``band_attention`` (blocked SDPA; flex attention on CUDA); reference |
+| ``hfav_kernels_additive.py`` | ``additive_attention`` (tiled, recomputing backward); reference |
+| ``hfav_kernels_lstmn.py`` | ``lstmn_scan`` (hand-written backward through time); ``lstmn_reference`` (step by step) |
 
 Every attention kernel takes per-head tensors shaped ``(B, H, T, D)`` (batch, heads, time, head
 dim) and returns ``(B, H, Tq, Dv)``. Queries are the *last* ``Tq`` of the ``Tk`` key positions
@@ -29,22 +29,22 @@ This file is Hub code: it imports only its sibling files.
 
 from __future__ import annotations
 
-from .kernels_additive import (
+from .hfav_kernels_additive import (
     EXP_TANH_BOUND,
     additive_attention,
     additive_attention_reference,
     additive_scores,
     additive_tile_sizes,
 )
-from .kernels_band import band_attention, band_attention_reference, band_block_size
-from .kernels_dense import (
+from .hfav_kernels_band import band_attention, band_attention_reference, band_block_size
+from .hfav_kernels_dense import (
     dense_attention,
     dense_attention_reference,
     low_rank_attention,
     low_rank_attention_reference,
     masked_softmax_attention,
 )
-from .kernels_lstmn import (
+from .hfav_kernels_lstmn import (
     _lstmn_exp_trick,
     lstmn_gates,
     lstmn_reference,
@@ -54,7 +54,7 @@ from .kernels_lstmn import (
     softmax_backward,
     tape_read,
 )
-from .pairs import allowed_mask, key_range, pair_allowed, tile_mask
+from .hfav_pairs import allowed_mask, key_range, pair_allowed, tile_mask
 
 __all__ = [
     "EXP_TANH_BOUND",

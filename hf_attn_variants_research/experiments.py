@@ -2,10 +2,10 @@
 task parameters), run resumably, in parallel processes when asked, and aggregated into tables and plots.
 
 Usage:
-    python training/experiments.py run configs/experiments/full.yaml [--quick] [--jobs N] [--device cuda]
+    hf-attn-variants experiments run configs/experiments/full.yaml [--quick] [--jobs N] [--device cuda]
                                    [--only SUITE,...] [--limit N]
-    python training/experiments.py aggregate configs/experiments/full.yaml [--quick]
-    python training/experiments.py list configs/experiments/full.yaml [--quick]     # the jobs, done or not
+    hf-attn-variants experiments aggregate configs/experiments/full.yaml [--quick]
+    hf-attn-variants experiments list configs/experiments/full.yaml [--quick]     # the jobs, done or not
 
 A grid file (``configs/experiments/*.yaml``) names where job records go (``out``), where tables and plots go
 (``results``) and optionally where the tokenised datasets go (``data``, default ``<out>/data``; grids that
@@ -40,11 +40,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hf_attn_variants.variants import VARIANTS as REGISTRY  # noqa: E402  (name -> spec)
+from hf_attn_variants.hfav_variants import VARIANTS as REGISTRY  # noqa: E402  (name -> spec)
 
 KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
@@ -80,7 +77,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def load_grid(path: str | Path, quick: bool = False) -> dict:
     """The grid file, checked; with ``quick``, each suite's ``quick`` mapping merged over it."""
-    grid = yaml.safe_load(Path(path).read_text())
+    from .yaml_files import read_yaml
+
+    grid = read_yaml(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("suites"), dict):
         raise ValueError(f"grid {path}: expected a mapping with a 'suites' mapping")
     for field in ("out", "results"):
@@ -89,7 +88,10 @@ def load_grid(path: str | Path, quick: bool = False) -> dict:
     suites = {}
     for name, suite in grid["suites"].items():
         suite = deep_merge(suite, suite.get("quick") or {}) if quick else suite
-        suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
+        try:
+            suites[name] = check_suite(name, {k: v for k, v in suite.items() if k != "quick"})
+        except ValueError as e:
+            raise ValueError(f"grid {path}: {e}") from e
     data = grid.get("data") or grid["out"] + ("-quick" if quick else "") + "/data"
     return {**grid, "suites": suites, "quick": quick, "path": str(path), "data": data,
             "out": grid["out"] + ("-quick" if quick else ""), "results": grid["results"] + ("/quick" if quick else "")}
@@ -259,8 +261,7 @@ def prepare_data(grid: dict, jobs: list[dict]) -> None:
 
 def encode_classification(dataset: str, train: dict, folder: Path) -> dict:
     """Token ids, segment ids and labels of every split, with a WordPiece tokenizer trained once on train."""
-    import corpora
-    import tasks
+    from . import corpora, tasks
 
     data = corpora.load_data({"dataset": dataset})
     columns = tasks.DEFAULT_COLUMNS[dataset]
@@ -280,8 +281,9 @@ def encode_classification(dataset: str, train: dict, folder: Path) -> dict:
 
 def shakespeare_chars() -> dict:
     """Character-level Shakespeare: the sorted character set of train (unknown characters -> id 0)."""
-    import corpora
     import torch
+
+    from . import corpora
 
     data = corpora.load_data({"dataset": "shakespeare"})
     texts = {split: "\n".join(ds["text"]) + "\n" for split, ds in data.items()}
@@ -323,8 +325,9 @@ def evaluate_classifier(model, split: dict, limit: int | None, pad_id: int, devi
 # ----------------------------------------------------------------------------- the three kinds of job
 
 def run_classification(job: dict, data_dir: str, device) -> dict:
-    import exp_models
     import torch
+
+    from . import exp_models
 
     data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
@@ -359,8 +362,9 @@ def run_classification(job: dict, data_dir: str, device) -> dict:
 
 
 def run_lm(job: dict, data_dir: str, device) -> dict:
-    import exp_models
     import torch
+
+    from . import exp_models
 
     data = torch.load(data_path(data_dir, job["dataset"], job["train"]), weights_only=False)
     train = job["train"]
@@ -423,9 +427,9 @@ def probe_metric(logits, batch) -> tuple:
 
 
 def run_probe(job: dict, data_dir: str, device) -> dict:
-    import exp_models
-    import probes
     import torch
+
+    from . import exp_models, probes
 
     params = {k: v for k, v in job["probe"].items() if k != "name"}
     name, train, size = job["probe"]["name"], job["train"], job["size"]
@@ -524,7 +528,7 @@ def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu"
 
 
 def aggregate(grid: dict) -> None:
-    import exp_report
+    from . import exp_report
 
     exp_report.write_results(grid, expand(grid))
 
@@ -555,5 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["experiments", *sys.argv[1:]]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .pairs import allowed_mask
+from .hfav_pairs import allowed_mask
 
 Tensor = torch.Tensor
 

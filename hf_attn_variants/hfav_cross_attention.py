@@ -3,7 +3,7 @@
 ``VariantGPT2Block`` builds a ``GPT2CrossAttention`` when ``config.add_cross_attention`` is set, as
 stock GPT-2 does, so a Variant GPT-2 decoder runs inside ``transformers.EncoderDecoderModel``.
 ``config.cross_attention_variant`` names a scoring rule of ``CROSS_SCORING``, this module's own small
-registry (a ``CrossScoring`` class per rule; the self-attention specs of ``variants.py`` are another registry):
+registry (a ``CrossScoring`` class per rule; the self-attention specs of ``hfav_variants.py`` are another registry):
 
 | scoring | e_ij (per head h) |
 |---|---|
@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
-from .kernels import additive_attention, additive_scores, dense_attention
+from .hfav_kernels import additive_attention, additive_scores, dense_attention
 
 Tensor = torch.Tensor
 DIRECT_BUDGET = 1 << 23  # (query, key, dim) triples below which additive scores are built in one tensor

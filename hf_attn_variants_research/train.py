@@ -1,9 +1,10 @@
 """Train and evaluate an attention-variant model from one YAML run config.
 
 Usage:
-    python training/train.py configs/quickstart.yaml [key=value ...] [--training_arg value ...]
-    torchrun --nproc_per_node 2 training/train.py configs/quickstart.yaml
-    accelerate launch --config_file configs/accelerate/ddp.yaml training/train.py configs/run.yaml
+    hf-attn-variants train CONFIG [key=value ...] [--training_arg value ...]
+    hf-attn-variants train quickstart          # a shipped config by name (configs/quickstart.yaml)
+    torchrun --nproc_per_node 2 -m hf_attn_variants_research.train configs/quickstart.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m hf_attn_variants_research.train configs/run.yaml
 
 Overrides use dotted keys (``variant.attention_window=8``, ``data.max_train_samples=500``); a bare
 key that is a ``TrainingArguments`` field goes to ``training`` (``learning_rate=1e-3``, or
@@ -51,16 +52,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import transformers
 import yaml
 from accelerate import PartialState
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import corpora  # noqa: E402
-import tasks  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
+from transformers import (
     EncoderDecoderModel,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
@@ -69,14 +65,19 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint
 
-import hf_attn_variants as hv  # noqa: E402
-from hf_attn_variants.variants import STOCK  # noqa: E402  (the variant that is the stock model; also stock cross-attention)
+import hf_attn_variants as hv
+from hf_attn_variants.hfav_variants import STOCK  # the variant that is the stock model; also stock cross-attention
+
+from . import corpora, tasks
+from .yaml_files import read_yaml, resolve_config, shipped_configs  # noqa: F401
 
 SECTIONS = ("task", "model", "variant", "baselines", "tokenizer", "data", "training", "runtime")
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}  # TrainingArguments' and more
 VARIANT_FIELDS = {f.name for f in dataclasses.fields(hv.configuration_variants.VariantFields)}
+# the LSTMN fusion model's own fields a run may vary (task pair_fusion)
+FUSION_FIELDS = {"fusion", "dropout", "hidden_size", "initializer_range"}
 HUB_FIELDS = ("push_to_hub", "hub_model_id", "hub_token", "hub_private_repo")
 DATA_FIELDS = ("dataset", "config_name", "train_file", "validation_file", "test_file", "text_column",
                "text_pair_column", "label_column", "target_column", "max_length", "max_train_samples",
@@ -147,15 +148,68 @@ def apply_override(cfg: dict, key: str, value) -> None:
 
 
 def load_config(path: str, overrides: list[str]) -> dict:
-    """The run config: the YAML file, then the overrides, then checks and defaults."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"run config {path!r}: no such file")
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    """The run config: the YAML file (or a shipped config's name), then the overrides, then checks
+    and defaults."""
+    path = resolve_config(path)
+    cfg = read_yaml(path)
     if not isinstance(cfg, dict):
-        raise ValueError(f"run config {path!r} must be a YAML mapping")
-    for key, value in parse_overrides(overrides):
-        apply_override(cfg, key, value)
-    return check_config(coerce_numbers(cfg))
+        raise ValueError(f"{path}: a run config must be a YAML mapping, not {type(cfg).__name__}")
+    try:
+        for key, value in parse_overrides(overrides):
+            apply_override(cfg, key, value)
+        cfg = check_config(coerce_numbers(cfg))
+        validate_runs(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{path}: {e}") from e
+    return cfg
+
+
+def validate_runs(cfg: dict) -> None:
+    """Build the model config of the main run and of every baseline (no weights, no data), so that a
+    bad variant field, a misspelled one or a bad model size fails now, before any data loads, with
+    the section named (``variant`` or ``baselines.NAME``). Checks the training fields the same way."""
+    allowed = FUSION_FIELDS if cfg["task"] == "pair_fusion" else VARIANT_FIELDS
+    for where, fields in [("variant", cfg["variant"]), *((f"baselines.{n}", f) for n, f in cfg["baselines"].items())]:
+        if not isinstance(fields, dict):
+            raise ValueError(f"{where}={fields!r} is invalid: expected a mapping of variant fields")
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}: expected some of {sorted(allowed)}")
+    main = plan_runs(cfg)[0][0]
+    for name, variant, _ in plan_runs(cfg):
+        where = "variant" if name == main else f"baselines.{name}"
+        try:
+            _check_model_config(cfg, variant)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+    try:
+        training_args(cfg, Path(cfg["training"]["output_dir"]) / "validation", None, True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"training: {e}") from e
+
+
+def _check_model_config(cfg: dict, variant: dict) -> None:
+    """The model config a run would build (with a placeholder vocabulary), built and discarded."""
+    model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("family", "pretrained")}
+    placeholder = {"vocab_size": 128, "pad_token_id": 0}
+    if cfg["task"] == "seq2seq":
+        sizes = {part: dict(cfg["model"].get(part) or {}) for part in ("encoder", "decoder")}
+        hv.VariantBertConfig(**{**sizes["encoder"], **{k: v for k, v in variant.items()
+                                                        if k != "cross_attention_variant"}, **placeholder})
+        hv.VariantGPT2Config(**{**sizes["decoder"], **variant, **placeholder}, add_cross_attention=True,
+                             is_decoder=True)
+        return
+    cls = model_class(cfg)
+    if cls is hv.LSTMNFusionForSequenceClassification:
+        hv.LSTMNFusionConfig(**{**model_cfg, **variant, **placeholder})
+        return
+    pretrained = cfg["model"].get("pretrained")
+    if pretrained:
+        if not Path(str(pretrained)).exists() and (str(pretrained).startswith((".", "/", "~")) or
+                                                   str(pretrained).count("/") > 1):
+            raise FileNotFoundError(f"model.pretrained={str(pretrained)!r}: no such folder")
+        return  # the checkpoint's own config is read when the run starts
+    cls.config_class(**{**model_cfg, **variant, **placeholder})
 
 
 def check_config(cfg: dict) -> dict:
@@ -350,7 +404,7 @@ def card_data(cfg: dict, name: str, metrics: dict, elapsed: float) -> dict:
     wanted = ("accuracy", "macro_f1", "perplexity", "exact_match", "bleu", "chrf")
     metrics = {k.removeprefix("test_"): v for k, v in metrics.items()
                if isinstance(v, (int, float)) and k.removeprefix("test_") in wanted}
-    training = (f"Trained with `training/train.py` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
+    training = (f"Trained with `hf-attn-variants train` (task `{cfg['task']}`, run `{name}`) on {dataset} for "
                 f"{cfg['training'].get('num_train_epochs', 3)} epoch(s) in {elapsed:.0f} s; test-set metrics above.")
     hub_id = cfg["training"].get("hub_model_id")
     out = Path(cfg["training"]["output_dir"]).name
@@ -483,5 +537,7 @@ def print_comparison(cfg: dict, results: dict) -> None:
         print(f"| {name} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + f" | {r['seconds']:.0f} | {r['folder']} |")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ...: the command line's error handling (one line; --debug)
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))
