@@ -212,7 +212,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # as stock: the checkpointed blocks cannot fill a cache
         if use_cache and cache is None:
-            cache = VariantCache(len(self.h))
+            cache = VariantCache(config=self.config)
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         check_length(past + length, self.config.max_position_embeddings)
@@ -239,8 +239,6 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
                 encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)
             all_attentions.append(weights)
             all_cross.append(cross_weights)
-        if cache is not None:
-            cache.seen_tokens += length
         hidden = self.ln_f(hidden)
         all_hidden.append(hidden)
         output = BaseModelOutputWithPastAndCrossAttentions(
