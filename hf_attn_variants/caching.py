@@ -224,7 +224,10 @@ class VariantLayer(DynamicLayer):
         return -1
 
     def crop_error(self, n: int) -> str | None:
-        """Why the last ``n`` tokens cannot be removed exactly, or None if they can."""
+        """Why the last ``n`` tokens cannot be removed exactly, or None if they can (an empty layer,
+        as one transformers' Cache replicates lazily, crops to nothing: a no-op, as stock)."""
+        if not self.is_initialized:
+            return None
         if n > self.seen:
             return f"cannot crop {n} token(s): the layer has seen only {self.seen}"
         head, start = self._target(self.seen - n)
@@ -347,9 +350,12 @@ class LSTMNLayer(VariantLayer):
         self.is_initialized = True
 
     def crop_error(self, n: int) -> str | None:
+        if not self.states:
+            return None
         if n > self.get_seq_length():
             return f"cannot crop {n} token(s): the layer has seen only {self.get_seq_length()}"
-        if n and "summary" in self.states and ("summaries" not in self.states or self.states["summaries"].shape[1] <= n):
+        summaries = self.states.get("summaries")
+        if n and "summary" in self.states and (summaries is None or summaries.shape[1] <= n):
             return (f"cannot crop {n} token(s): the LSTMN summary h̃ of an earlier step is kept only while the "
                     f"cache records its past; {RECORD_HINT}")
         return None
@@ -362,7 +368,7 @@ class LSTMNLayer(VariantLayer):
         error = self.crop_error(n)
         if error:
             raise ValueError(error)
-        if not n:
+        if not n or not self.states:
             return
         for name in (*TAPES, "summaries", "pending_x", "pending_mask"):
             if name in self.states:
