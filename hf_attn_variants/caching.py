@@ -385,8 +385,127 @@ class LSTMNLayer(VariantLayer):
         return sum(t.numel() * t.element_size() for t in self.states.values())
 
 
-def layer_for(rule: CacheRule) -> VariantLayer:
-    """The cache layer of a rule."""
+class VariantStaticLayer(VariantLayer):
+    """A ``VariantLayer`` with preallocated tensors (``cache_implementation="static"``), as
+    transformers' ``StaticLayer`` / ``StaticSlidingWindowLayer``: ``keys`` / ``values`` (and the named
+    tensors with a time axis) are buffers of ``max_cache_len`` positions, or of min(max_cache_len,
+    g + w) for the tensors the rule windows, written in place. The attention reads the filled part.
+
+    The memory is fixed before decoding starts; the window rule, ``held_view`` and the layout are
+    the ``VariantLayer``'s. Not recordable: a windowed layer that has moved past its window cannot
+    undo a crop (ValueError, as ``crop_error`` says), as transformers' static sliding layers.
+    Compiled decoding with fixed shapes is not claimed: the attention reads ``buffer[:, :, :seen]``.
+    """
+
+    is_compileable = False
+
+    def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
+                 **kwargs):
+        super().__init__(sliding_window, rule=rule)
+        if self.rule.recurrent:
+            raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
+        self.max_cache_len = int(max_cache_len)
+        self.buffers: dict[str, Tensor] = {}
+
+    @property
+    def keys(self) -> Tensor | None:
+        return self.buffers.get("keys") if hasattr(self, "buffers") else None
+
+    @keys.setter
+    def keys(self, value) -> None:
+        if value is not None:
+            self.buffers["keys"] = value
+
+    @property
+    def values(self) -> Tensor | None:
+        return self.buffers.get("values") if hasattr(self, "buffers") else None
+
+    @values.setter
+    def values(self, value) -> None:
+        if value is not None:
+            self.buffers["values"] = value
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def _length(self, name: str) -> int:
+        """Positions of buffer ``name`` that hold data."""
+        return self.head + self.seen - self.start if self.windows(name) else self.seen
+
+    def _buffer(self, name: str) -> Tensor:
+        return self.buffers[name] if name in ("keys", "values") else self.states[name]
+
+    def _tensors(self) -> dict[str, Tensor]:
+        names = [n for n in ("keys", "values") if n in self.buffers] + sorted(self.time_states)
+        return {name: self._buffer(name).narrow(2, 0, self._length(name)) for name in names}
+
+    def _set(self, name: str, t: Tensor) -> None:
+        self._buffer(name).narrow(2, 0, t.shape[2]).copy_(t)
+
+    def extend(self, key_states: Tensor, value_states: Tensor,
+               states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        new = {"keys": key_states, "values": value_states, **(states or {})}
+        n = key_states.shape[2]
+        if self.seen + n > self.max_cache_len:
+            raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} positions: cannot add {n} "
+                             f"after {self.seen}; pass a larger max_cache_len or max_new_tokens")
+        if not self.is_initialized:
+            self.device = key_states.device
+            for name, t in new.items():
+                size = min(self.max_cache_len, self.rule.global_tokens + self.rule.window) if self.windows(name) \
+                    else self.max_cache_len
+                buffer = t.new_zeros(*t.shape[:2], size, t.shape[3])
+                if name in ("keys", "values"):
+                    self.buffers[name] = buffer
+                else:
+                    self.states[name] = buffer
+            self.time_states.update(states or {})
+            self.is_initialized = True
+        full, head, start, seen = {}, *self._target(self.seen + n), self.seen + n
+        for name, t in new.items():
+            if self.windows(name):  # held + new, then the window of that is written back
+                full[name] = torch.cat([self._buffer(name).narrow(2, 0, self._length(name)), t], dim=2)
+            else:  # written in place
+                self._buffer(name).narrow(2, self.seen, n).copy_(t)
+                full[name] = self._buffer(name).narrow(2, 0, seen)
+        self._handed = (self.head, self.start)
+        for name, t in full.items():
+            if self.windows(name):
+                self._set(name, self._select(t, head, start, seen, 2))
+        self.head, self.start, self.seen = head, start, seen
+        return full["keys"], full["values"], {name: full[name] for name in states or {}}
+
+    def _hold(self, head: int, start: int, seen: int) -> None:
+        for name, t in self._tensors().items():
+            if self.windows(name):
+                self._set(name, self._select(t, head, start, seen, 2).clone())
+        self.head, self.start, self.seen = head, start, seen
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.buffers = {name: fn(t) for name, t in self.buffers.items()}
+        self.states = {name: fn(t) for name, t in self.states.items()}
+
+    def reset(self) -> None:
+        for t in (*self.buffers.values(), *(self.states[n] for n in self.time_states)):
+            t.zero_()
+        self.seen = self.head = self.start = 0
+        self._handed = (0, 0)
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.buffers.values(), *self.states.values()))
+
+
+STATIC_REFUSED = ("lstmn layers cannot use a static cache: the LSTMN decodes by a step-by-step recurrence whose "
+                  "tapes it builds from the prefill's inputs on the first decoding step, which a preallocated "
+                  "key/value cache cannot hold; use cache_implementation=None (the VariantCache)")
+
+
+def layer_for(rule: CacheRule, max_cache_len: int | None = None) -> VariantLayer:
+    """The cache layer of a rule: dynamic, or static (preallocated) when ``max_cache_len`` is given."""
+    if max_cache_len is not None:
+        if rule.recurrent:
+            raise ValueError(STATIC_REFUSED)
+        return VariantStaticLayer(max_cache_len, rule=rule)
     return LSTMNLayer(rule=rule) if rule.recurrent else VariantLayer(rule=rule)
 
 
@@ -396,9 +515,11 @@ class VariantCache(Cache):
 
     ``VariantCache(config=model.config)``; ``VariantCache(rules=[CacheRule(...), ...])``;
     ``VariantCache(num_layers)`` (every layer keeps every position: dense-like variants only).
+    ``max_cache_len=L``: static (preallocated) layers, ``VariantStaticLayer`` (not for lstmn).
     """
 
-    def __init__(self, num_layers: int | None = None, *, config=None, rules: list[CacheRule] | None = None):
+    def __init__(self, num_layers: int | None = None, *, config=None, rules: list[CacheRule] | None = None,
+                 max_cache_len: int | None = None):
         if rules is None:
             if config is not None:
                 from .variants import cache_rules  # the specs declare the rules
@@ -407,7 +528,7 @@ class VariantCache(Cache):
                 rules = [CacheRule()] * num_layers
             else:
                 raise ValueError("VariantCache needs config (or rules, or num_layers)")
-        super().__init__(layers=[layer_for(rule) for rule in rules])
+        super().__init__(layers=[layer_for(rule, max_cache_len) for rule in rules])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0

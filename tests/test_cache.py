@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLa
 import hf_attn_variants as hv
 from hf_attn_variants.attention import VariantAttention
 from hf_attn_variants.attention_lstmn import LSTMNAttention
-from hf_attn_variants.caching import CacheRule, LSTMNLayer, VariantCache, VariantLayer, layer_for
+from hf_attn_variants.caching import CacheRule, LSTMNLayer, VariantCache, VariantLayer, VariantStaticLayer, layer_for
 from hf_attn_variants.variants import spec_of
 
 GLOBAL = [0, 1]
@@ -256,3 +256,48 @@ def test_variant_cache_from_config_follows_the_specs():
     cache = VariantCache(config=config)
     assert cache.layers[0].rule == CacheRule(window=3, global_tokens=2) and cache.layers[0].is_sliding
     assert isinstance(cache.layers[1], LSTMNLayer) and cache.is_sliding == [True, False]
+
+
+# ----------------------------------------------------------------------------- static cache (issue 22 item 5)
+
+
+@pytest.mark.parametrize("g", GLOBAL)
+@pytest.mark.parametrize(("variant", "fields"), VARIANT_CASES, ids=CASE_IDS)
+def test_generate_with_static_cache(variant, fields, g):
+    """``cache_implementation="static"`` equals dynamic greedy (left padding, beams), in preallocated
+    layers of the stock static shapes: max_cache_len positions, or min(max_cache_len, g + w) for what
+    a window rule windows; lstmn refuses, naming the reason."""
+    model = lm(variant, fields, g)
+    ids, mask = random_batch(2, 6, "left", seed=3)
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
+              return_dict_in_generate=True)
+    if variant == "lstmn":
+        with pytest.raises(ValueError, match="lstmn layers cannot use a static cache: the LSTMN decodes by"):
+            model.generate(**kw, cache_implementation="static")
+        return
+    static = model.generate(**kw, cache_implementation="static")
+    assert torch.equal(static.sequences, model.generate(**kw).sequences)
+    beams = dict(kw, num_beams=2, return_dict_in_generate=False)
+    assert torch.equal(model.generate(**beams, cache_implementation="static"), model.generate(**beams))
+    layer, rule = static.cache.layers[0], spec_of(variant).cache(model.config)
+    length = layer.get_max_length()
+    assert isinstance(layer, VariantStaticLayer) and static.cache.get_seq_length() == 15 and length >= 15
+    windowed = length if rule.window is None else min(length, rule.global_tokens + rule.window)
+    assert layer.keys.shape[2] == windowed
+    assert layer.values.shape[2] == (windowed if layer.windows("values") else length)
+
+
+def test_static_layer_writes_in_place_and_crops_within_its_window():
+    layer = VariantStaticLayer(8, rule=CacheRule(window=3, global_tokens=1))
+    kv = torch.arange(8.0).view(1, 1, 8, 1)
+    layer.extend(kv[:, :, :3], kv[:, :, :3])
+    buffer = layer.keys
+    assert buffer.shape == (1, 1, 4, 1) and layer.positions == [0, 1, 2]
+    layer.crop(-1)
+    keys, _, _ = layer.extend(kv[:, :, 2:7], kv[:, :, 2:7])
+    assert keys.flatten().tolist() == [0, 1, 2, 3, 4, 5, 6] and layer.positions == [0, 4, 5, 6]
+    assert layer.keys is buffer and buffer.flatten().tolist() == [0, 4, 5, 6]  # the same storage, rewritten
+    with pytest.raises(ValueError, match="activate_past_recording"):
+        layer.crop(-1)  # position 3 is gone: a static window cannot record its past
+    with pytest.raises(ValueError, match="max_cache_len=8"):
+        layer.extend(kv[:, :, :2], kv[:, :, :2])
