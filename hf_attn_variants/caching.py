@@ -29,6 +29,9 @@ transformers' ``DynamicSlidingWindowLayer`` does. A crop that needs positions th
 longer holds raises a ValueError before anything changes. The attention reads the key-padding
 mask of the positions it was handed with ``held_view``.
 
+``cache_implementation="static"``: ``VariantStaticLayer``, the same rule in preallocated tensors
+(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); lstmn layers refuse it.
+
 Hub code: imports only torch and transformers.
 """
 
