@@ -312,29 +312,23 @@ class LSTMNLayer(VariantLayer):
     The layer is used as a mapping by ``kernels_lstmn.lstmn_step``.
     """
 
+    VIEWS = {"k": "keys", "h": "values"}  # tape -> the stock-layout attribute that views it
+
     def __init__(self, *args, rule: CacheRule | None = None, **kwargs):
         super().__init__(rule=rule or CacheRule(recurrent=True))
 
-    @property
-    def keys(self) -> Tensor | None:
-        return self.states["k"][:, None] if "k" in self.states else None
+    def __setitem__(self, name: str, tensor: Tensor) -> None:
+        self.states[name] = tensor
+        if name in self.VIEWS:  # (B, S, d) -> (B, 1, S, d)
+            setattr(self, self.VIEWS[name], tensor[:, None])
 
-    @keys.setter
-    def keys(self, value) -> None:  # set to None by the base classes; the tapes live in ``states``
-        if value is not None:
-            raise AttributeError("an LSTMN layer's keys are its tape keys: set layer['k']")
-
-    @property
-    def values(self) -> Tensor | None:
-        return self.states["h"][:, None] if "h" in self.states else None
-
-    @values.setter
-    def values(self, value) -> None:
-        if value is not None:
-            raise AttributeError("an LSTMN layer's values are its tape h: set layer['h']")
+    def _sync(self) -> None:
+        for tape, view in self.VIEWS.items():
+            setattr(self, view, self.states[tape][:, None] if tape in self.states else None)
 
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
         self.states = {name: fn(t) for name, t in self.states.items()}
+        self._sync()
 
     def get_seq_length(self) -> int:
         if "h" in self.states:
@@ -379,9 +373,11 @@ class LSTMNLayer(VariantLayer):
                 self.states[name] = t.narrow(1, 0, t.shape[1] - n)
         if "summaries" in self.states:
             self.states["summary"] = self.states["summaries"][:, -1]
+        self._sync()
 
     def reset(self) -> None:
         self.states.clear()
+        self._sync()
         self.is_initialized = False
 
     def memory_bytes(self) -> int:
@@ -408,25 +404,6 @@ class VariantStaticLayer(VariantLayer):
         if self.rule.recurrent:
             raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
         self.max_cache_len = int(max_cache_len)
-        self.buffers: dict[str, Tensor] = {}
-
-    @property
-    def keys(self) -> Tensor | None:
-        return self.buffers.get("keys") if hasattr(self, "buffers") else None
-
-    @keys.setter
-    def keys(self, value) -> None:
-        if value is not None:
-            self.buffers["keys"] = value
-
-    @property
-    def values(self) -> Tensor | None:
-        return self.buffers.get("values") if hasattr(self, "buffers") else None
-
-    @values.setter
-    def values(self, value) -> None:
-        if value is not None:
-            self.buffers["values"] = value
 
     def get_max_length(self) -> int:
         return self.max_cache_len
@@ -436,10 +413,10 @@ class VariantStaticLayer(VariantLayer):
         return self.head + self.seen - self.start if self.windows(name) else self.seen
 
     def _buffer(self, name: str) -> Tensor:
-        return self.buffers[name] if name in ("keys", "values") else self.states[name]
+        return getattr(self, name) if name in ("keys", "values") else self.states[name]
 
     def _tensors(self) -> dict[str, Tensor]:
-        names = [n for n in ("keys", "values") if n in self.buffers] + sorted(self.time_states)
+        names = [n for n in ("keys", "values") if getattr(self, n) is not None] + sorted(self.time_states)
         return {name: self._buffer(name).narrow(2, 0, self._length(name)) for name in names}
 
     def _set(self, name: str, t: Tensor) -> None:
@@ -459,7 +436,7 @@ class VariantStaticLayer(VariantLayer):
                     else self.max_cache_len
                 buffer = t.new_zeros(*t.shape[:2], size, t.shape[3])
                 if name in ("keys", "values"):
-                    self.buffers[name] = buffer
+                    setattr(self, name, buffer)
                 else:
                     self.states[name] = buffer
             self.time_states.update(states or {})
@@ -484,18 +461,12 @@ class VariantStaticLayer(VariantLayer):
                 self._set(name, self._select(t, head, start, seen, 2).clone())
         self.head, self.start, self.seen = head, start, seen
 
-    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
-        self.buffers = {name: fn(t) for name, t in self.buffers.items()}
-        self.states = {name: fn(t) for name, t in self.states.items()}
-
     def reset(self) -> None:
-        for t in (*self.buffers.values(), *(self.states[n] for n in self.time_states)):
+        for t in self._tensors().values():
             t.zero_()
         self.seen = self.head = self.start = 0
         self._handed = (0, 0)
 
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.buffers.values(), *self.states.values()))
 
 
 STATIC_REFUSED = ("lstmn layers cannot use a static cache: the LSTMN decodes by a step-by-step recurrence whose "
