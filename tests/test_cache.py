@@ -301,3 +301,17 @@ def test_static_layer_writes_in_place_and_crops_within_its_window():
         layer.crop(-1)  # position 3 is gone: a static window cannot record its past
     with pytest.raises(ValueError, match="max_cache_len=8"):
         layer.extend(kv[:, :, :2], kv[:, :, :2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_rules_for_both_families(family):
+    """Both families' configs give one layer per model layer, by the spec of each layer's variant
+    (a BERT decoder's cache is the same contract; variant BERT models do not decode yet)."""
+    extra = {"is_decoder": True, "lstmn_direction": "forward"} if family == "bert" else {}
+    config = tiny_model(family, "dense", layer_variants=["low_rank_band", "dense"], attention_global_tokens=1,
+                        **extra).config
+    cache = VariantCache(config=config)
+    assert [layer.rule for layer in cache.layers] == [
+        CacheRule(window=3, global_tokens=1, windowed=("keys",)), CacheRule()]
+    static = VariantCache(config=config, max_cache_len=7)
+    assert all(isinstance(layer, VariantStaticLayer) and layer.get_max_length() == 7 for layer in static.layers)
