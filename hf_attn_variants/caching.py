@@ -118,9 +118,6 @@ class VariantLayer(DynamicLayer):
         self.time_states.discard(name)
         return self.states.pop(name, *default)
 
-    def update_states(self, other: dict[str, Tensor]) -> None:
-        self.states.update(other)
-
     # ------------------------------------------------------------------ the window
 
     @property
@@ -146,6 +143,8 @@ class VariantLayer(DynamicLayer):
         """Positions [0, head) ∪ [start, end) of t, whose held positions are this layer's layout."""
         if head == start:  # [0, end): a prefix of t
             return t.narrow(dim, 0, end)
+        if head == 0:  # [start, end): a view, no copy
+            return t.narrow(dim, self._index(start), end - start)
         first = t.narrow(dim, 0, head)
         last = t.narrow(dim, self._index(start), end - start) if end > start else t.narrow(dim, 0, 0)
         return torch.cat([first, last], dim=dim)
