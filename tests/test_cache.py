@@ -315,3 +315,23 @@ def test_cache_rules_for_both_families(family):
         CacheRule(window=3, global_tokens=1, windowed=("keys",)), CacheRule()]
     static = VariantCache(config=config, max_cache_len=7)
     assert all(isinstance(layer, VariantStaticLayer) and layer.get_max_length() == 7 for layer in static.layers)
+
+
+@pytest.mark.parametrize("g", GLOBAL)
+@pytest.mark.parametrize(("variant", "fields"), VARIANT_CASES, ids=CASE_IDS)
+def test_generate_continues_from_a_returned_cache(variant, fields, g):
+    """As transformers' ``test_generate_continue_from_past_key_values``: generate 4 tokens, pass the
+    returned cache (a deep copy) back with the sequence, generate 3 more: equal to 7 at once, scores
+    included; the returned cache's tensors are readable in the stock layout."""
+    model = lm(variant, fields, g)
+    ids, mask = random_batch(2, 6, "left", seed=12)
+    kw = dict(do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    whole = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=7, **kw)
+    first = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, **kw)
+    assert all(isinstance(layer.keys, torch.Tensor) for layer in first.cache.layers)
+    seq = first.sequences
+    more = model.generate(input_ids=seq, attention_mask=torch.cat([mask, torch.ones_like(seq[:, 6:])], 1),
+                          cache=copy.deepcopy(first.cache), max_new_tokens=3, **kw)
+    assert torch.equal(more.sequences, whole.sequences)
+    for a, b in zip(first.scores + more.scores, whole.scores):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
