@@ -210,6 +210,8 @@ class VariantLayer(DynamicLayer):
             return t
         return torch.cat([t.narrow(dim, 0, head), t.narrow(dim, start, t.shape[dim] - start)], dim=dim)
 
+    record_hint = RECORD_HINT
+
     def activate_past_recording(self) -> None:
         self.record_past = True
 
@@ -237,7 +239,7 @@ class VariantLayer(DynamicLayer):
             return (f"cannot crop {n} token(s): the layer keeps the first {self.rule.global_tokens} and the last "
                     f"{self.rule.window} positions (attention_global_tokens, attention_window) and holds "
                     f"[0, {self.head}) and [{self.start}, {self.seen}); after the crop it would need "
-                    f"[{start}, {self.seen - n}); {RECORD_HINT}")
+                    f"[{start}, {self.seen - n}); {self.record_hint}")
         return None
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -404,8 +406,18 @@ class VariantStaticLayer(VariantLayer):
             raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
         self.max_cache_len = int(max_cache_len)
 
+    record_hint = ("a static windowed layer holds g + w positions in place and cannot record its past: use the "
+                   "dynamic VariantCache (cache_implementation=None)")
+
     def get_max_length(self) -> int:
         return self.max_cache_len
+
+    def activate_past_recording(self) -> None:
+        """Nothing is ever dropped by a layer without a window; a windowed one refuses: it could not
+        undo the crops that assisted and prompt-lookup decoding make."""
+        if self.rule.window is not None:
+            raise ValueError("assisted and prompt-lookup decoding crop drafts, which needs a cache that records its "
+                             f"past; {self.record_hint}")
 
     def _length(self, name: str) -> int:
         """Positions of buffer ``name`` that hold data."""

@@ -277,6 +277,13 @@ def test_generate_with_static_cache(variant, fields, g):
         return
     static = model.generate(**kw, cache_implementation="static")
     assert torch.equal(static.sequences, model.generate(**kw).sequences)
+    lookup = dict(input_ids=torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5]]), max_new_tokens=8, do_sample=False,
+                  pad_token_id=0, prompt_lookup_num_tokens=2)
+    if spec_of(variant).cache(model.config).window is None:  # nothing dropped: drafts crop exactly
+        assert torch.equal(model.generate(**lookup, cache_implementation="static"), model.generate(**lookup))
+    else:
+        with pytest.raises(ValueError, match="cannot record its past: use the dynamic VariantCache"):
+            model.generate(**lookup, cache_implementation="static")
     beams = dict(kw, num_beams=2, return_dict_in_generate=False)
     assert torch.equal(model.generate(**beams, cache_implementation="static"), model.generate(**beams))
     layer, rule = static.cache.layers[0], spec_of(variant).cache(model.config)
@@ -297,8 +304,10 @@ def test_static_layer_writes_in_place_and_crops_within_its_window():
     keys, _, _ = layer.extend(kv[:, :, 2:7], kv[:, :, 2:7])
     assert keys.flatten().tolist() == [0, 1, 2, 3, 4, 5, 6] and layer.positions == [0, 4, 5, 6]
     assert layer.keys is buffer and buffer.flatten().tolist() == [0, 4, 5, 6]  # the same storage, rewritten
-    with pytest.raises(ValueError, match="activate_past_recording"):
+    with pytest.raises(ValueError, match="cannot record its past: use the dynamic VariantCache"):
         layer.crop(-1)  # position 3 is gone: a static window cannot record its past
+    with pytest.raises(ValueError, match="assisted and prompt-lookup decoding crop drafts"):
+        layer.activate_past_recording()
     with pytest.raises(ValueError, match="max_cache_len=8"):
         layer.extend(kv[:, :, :2], kv[:, :, :2])
 
