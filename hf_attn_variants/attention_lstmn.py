@@ -84,6 +84,9 @@ class LSTMNAttention(nn.Module):
         if layer_cache is not None:
             if self.bidirectional:
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
+            if not isinstance(layer_cache, LSTMNLayer):
+                raise ValueError(f"lstmn layer {self.layer_idx} got a {type(layer_cache).__name__}: it needs an "
+                                 "LSTMNLayer; build the cache with VariantCache(config=model.config)")
             if "h" in layer_cache or "pending_x" in layer_cache:  # decoding goes on from the tapes
                 new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
                 out, attn = self.forward_cell.run(lstmn_continue, hidden_states, new_mask, layer_cache, need_weights)

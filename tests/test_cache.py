@@ -344,3 +344,9 @@ def test_generate_continues_from_a_returned_cache(variant, fields, g):
     assert torch.equal(more.sequences, whole.sequences)
     for a, b in zip(first.scores + more.scores, whole.scores):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_a_cache_without_the_rules_is_refused_by_lstmn_layers():
+    model = lm("lstmn", {})
+    with pytest.raises(ValueError, match="needs an LSTMNLayer; build the cache with VariantCache"):
+        model(input_ids=torch.ones(1, 3, dtype=torch.long), cache=VariantCache(2))
