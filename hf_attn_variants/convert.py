@@ -21,8 +21,9 @@ import torch
 import transformers
 from torch import nn
 
-from .hfav_attention import VariantAttention
 from .configuration_variants import VariantBertConfig, VariantFields, VariantGPT2Config
+from .hfav_attention import VariantAttention
+from .hfav_variants import STOCK, VARIANTS, ScorePair
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
     VariantBertForSequenceClassification,
@@ -30,7 +31,6 @@ from .modeling_bert_variants import (
     VariantBertModel,
 )
 from .modeling_gpt2_variants import VariantGPT2ForSequenceClassification, VariantGPT2LMHeadModel, VariantGPT2Model
-from .hfav_variants import STOCK, VARIANTS, ScorePair
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor

@@ -23,24 +23,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
-from .hfav_caching import extend
+from .hfav_caching import VariantLayer
 from .hfav_variants import BAND_COMBINE, STOCK, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
 
 __all__ = ["BAND_COMBINE", "GPT2LSTMNAttention", "LSTMNAttention", "LSTMNCell", "Context", "Projected", "Result",
            "VARIANTS", "lstmn_continue"]
-
-
-def _extend(state: dict[str, Tensor], name: str, new: Tensor, keep: int | tuple[int, int] | None) -> Tensor:
-    """``caching.extend``, also for a rule that keeps the first positions: keep = (first, last)."""
-    if not isinstance(keep, tuple):
-        return extend(state, name, new, keep)
-    first, last = keep
-    full = extend(state, name, new, None)
-    if full.shape[2] > first + last:  # (B, h, first + last, d): the first positions and the last ones
-        state[name] = torch.cat([full[:, :, :first], full.narrow(2, full.shape[2] - last, last)], dim=2)
-    return full
 
 
 class VariantAttention(nn.Module):
@@ -100,26 +89,27 @@ class VariantAttention(nn.Module):
     def split_heads(self, x: Tensor, heads: int) -> Tensor:
         return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)  # (B, T, h·d) -> (B, h, T, d)
 
-    def cache_spec(self) -> dict[str, int | None]:
-        """What a generation cache keeps: projection name -> how many last positions (None: all)."""
-        return self.spec.cache(self)
-
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None,
+                layer_cache: VariantLayer | None = None,
                 attention_mask: object = "unprepared") -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
-        state in a ``VariantCache`` (extended in place), attention_mask: what dense layers hand to
-        transformers' attention interface -> ((B, T, H·D), weights or None)."""
+        layer in a ``VariantCache`` (extended in place; it holds what its rule keeps and says which
+        positions it handed back), attention_mask: what dense layers hand to transformers' attention
+        interface -> ((B, T, H·D), weights or None)."""
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))
-        if layer_cache is not None:
-            for name, keep in self.cache_spec().items():  # past + new along time: (B, h, T_kept + T, d)
-                setattr(p, name, _extend(layer_cache, name, getattr(p, name), keep))
         eager = self.variant == STOCK and self.config._attn_implementation == "eager"
         ctx = Context(causal=self.causal, key_mask=key_mask,
                       dropout_p=self.attention_dropout if self.training else 0.0,
                       reference=need_weights or self.capture or eager, attention_mask=attention_mask)
+        if layer_cache is not None:  # past + new along time: (B, h, T_held + T, d)
+            beside = {} if p.k_low_rank is None else {"keys_low_rank": p.k_low_rank}
+            p.k, p.v, beside = layer_cache.extend(p.k, p.v, beside)
+            p.k_low_rank = beside.get("keys_low_rank")
+            ctx.band_key_mask = layer_cache.held_view(key_mask, dim=1)
+            if layer_cache.windows("keys") and not layer_cache.windows("values"):  # low_rank_band
+                ctx.band_view = lambda t: layer_cache.held_view(t, dim=2)
         out, weights, scores = self.spec.forward(self, p, ctx)
         if self.capture:
             self.captured = {"weights": weights.detach(), "scores": None if scores is None else scores.detach()}

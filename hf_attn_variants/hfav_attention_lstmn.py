@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .hfav_caching import extend
+from .hfav_caching import LSTMNLayer
 from .hfav_kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
 
 Tensor = torch.Tensor
@@ -79,20 +79,21 @@ class LSTMNAttention(nn.Module):
         return lstmn_scan(cell, x, key_mask)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+                layer_cache: LSTMNLayer | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
         need_weights = need_weights or self.capture
         if layer_cache is not None:
             if self.bidirectional:
                 raise ValueError("lstmn_direction='bidirectional' cannot decode with a cache")
+            if not isinstance(layer_cache, LSTMNLayer):
+                raise ValueError(f"lstmn layer {self.layer_idx} got a {type(layer_cache).__name__}: it needs an "
+                                 "LSTMNLayer; build the cache with VariantCache(config=model.config)")
             if "h" in layer_cache or "pending_x" in layer_cache:  # decoding goes on from the tapes
                 new_mask = None if key_mask is None else key_mask[:, -hidden_states.shape[1]:]
                 out, attn = self.forward_cell.run(lstmn_continue, hidden_states, new_mask, layer_cache, need_weights)
                 return out, None if attn is None else self._weights(attn[:, None])
             # the first forward (a prompt, or a training forward under config.use_cache) takes the fused path
             # below; its inputs are kept so that lstmn_continue builds the tapes only if decoding goes on
-            extend(layer_cache, "pending_x", hidden_states.detach(), None, dim=1)
-            if key_mask is not None:
-                extend(layer_cache, "pending_mask", key_mask, None, dim=1)
+            layer_cache.pend(hidden_states.detach(), key_mask)
         h, attn = self._run(self.forward_cell, hidden_states, key_mask, need_weights)
         outputs, weights = [h], [attn]
         if self.bidirectional:
@@ -121,18 +122,15 @@ class GPT2LSTMNAttention(LSTMNAttention):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: dict[str, Tensor] | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+                layer_cache: LSTMNLayer | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
         out, weights = super().forward(hidden_states, key_mask, need_weights, layer_cache, **kwargs)
         return self.resid_dropout(self.c_proj(out)), weights
 
 
-TAPES = ("h", "c", "k", "readable", "summaries")  # the LSTMN state laid out along time (dim 1)
-
-
-def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: dict[str, Tensor],
+def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: LSTMNLayer | dict[str, Tensor],
                    need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
     """The LSTMN recurrence continued over new tokens x (B, n, d_in) from the tapes in ``state`` (a
-    layer's dict in a ``VariantCache``: started with the zero slot on first use, extended in place).
+    layer's ``caching.LSTMNLayer``, or a dict: started with the zero slot on first use, extended in place).
     key_mask (B, n) marks the new tokens that are real. Used for cached decoding: the same steps as
     ``lstmn_reference``. Once the layer records its past (``activate_past_recording``, for assisted
     decoding), the state also keeps the summary h̃ of every step from then on (``summaries``), so
@@ -141,16 +139,12 @@ def lstmn_continue(cell: LSTMNCell, x: Tensor, key_mask: Tensor | None, state: d
     (zero slot first), else None."""
     if "pending_x" in state:  # inputs of a first forward whose tapes were not built: build them now
         pending_x, pending_mask = state.pop("pending_x"), state.pop("pending_mask", None)
-        for name in ("pending_x", "pending_mask"):
-            getattr(state, "layout", {}).pop(name, None)
         with torch.no_grad():
             lstmn_continue(cell, pending_x, pending_mask, state)
-    if "h" not in state:  # (the layer's dict may hold other states: a decoder's cross-attention keys)
-        state.update(lstmn_start(x, cell.hidden_size))
+    if "h" not in state:  # (the layer may hold other states: a decoder's cross-attention keys)
+        for name, tensor in lstmn_start(x, cell.hidden_size).items():
+            state[name] = tensor
     if getattr(state, "record_past", False) and "summaries" not in state:  # start it with the last step's h̃
         state["summaries"] = state["summary"][:, None]
     h, attn = lstmn_reference(cell, x, key_mask, state)  # extends the tapes (and summaries, if kept)
-    layout = getattr(state, "layout", None)  # a VariantCacheLayer: what a crop cuts, and along which dim
-    if layout is not None:
-        layout.update({name: (1, None) for name in TAPES if name in state})
     return h, attn if need_weights else None

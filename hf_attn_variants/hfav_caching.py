@@ -1,67 +1,264 @@
-"""The generation cache of the variant GPT-2 family: each layer keeps what its variant needs.
+"""The generation cache of the variant models: transformers cache layers that own their window.
 
-| variant | per layer |
-|---|---|
-| dense | keys and values of every past token |
-| low_rank | keys at rank r (r / head size of a dense key cache) and values |
-| band | keys and values of the last w tokens only: memory and time per token stop growing |
-| additive | the projected keys W_k x_j (never recomputed) and values |
-| low_rank_band | band keys of the last w tokens, low-rank keys and values of every token |
-| lstmn | the tapes h, c and their keys W_h h, which slots are readable, the last summary h̃ |
+``VariantCache`` is a ``transformers.Cache``; ``cache.layers[i]`` is a transformers cache layer
+(``VariantLayer``, a ``DynamicLayer``; ``LSTMNLayer`` for LSTMN layers) with ``keys`` and
+``values`` tensors in the stock layout (B, H, T_held, ·), plus the named tensors a variant needs
+beside them (``layer["keys_low_rank"]``, LSTMN's tapes, cross-attention's encoder projections).
 
-``VariantCache`` is a ``transformers.Cache`` whose layers are ``VariantCacheLayer``s: a dict of
-tensors, (B, H, T, ·) for attention and (B, S, ·) for tapes, that the attention modules read and
-extend (``extend``), plus the per-layer protocol ``generate`` uses: beam reordering, batch
-selection, and ``crop`` for assisted and prompt-lookup decoding.
+Layout per variant (what ``keys`` / ``values`` hold; the full contract is ``docs/cache.md``):
 
-Cropping is exact for every variant. A state that keeps everything (keys of dense, low_rank,
-additive; LSTMN tapes) drops its last n entries. ``activate_past_recording`` (which ``generate``
-calls for assisted and prompt-lookup decoding) makes a band state (the last w keys) keep
-everything until the next ``crop``, which cuts it back to w, and makes an LSTMN layer keep the
-summary h̃ of every step from then on. Without it, a crop that needs what was not kept (band keys
-past the window, an earlier LSTMN summary) raises a ValueError before changing anything.
+| variant | keys | values | beside them |
+|---|---|---|---|
+| dense | (B, H, T, D) | (B, H, T, D) | |
+| low_rank | (B, H, T, r): keys at rank r | (B, H, T, D) | |
+| additive | (B, H, T, a): W_k x_j, a = additive_dim | (B, H, T, D) | |
+| band | (B, H, g + w, D): the window | (B, H, g + w, D) | |
+| low_rank_band | (B, H_band, g + w, D): band keys, the window | (B, H, T, D) | ``keys_low_rank`` (B, H_lr, T, r) |
+| lstmn | (B, 1, 1 + T, d): the tape keys W_h h_i | (B, 1, 1 + T, d): the tape h_i | tapes ``h``, ``c``, ``k`` |
+| | | | (B, 1 + T, d), ``readable`` (B, 1 + T), ``summary`` (B, d) |
+
+(T: tokens seen; g: ``attention_global_tokens``; w: ``attention_window``; slot 0 of an LSTMN
+tape is its zero slot.)
+
+The window has one owner: the layer's ``CacheRule``, declared by the variant's spec
+(``variants.VariantSpec.cache``). A windowed layer holds positions [0, head) ∪ [start, seen):
+after every update it keeps the first g and the last w positions (``positions`` lists them),
+unless it records its past (``activate_past_recording``: assisted and prompt-lookup decoding),
+in which case it keeps everything until the next ``crop``, which cuts it back to the window as
+transformers' ``DynamicSlidingWindowLayer`` does. A crop that needs positions the layer no
+longer holds raises a ValueError before anything changes. The attention reads the key-padding
+mask of the positions it was handed with ``held_view``.
+
+``cache_implementation="static"``: ``VariantStaticLayer``, the same rule in preallocated tensors
+(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); lstmn layers refuse it.
 
 Hub code: imports only torch and transformers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
 
 Tensor = torch.Tensor
 
-# States that are the last entry of a tape, refreshed after a crop: name -> tape (dim 1)
-DERIVED = {"summary": "summaries"}  # LSTMN: h̃ of the last step
+RECORD_HINT = ("call cache.activate_past_recording() before the forward passes to be undone (generate() does this "
+               "for assisted and prompt-lookup decoding)")
 
 
-class VariantCacheLayer(dict):
-    """One layer's state, name -> tensor, and how each tensor is laid out along time.
+@dataclass(frozen=True)
+class CacheRule:
+    """Which positions a layer's cache holds, as a variant's spec declares it.
 
-    ``layout[name] = (dim, keep)``: the time dimension, and how many last entries are kept
-    (None: all). Filled by ``extend``. ``record_past``: keep everything until the next ``crop``.
+    ``window``: the last w positions (None: every position); ``global_tokens``: the first g
+    positions, held besides; ``windowed``: which tensors follow the window (the others hold every
+    position); ``recurrent``: the layer carries a recurrence's tapes (LSTMN) instead of keys.
+    """
+
+    window: int | None = None
+    global_tokens: int = 0
+    windowed: tuple[str, ...] = ("keys", "values")
+    recurrent: bool = False
+
+
+class VariantLayer(DynamicLayer):
+    """One attention layer's cache: ``keys``, ``values`` (B, H, T_held, ·), named tensors beside
+    them, and the window rule that decides which positions are held.
+
+    ``VariantLayer()`` holds every position (as ``DynamicLayer()``), ``VariantLayer(sliding_window=W)``
+    the last W - 1 (as ``DynamicSlidingWindowLayer``), ``VariantLayer(rule=CacheRule(...))`` what a
+    variant declares. Named tensors: ``layer[name]``; those given to ``extend`` grow along time
+    (dim 2, every position), those assigned (``layer[name] = t``) are per sequence (no time axis).
     """
 
     is_croppable = True
     is_compileable = False
-    is_sliding = False
     supports_early_init = False
 
-    def __init__(self):
+    def __init__(self, sliding_window: int | None = None, *, rule: CacheRule | None = None, **kwargs):
         super().__init__()
-        self.layout: dict[str, tuple[int, int | None]] = {}
+        if rule is None:
+            rule = CacheRule(window=None if sliding_window is None else max(0, int(sliding_window) - 1))
+        if rule.window is not None and rule.window < 0:
+            raise ValueError(f"CacheRule.window={rule.window} must be >= 0 or None")
+        self.rule = rule
+        self.states: dict[str, Tensor] = {}
+        self.time_states: set[str] = set()  # states with a time axis (dim 2, every position)
+        self.seen = 0  # tokens seen
+        self.head = 0  # windowed tensors hold positions [0, head) ∪ [start, seen)
+        self.start = 0
         self.record_past = False
+        self._handed = (0, 0)  # (head, start) of the tensors the last ``extend`` returned
 
     @property
-    def is_initialized(self) -> bool:
-        return bool(self)
+    def is_sliding(self) -> bool:
+        return self.rule.window is not None
+
+    # ------------------------------------------------------------------ the named tensors beside keys/values
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.states[name]
+
+    def __setitem__(self, name: str, tensor: Tensor) -> None:
+        self.states[name] = tensor
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.states
+
+    def __iter__(self):
+        return iter(self.states)
+
+    def get(self, name: str, default=None):
+        return self.states.get(name, default)
+
+    def pop(self, name: str, *default):
+        self.time_states.discard(name)
+        return self.states.pop(name, *default)
+
+    # ------------------------------------------------------------------ the window
+
+    @property
+    def positions(self) -> list[int]:
+        """Absolute positions held by the windowed tensors (the others hold 0 .. seen - 1)."""
+        return list(range(self.head)) + list(range(self.start, self.seen))
+
+    def _target(self, seen: int) -> tuple[int, int]:
+        """(head, start) the rule asks for after ``seen`` tokens."""
+        head = min(self.rule.global_tokens, seen)
+        start = head if self.rule.window is None else max(head, seen - self.rule.window)
+        return head, start
+
+    def _holds(self, a: int, b: int) -> bool:
+        """Whether positions [a, b) are held."""
+        return b <= a or b <= self.head or a >= self.start or self.start == self.head
+
+    def _index(self, p: int) -> int:
+        """Index along time of held position p."""
+        return p if p < self.head or self.start == self.head else self.head + p - self.start
+
+    def _select(self, t: Tensor, head: int, start: int, end: int, dim: int) -> Tensor:
+        """Positions [0, head) ∪ [start, end) of t, whose held positions are this layer's layout."""
+        if head == start:  # [0, end): a prefix of t
+            return t.narrow(dim, 0, end)
+        if head == 0:  # [start, end): a view, no copy
+            return t.narrow(dim, self._index(start), end - start)
+        first = t.narrow(dim, 0, head)
+        last = t.narrow(dim, self._index(start), end - start) if end > start else t.narrow(dim, 0, 0)
+        return torch.cat([first, last], dim=dim)
+
+    def windows(self, name: str) -> bool:
+        """Whether tensor `name` follows the window (else it holds every position)."""
+        return self.rule.window is not None and name in self.rule.windowed
+
+    def _tensors(self) -> dict[str, Tensor]:
+        out = {name: getattr(self, name) for name in ("keys", "values") if getattr(self, name) is not None}
+        out.update({name: self.states[name] for name in self.time_states})
+        return out
+
+    def _set(self, name: str, t: Tensor) -> None:
+        if name in ("keys", "values"):
+            setattr(self, name, t)
+        else:
+            self.states[name] = t
+
+    def _hold(self, head: int, start: int, seen: int) -> None:
+        """Keep positions [0, head) ∪ [start, seen) of the windowed tensors and [0, seen) of the others."""
+        for name, t in self._tensors().items():
+            if self.windows(name):
+                self._set(name, self._select(t, head, start, seen, 2))
+            elif t.shape[2] != seen:
+                self._set(name, t.narrow(2, 0, seen))
+        self.head, self.start, self.seen = head, start, seen
+
+    def extend(self, key_states: Tensor, value_states: Tensor,
+               states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Append T new positions: keys (B, H, T, ·), values (B, H, T, D) and named tensors with a
+        time axis (dim 2). Returns what the attention reads, the held positions and the new ones:
+        (keys, values, states); ``held_view`` gives the key mask of the windowed ones."""
+        states = states or {}
+        if not self.is_initialized:
+            self.device = key_states.device
+            self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
+            self.is_initialized = True
+        self.time_states.update(states)
+        full = {"keys": torch.cat([self.keys, key_states], dim=2),
+                "values": torch.cat([self.values, value_states], dim=2)}
+        for name, new in states.items():
+            old = self.states.get(name)
+            full[name] = new if old is None else torch.cat([old, new], dim=2)
+        for name, t in full.items():
+            self._set(name, t)
+        self._handed = (self.head, self.start)
+        self.seen += key_states.shape[2]
+        if not self.record_past:
+            self._hold(*self._target(self.seen), self.seen)
+        return full["keys"], full["values"], {name: full[name] for name in states}
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """transformers' layer API: append keys and values, return what attention reads."""
+        keys, values, _ = self.extend(key_states, value_states)
+        return keys, values
+
+    def held_view(self, t: Tensor | None, dim: int = 1) -> Tensor | None:
+        """The positions the last ``extend`` handed to the attention as windowed tensors, taken from t
+        laid out over every position along ``dim`` (a key mask (B, seen) or values (B, H, seen, D))."""
+        head, start = self._handed
+        if t is None or self.rule.window is None or head == start:  # every position was handed
+            return t
+        return torch.cat([t.narrow(dim, 0, head), t.narrow(dim, start, t.shape[dim] - start)], dim=dim)
+
+    record_hint = RECORD_HINT
 
     def activate_past_recording(self) -> None:
         self.record_past = True
 
-    def _apply(self, fn) -> None:
-        for name, tensor in self.items():
-            self[name] = fn(tensor)
+    # ------------------------------------------------------------------ the transformers layer protocol
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """(kv_length, kv_offset) over every position: what the masks of dense layers are built for."""
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop_error(self, n: int) -> str | None:
+        """Why the last ``n`` tokens cannot be removed exactly, or None if they can (an empty layer,
+        as one transformers' Cache replicates lazily, crops to nothing: a no-op, as stock)."""
+        if not self.is_initialized:
+            return None
+        if n > self.seen:
+            return f"cannot crop {n} token(s): the layer has seen only {self.seen}"
+        head, start = self._target(self.seen - n)
+        if self.rule.window is not None and not (self._holds(0, head) and self._holds(start, self.seen - n)):
+            return (f"cannot crop {n} token(s): the layer keeps the first {self.rule.global_tokens} and the last "
+                    f"{self.rule.window} positions (attention_global_tokens, attention_window) and holds "
+                    f"[0, {self.head}) and [{self.start}, {self.seen}); after the crop it would need "
+                    f"[{start}, {self.seen - n}); {self.record_hint}")
+        return None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens (a negative int, as for ``DynamicLayer``), then
+        cut the windowed tensors back to the window (``crop(0)`` only does that). ValueError, with
+        nothing changed, when the positions needed afterwards are no longer held."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
+        n = -tokens_to_remove
+        error = self.crop_error(n)
+        if error:
+            raise ValueError(error)
+        if self.is_initialized:
+            self._hold(*self._target(self.seen - n), self.seen - n)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        if self.keys is not None:
+            self.keys, self.values = fn(self.keys), fn(self.values)
+        self.states = {name: fn(t) for name, t in self.states.items()}
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Beam search: keep, for each new beam, the state of the beam it came from."""
@@ -73,115 +270,279 @@ class VariantCacheLayer(dict):
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
 
-    def reset(self) -> None:
-        self.clear()
-        self.layout.clear()
+    def offload(self) -> None:
+        if self.is_initialized:
+            self._apply(lambda t: t.to("cpu", non_blocking=True))
 
-    def to(self, device, non_blocking: bool = False) -> VariantCacheLayer:
+    def prefetch(self) -> None:
+        if self.is_initialized:
+            self._apply(lambda t: t.to(self.device, non_blocking=True))
+
+    def to(self, device, non_blocking: bool = False) -> VariantLayer:
         """Move the tensors in place and return this same layer: accelerate's hooks (device_map,
         offload) send a module's inputs through ``.to``, and the attention module must extend the
-        very state the cache holds, not a copy."""
+        very layer the cache holds, not a copy."""
         self._apply(lambda t: t.to(device, non_blocking=non_blocking))
         return self
 
-    def offload(self) -> None:  # the Cache protocol's offloading hooks: variant states stay where they are
-        pass
+    def reset(self) -> None:
+        super().reset()
+        self.states.clear()
+        self.time_states.clear()
+        self.seen = self.head = self.start = 0
+        self._handed = (0, 0)
 
-    def prefetch(self) -> None:
-        pass
+    def memory_bytes(self) -> int:
+        tensors = [t for t in (self.keys, self.values) if t is not None] + list(self.states.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-    def crop_error(self, n: int, seen: int) -> str | None:
-        """Why the last ``n`` of ``seen`` tokens cannot be removed exactly, or None if they can."""
-        if n and "summary" in self and ("summaries" not in self or self["summaries"].shape[1] <= n):
-            return (f"cannot crop {n} token(s): the LSTMN summary h̃ of an earlier step is kept only while the "
-                    "cache records its past; call cache.activate_past_recording() before the forward passes to be "
-                    "undone (generate() does this for assisted and prompt-lookup decoding)")
-        for name, (dim, keep) in self.layout.items():
-            held = self[name].shape[dim]
-            if keep is not None and held - n < min(keep, seen - n):
-                return (f"cannot crop {n} token(s): '{name}' keeps only the last {keep} positions (attention_window) "
-                        f"and holds {held}; call cache.activate_past_recording() before the forward passes to be "
-                        "undone (generate() does this for assisted and prompt-lookup decoding)")
-        return None
-
-    def crop(self, n: int) -> None:
-        """Remove the last ``n`` tokens, then cut keep-limited states back to their window."""
-        for name, (dim, keep) in self.layout.items():
-            tensor = self[name]
-            held = tensor.shape[dim] - n
-            start = 0 if keep is None else max(0, held - keep)
-            self[name] = tensor.narrow(dim, start, held - start)
-        for name, source in DERIVED.items():
-            if source in self:
-                self[name] = self[source][:, -1]
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rule={self.rule}, seen={self.seen}, held={self.head}+{self.seen - self.start})"
 
 
-class VariantCache(Cache):
-    """Per-layer variant state for cached decoding, plus the number of tokens seen so far.
+TAPES = ("h", "c", "k", "readable")  # the LSTMN state laid out along time (dim 1, zero slot first)
 
-    ``VariantCache(num_layers)`` or ``VariantCache(config=model.config)``. ``cache.layers[i]`` is
-    layer i's ``VariantCacheLayer`` (a dict of tensors).
+
+class LSTMNLayer(VariantLayer):
+    """An LSTMN layer's cache (Cheng et al. 2016): the tapes h, c (B, 1 + T, d) with their keys
+    k = W_h h and which slots are readable (B, 1 + T), the last summary h̃ (B, d) and, while the
+    layer records its past, the summary of every step (``summaries`` (B, 1 + n, d)), so that a crop
+    restores h̃ exactly. ``keys`` / ``values`` are the stock-layout views (B, 1, 1 + T, d) of the
+    tape keys and of h. Before the tapes exist (a prefill takes the fused scan), the layer keeps the
+    prefill's inputs (``pending_x`` (B, T, d_in), ``pending_mask``) and builds them on the next step.
+    The layer is used as a mapping by ``kernels_lstmn.lstmn_step``.
     """
 
-    def __init__(self, num_layers: int | None = None, *, config=None):
-        if num_layers is None:
-            if config is None:
-                raise ValueError("VariantCache needs num_layers or config")
-            num_layers = config.num_hidden_layers
-        super().__init__(layers=[VariantCacheLayer() for _ in range(num_layers)])
-        self.seen_tokens = 0
+    VIEWS = {"k": "keys", "h": "values"}  # tape -> the stock-layout attribute that views it
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen_tokens
+    def __init__(self, *args, rule: CacheRule | None = None, **kwargs):
+        super().__init__(rule=rule or CacheRule(recurrent=True))
 
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        """(kv_length, kv_offset) of a layer that keeps every key (dense): what masks are built for."""
-        return self.seen_tokens + query_length, 0
+    def __setitem__(self, name: str, tensor: Tensor) -> None:
+        self.states[name] = tensor
+        if name in self.VIEWS:  # (B, S, d) -> (B, 1, S, d)
+            setattr(self, self.VIEWS[name], tensor[:, None])
 
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
+    def _sync(self) -> None:
+        for tape, view in self.VIEWS.items():
+            setattr(self, view, self.states[tape][:, None] if tape in self.states else None)
 
-    def update(self, *args, **kwargs):
-        raise NotImplementedError("VariantCache layers are extended by the variant attention modules "
-                                  "(hf_attn_variants.hfav_caching.extend), not through Cache.update")
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.states = {name: fn(t) for name, t in self.states.items()}
+        self._sync()
+
+    def get_seq_length(self) -> int:
+        if "h" in self.states:
+            return self.states["h"].shape[1] - 1
+        return self.states["pending_x"].shape[1] if "pending_x" in self.states else 0
+
+    def extend(self, *args, **kwargs):
+        raise NotImplementedError("an LSTMN layer is extended by attention_lstmn.lstmn_continue")
+
+    def pend(self, x: Tensor, key_mask: Tensor | None) -> None:
+        """Keep the inputs of a prefill that ran the fused scan: the tapes are built from them on
+        the next step (``lstmn_continue``), if decoding goes on."""
+        for name, t in (("pending_x", x), ("pending_mask", key_mask)):
+            if t is not None:
+                self.states[name] = t if name not in self.states else torch.cat([self.states[name], t], dim=1)
+        self.is_initialized = True
+
+    def crop_error(self, n: int) -> str | None:
+        if not self.states:
+            return None
+        if n > self.get_seq_length():
+            return f"cannot crop {n} token(s): the layer has seen only {self.get_seq_length()}"
+        summaries = self.states.get("summaries")
+        if n and "summary" in self.states and (summaries is None or summaries.shape[1] <= n):
+            return (f"cannot crop {n} token(s): the LSTMN summary h̃ of an earlier step is kept only while the "
+                    f"cache records its past; {RECORD_HINT}")
+        return None
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Remove the last ``-tokens_to_remove`` tokens (a negative int, as for ``DynamicCache``; 0 only
-        cuts band states back to their window). Exact for every variant, or a ValueError that says
-        why, before anything is changed."""
+        """Remove the last n tokens of the tapes (and of the summaries, whose last entry becomes h̃)."""
         if tokens_to_remove > 0:
             raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
         n = -tokens_to_remove
-        if n > self.seen_tokens:
-            raise ValueError(f"cannot crop {n} token(s): the cache has seen only {self.seen_tokens}")
+        error = self.crop_error(n)
+        if error:
+            raise ValueError(error)
+        if not n or not self.states:
+            return
+        for name in (*TAPES, "summaries", "pending_x", "pending_mask"):
+            if name in self.states:
+                t = self.states[name]
+                self.states[name] = t.narrow(1, 0, t.shape[1] - n)
+        if "summaries" in self.states:
+            self.states["summary"] = self.states["summaries"][:, -1]
+        self._sync()
+
+    def reset(self) -> None:
+        self.states.clear()
+        self._sync()
+        self.is_initialized = False
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states.values())
+
+
+class VariantStaticLayer(VariantLayer):
+    """A ``VariantLayer`` with preallocated tensors (``cache_implementation="static"``), as
+    transformers' ``StaticLayer`` / ``StaticSlidingWindowLayer``: ``keys`` / ``values`` (and the named
+    tensors with a time axis) are buffers of ``max_cache_len`` positions, or of min(max_cache_len,
+    g + w) for the tensors the rule windows, written in place. The attention reads the filled part.
+
+    The memory is fixed before decoding starts; the window rule, ``held_view`` and the layout are
+    the ``VariantLayer``'s. Not recordable: a windowed layer that has moved past its window cannot
+    undo a crop (ValueError, as ``crop_error`` says), as transformers' static sliding layers.
+    Compiled decoding with fixed shapes is not claimed: the attention reads ``buffer[:, :, :seen]``.
+    """
+
+    is_compileable = False
+
+    def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
+                 **kwargs):
+        super().__init__(sliding_window, rule=rule)
+        if self.rule.recurrent:
+            raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
+        self.max_cache_len = int(max_cache_len)
+
+    record_hint = ("a static windowed layer holds g + w positions in place and cannot record its past: use the "
+                   "dynamic VariantCache (cache_implementation=None)")
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def activate_past_recording(self) -> None:
+        """Nothing is ever dropped by a layer without a window; a windowed one refuses: it could not
+        undo the crops that assisted and prompt-lookup decoding make."""
+        if self.rule.window is not None:
+            raise ValueError("assisted and prompt-lookup decoding crop drafts, which needs a cache that records its "
+                             f"past; {self.record_hint}")
+
+    def _length(self, name: str) -> int:
+        """Positions of buffer ``name`` that hold data."""
+        return self.head + self.seen - self.start if self.windows(name) else self.seen
+
+    def _buffer(self, name: str) -> Tensor:
+        return getattr(self, name) if name in ("keys", "values") else self.states[name]
+
+    def _tensors(self) -> dict[str, Tensor]:
+        names = [n for n in ("keys", "values") if getattr(self, n) is not None] + sorted(self.time_states)
+        return {name: self._buffer(name).narrow(2, 0, self._length(name)) for name in names}
+
+    def _set(self, name: str, t: Tensor) -> None:
+        self._buffer(name).narrow(2, 0, t.shape[2]).copy_(t)
+
+    def extend(self, key_states: Tensor, value_states: Tensor,
+               states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        new = {"keys": key_states, "values": value_states, **(states or {})}
+        n = key_states.shape[2]
+        if self.seen + n > self.max_cache_len:
+            raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} positions: cannot add {n} "
+                             f"after {self.seen}; pass a larger max_cache_len or max_new_tokens")
+        if not self.is_initialized:
+            self.device = key_states.device
+            for name, t in new.items():
+                size = min(self.max_cache_len, self.rule.global_tokens + self.rule.window) if self.windows(name) \
+                    else self.max_cache_len
+                buffer = t.new_zeros(*t.shape[:2], size, t.shape[3])
+                if name in ("keys", "values"):
+                    setattr(self, name, buffer)
+                else:
+                    self.states[name] = buffer
+            self.time_states.update(states or {})
+            self.is_initialized = True
+        full, head, start, seen = {}, *self._target(self.seen + n), self.seen + n
+        for name, t in new.items():
+            if self.windows(name):  # held + new, then the window of that is written back
+                full[name] = torch.cat([self._buffer(name).narrow(2, 0, self._length(name)), t], dim=2)
+            else:  # written in place
+                self._buffer(name).narrow(2, self.seen, n).copy_(t)
+                full[name] = self._buffer(name).narrow(2, 0, seen)
+        self._handed = (self.head, self.start)
+        for name, t in full.items():
+            if self.windows(name):
+                self._set(name, self._select(t, head, start, seen, 2))
+        self.head, self.start, self.seen = head, start, seen
+        return full["keys"], full["values"], {name: full[name] for name in states or {}}
+
+    def _hold(self, head: int, start: int, seen: int) -> None:
+        for name, t in self._tensors().items():
+            if self.windows(name):
+                self._set(name, self._select(t, head, start, seen, 2).clone())
+        self.head, self.start, self.seen = head, start, seen
+
+    def reset(self) -> None:
+        for t in self._tensors().values():
+            t.zero_()
+        self.seen = self.head = self.start = 0
+        self._handed = (0, 0)
+
+
+
+STATIC_REFUSED = ("lstmn layers cannot use a static cache: the LSTMN decodes by a step-by-step recurrence whose "
+                  "tapes it builds from the prefill's inputs on the first decoding step, which a preallocated "
+                  "key/value cache cannot hold; use cache_implementation=None (the VariantCache)")
+
+
+def layer_for(rule: CacheRule, max_cache_len: int | None = None) -> VariantLayer:
+    """The cache layer of a rule: dynamic, or static (preallocated) when ``max_cache_len`` is given."""
+    if max_cache_len is not None:
+        if rule.recurrent:
+            raise ValueError(STATIC_REFUSED)
+        return VariantStaticLayer(max_cache_len, rule=rule)
+    return LSTMNLayer(rule=rule) if rule.recurrent else VariantLayer(rule=rule)
+
+
+class VariantCache(Cache):
+    """The variant models' ``transformers.Cache``: one ``VariantLayer`` / ``LSTMNLayer`` per layer,
+    each built from the rule its variant's spec declares (``variants.cache_rules``).
+
+    ``VariantCache(config=model.config)``; ``VariantCache(rules=[CacheRule(...), ...])``;
+    ``VariantCache(num_layers)`` (every layer keeps every position: dense-like variants only).
+    ``max_cache_len=L``: static (preallocated) layers, ``VariantStaticLayer`` (not for lstmn).
+    """
+
+    def __init__(self, num_layers: int | None = None, *, config=None, rules: list[CacheRule] | None = None,
+                 max_cache_len: int | None = None):
+        if rules is None:
+            if config is not None:
+                from .hfav_variants import cache_rules  # the specs declare the rules
+                rules = cache_rules(config)
+            elif num_layers is not None:
+                rules = [CacheRule()] * num_layers
+            else:
+                raise ValueError("VariantCache needs config (or rules, or num_layers)")
+        super().__init__(layers=[layer_for(rule, max_cache_len) for rule in rules])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        """(kv_length, kv_offset) of a layer that keeps every key (dense): what masks are built for."""
+        return self.get_seq_length() + query_length, 0
+
+    def update(self, *args, **kwargs):
+        raise NotImplementedError("VariantCache layers are extended by the variant attention modules "
+                                  "(VariantLayer.extend), not through Cache.update")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens (a negative int, as for ``DynamicCache``; 0 only
+        cuts windowed layers back to their window). Exact for every variant, or a ValueError that
+        says why, before anything is changed."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
         for i, layer in enumerate(self.layers):
-            error = layer.crop_error(n, self.seen_tokens)
+            error = layer.crop_error(-tokens_to_remove)
             if error:
                 raise ValueError(f"VariantCache layer {i}: {error}")
         for layer in self.layers:
-            layer.crop(n)
-        self.seen_tokens -= n
+            layer.crop(tokens_to_remove)
 
-    def reset(self) -> None:
-        super().reset()
-        self.seen_tokens = 0
+    @property
+    def seen_tokens(self) -> int:
+        return self.get_seq_length()
 
     def memory_bytes(self) -> int:
         """Bytes held by all layers' tensors (for tests and benchmarks)."""
-        return sum(t.numel() * t.element_size() for state in self.layers for t in state.values())
-
-
-def extend(state: dict[str, Tensor], name: str, new: Tensor, keep: int | None, dim: int = 2) -> Tensor:
-    """Append ``new`` to ``state[name]`` along ``dim``; return everything (old + new) and store
-    only the last ``keep`` entries (all when ``keep`` is None, or while the layer records its past)."""
-    if isinstance(state, VariantCacheLayer):
-        state.layout[name] = (dim, keep)
-        if state.record_past:
-            keep = None
-    old = state.get(name)
-    full = new if old is None else torch.cat([old, new], dim=dim)
-    if keep is None:
-        state[name] = full
-    else:
-        state[name] = full.narrow(dim, max(0, full.shape[dim] - keep), min(keep, full.shape[dim]))
-    return full
+        return sum(layer.memory_bytes() for layer in self.layers)

@@ -17,7 +17,8 @@ Specs are read, never instantiated, and frozen (their attributes cannot be reass
 | ``projections`` | ``config -> {"main": (heads, dim)[, "low_rank": (heads, rank)]}``: the query/key pair(s) |
 | ``parameters`` | ``module -> {name: (shape, init)}``: parameters the variant adds, init in ``INITS`` |
 | ``init`` | ``(module, std, init) -> None``: initialises them (``init`` is transformers.initialization) |
-| ``cache`` | ``module -> {projection: last n kept, (first g, last n), or None for all}``: the cache rule |
+| ``cache`` | ``config -> caching.CacheRule``: which positions a layer's generation cache holds (window, |
+| | global tokens, which tensors follow the window, a recurrence's tapes); the cache layer owns it |
 | ``lora_targets`` | ``{"bert": names, "gpt2": names}``: the modules LoRA adapts |
 | ``flops`` | ``(config, seq_len, pairs) -> int``: forward FLOPs of the sublayer, output projection aside; |
 | | ``pairs(band)`` counts the (query, key) pairs read (``pairs.pair_allowed``) |
@@ -43,6 +44,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell
+from .hfav_caching import CacheRule
 from .hfav_kernels import (
     additive_attention,
     additive_attention_reference,
@@ -88,31 +90,32 @@ class Projected:
     k_low_rank: Tensor | None = None
 
 
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
 @dataclass
 class Context:
-    """What every kernel call of one forward shares."""
+    """What every kernel call of one forward shares.
+
+    With a generation cache whose layer holds a window (``caching.VariantLayer``), the band's keys
+    are the positions the layer handed back: ``band_key_mask`` is their padding mask and
+    ``band_view`` takes the same positions from a tensor that holds every position (values that the
+    rule does not window, as in low_rank_band). Without one, both are the plain key mask and identity.
+    """
 
     causal: bool
     key_mask: Tensor | None  # (B, T_all) bool, True = real token; None = no padding
     dropout_p: float
     reference: bool  # use the naive kernels (they return weights and scores)
     attention_mask: object = "unprepared"  # dense: the mask the model built for transformers' attention interface
+    band_key_mask: Tensor | None = None  # the key mask of the band's held positions (None: key_mask)
+    band_view: Callable[[Tensor], Tensor] = _same
 
-    def kwargs(self, k: Tensor, first: int = 0) -> dict:
-        """Kernel arguments for keys k (B, H, Tk, ·): the padding mask of the positions a cache
-        kept (it may hold fewer keys than the tokens seen: a band's first ``first`` and last ones)."""
-        key_mask = None if self.key_mask is None else kept(self.key_mask, k.shape[-2], first, dim=1)
+    def kwargs(self, band: bool = False) -> dict:
+        """Kernel arguments: the padding mask of every position, or of the band's held positions."""
+        key_mask = self.band_key_mask if band and self.band_key_mask is not None else self.key_mask
         return {"causal": self.causal, "key_mask": key_mask, "dropout_p": self.dropout_p}
-
-
-def kept(t: Tensor, n: int, first: int = 0, dim: int = 2) -> Tensor:
-    """The n entries of t along ``dim`` that a cache keeping the first ``first`` and the last
-    n - first positions holds (all of t when it has n). Band keys decode as if these were
-    contiguous: the rule gives the same pairs, since a kept first position is global."""
-    size = t.shape[dim]
-    if size == n:
-        return t
-    return torch.cat([t.narrow(dim, 0, first), t.narrow(dim, size - (n - first), n - first)], dim=dim)
 
 
 Result = tuple[Tensor, Tensor | None, Tensor | None]  # output (B, H, Tq, D), weights, scores
@@ -173,13 +176,13 @@ class Drawing:
 
 
 def run_kernel(ctx: Context, kernel: Callable, reference: Callable, q: Tensor, k: Tensor, v: Tensor,
-               *args, first: int = 0, fast: dict | None = None, **kwargs) -> Result:
+               *args, band: bool = False, fast: dict | None = None, **kwargs) -> Result:
     """The fast kernel, or its reference when the weights are wanted (``ctx.reference``);
-    ``first``: the cache kept the first positions of the keys (see ``Context.kwargs``);
+    ``band``: the keys are the band's held positions (see ``Context``);
     ``fast``: options of the fast kernel alone (e.g. its compiled path)."""
     if ctx.reference:
-        return reference(q, k, v, *args, **kwargs, **ctx.kwargs(k, first))
-    return kernel(q, k, v, *args, **kwargs, **(fast or {}), **ctx.kwargs(k, first)), None, None
+        return reference(q, k, v, *args, **kwargs, **ctx.kwargs(band))
+    return kernel(q, k, v, *args, **kwargs, **(fast or {}), **ctx.kwargs(band)), None, None
 
 
 # ----------------------------------------------------------------------------- the spec and its check
@@ -273,8 +276,13 @@ def _init_declared(module, std: float, init) -> None:
             init.zeros_(getattr(module, name))
 
 
-def _cache_everything(module) -> dict[str, int | None]:
-    return {"k": None, "v": None}
+def _cache_everything(config) -> CacheRule:
+    return CacheRule()
+
+
+def cache_rules(config) -> list[CacheRule]:
+    """The cache rule of every layer of a model, as its variants' specs declare them."""
+    return [spec_of(config.variant_for_layer(i)).cache(config) for i in range(config.num_hidden_layers)]
 
 
 def projection_flops(config, seq_len: int, shapes: dict[str, tuple[int, int]]) -> int:
@@ -384,23 +392,20 @@ class LowRank(ScoringSpec):
 
 def band_module(m, q: Tensor, k: Tensor, v: Tensor, ctx: Context) -> Result:
     """Guo et al.'s band module on q, k, v (B, H, T, D), with m.global_tokens global positions."""
-    g = m.global_tokens
-    v = kept(v, k.shape[-2], g)  # a cache keeps only the band's keys; values may reach further back
-    return run_kernel(ctx, band_attention, band_attention_reference, q, k, v, window=m.window, scale=m.scaling,
-                      global_tokens=g, first=g, fast={"flex": True if m.compile_kernels else None})
+    return run_kernel(ctx, band_attention, band_attention_reference, q, k, ctx.band_view(v), window=m.window,
+                      scale=m.scaling, global_tokens=m.global_tokens, band=True,
+                      fast={"flex": True if m.compile_kernels else None})
 
 
 def _band(m, p: Projected, ctx: Context) -> Result:
     return band_module(m, p.q, p.k, p.v, ctx)
 
 
-def band_keep(module) -> int | tuple[int, int]:
-    """Positions a band's cache keeps: the last w, or (first g, last w) with global tokens."""
-    return (module.global_tokens, module.window) if module.global_tokens else module.window
-
-
-def _band_cache(module) -> dict[str, int | tuple[int, int] | None]:
-    return {"k": band_keep(module), "v": band_keep(module)}
+def _band_cache(config) -> CacheRule:
+    """The band reads the last w positions and the first g (global): its cache holds only those.
+    Held positions decode as if contiguous: the band rule gives the same pairs, since the distance
+    to the query is kept within the tail and the first g are global."""
+    return CacheRule(window=config.attention_window, global_tokens=config.attention_global_tokens)
 
 
 def _band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
@@ -487,8 +492,14 @@ def _low_rank_band_parameters(module) -> dict:
     return {"band_gate": ((module.num_heads,), "zeros")} if module.band_combine == "gate" else {}  # σ(0) = ½
 
 
-def _low_rank_band_cache(module) -> dict[str, int | tuple[int, int] | None]:
-    return {"k": band_keep(module), "v": None, "k_low_rank": None}
+def _low_rank_band_cache(config) -> CacheRule:
+    """Band keys in the window; values (read by the low-rank module too) and low-rank keys at every position."""
+    return CacheRule(window=config.attention_window, global_tokens=config.attention_global_tokens,
+                     windowed=("keys",))
+
+
+def _lstmn_cache(config) -> CacheRule:
+    return CacheRule(recurrent=True)  # the tapes: attention_lstmn.lstmn_continue
 
 
 def _low_rank_band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
@@ -610,7 +621,7 @@ class LSTMN(VariantSpec):
     projections = _full_size  # unused: the LSTMN cell has its own projections
     parameters = _no_parameters
     init = _lstmn_init
-    cache = _cache_everything  # unused: the LSTMN carries its tapes (attention_lstmn.lstmn_continue)
+    cache = _lstmn_cache
     lora_targets = {"bert": ("w_tape", "w_input", "w_summary", "gates"),
                     "gpt2": ("w_tape", "w_input", "w_summary", "gates")}
     flops = _lstmn_flops

@@ -105,8 +105,9 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode,
                                       batch_size: int, max_cache_length: int) -> None:
         """``generate``'s cache: a ``VariantCache`` (transformers would build a DynamicCache). A
-        user's cache must be a VariantCache; ``cache_implementation`` may only be None or "dynamic"
-        (our cache); an assistant's cache records its past so that drafts can be cropped."""
+        user's cache must be a VariantCache; ``cache_implementation`` may be None or "dynamic" (our
+        cache) or "static" (its preallocated layers; refused by lstmn layers, with the reason); an
+        assistant's cache records its past so that drafts can be cropped."""
         implementation = generation_config.cache_implementation
         user_cache = model_kwargs.get("cache")
         if user_cache is not None:
@@ -116,13 +117,16 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
                 raise ValueError(f"cache of type {type(user_cache).__name__}: variant models need a VariantCache")
             user_cache._is_user_defined = True
             return
-        if implementation not in (None, "dynamic"):
+        if implementation not in (None, "dynamic", "static"):
             raise ValueError(f"cache_implementation={implementation!r} is not supported by variant models: each "
                              "variant keeps its own state in a VariantCache; use cache_implementation=None or "
-                             "'dynamic' (both mean the VariantCache).")
+                             "'dynamic' (both mean the VariantCache), or 'static' (its preallocated layers).")
         if generation_config.use_cache is False:
             return
-        model_kwargs["cache"] = VariantCache(config=self.config)
+        static_length = None
+        if implementation == "static":
+            static_length = max(max_cache_length, generation_config.max_cache_len or 0)
+        model_kwargs["cache"] = VariantCache(config=self.config, max_cache_len=static_length)
         if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
             model_kwargs["cache"].activate_past_recording()
 
@@ -212,7 +216,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # as stock: the checkpointed blocks cannot fill a cache
         if use_cache and cache is None:
-            cache = VariantCache(len(self.h))
+            cache = VariantCache(config=self.config)
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         check_length(past + length, self.config.max_position_embeddings)
@@ -239,8 +243,6 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
                 encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)
             all_attentions.append(weights)
             all_cross.append(cross_weights)
-        if cache is not None:
-            cache.seen_tokens += length
         hidden = self.ln_f(hidden)
         all_hidden.append(hidden)
         output = BaseModelOutputWithPastAndCrossAttentions(

@@ -37,6 +37,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from .configuration_lstmn_fusion import LSTMNFusionConfig
+from .hfav_attention import LSTMNCell
 from .hfav_kernels import lstmn_start, lstmn_step, tape_read
 from .hfav_masks import reject_unknown_kwargs, wrap_output
 

@@ -69,7 +69,7 @@ def test_beam_search_with_and_without_cache():
 
 
 def key_cache_sizes(cache: VariantCache) -> list[dict[str, tuple[int, ...]]]:
-    return [{name: tuple(t.shape) for name, t in state.items()} for state in cache.layers]
+    return [{"keys": tuple(layer.keys.shape), "values": tuple(layer.values.shape)} for layer in cache.layers]
 
 
 def test_band_cache_stays_at_the_window():
@@ -77,7 +77,7 @@ def test_band_cache_stays_at_the_window():
     ids, mask = random_batch(1, 30, None)
     _, cache = decode_step_by_step(model, ids, mask, prefill=12)  # the prompt is longer than the window
     for state in key_cache_sizes(cache):
-        assert state == {"k": (1, 4, 3, 8), "v": (1, 4, 3, 8)}
+        assert state == {"keys": (1, 4, 3, 8), "values": (1, 4, 3, 8)}
 
 
 def test_band_cost_per_token_is_flat():
@@ -90,15 +90,15 @@ def test_band_cost_per_token_is_flat():
     _, cache = decode_step_by_step(model, *random_batch(1, 40, None), prefill=5)
     hook.remove()
     assert key_lengths == [5] + [4] * 35
-    assert cache.layers[0]["k"].shape[2] == 3
+    assert cache.layers[0].keys.shape[2] == 3
 
 
 def test_low_rank_cache_holds_rank_r_keys():
     dense_cache = decode_step_by_step(lm("dense", {}), *random_batch(1, 9, None), prefill=4)[1]
     low_cache = decode_step_by_step(lm("low_rank", {"attention_rank": 2}), *random_batch(1, 9, None), prefill=4)[1]
-    assert low_cache.layers[0]["k"].shape == (1, 4, 9, 2) and dense_cache.layers[0]["k"].shape == (1, 4, 9, 8)
-    assert low_cache.layers[0]["v"].shape == dense_cache.layers[0]["v"].shape
-    assert low_cache.layers[0]["k"].numel() * 4 == dense_cache.layers[0]["k"].numel()  # r / head size = 2 / 8
+    assert low_cache.layers[0].keys.shape == (1, 4, 9, 2) and dense_cache.layers[0].keys.shape == (1, 4, 9, 8)
+    assert low_cache.layers[0].values.shape == dense_cache.layers[0].values.shape
+    assert low_cache.layers[0].keys.numel() * 4 == dense_cache.layers[0].keys.numel()  # r / head size = 2 / 8
 
 
 def test_only_new_tokens_are_projected():
@@ -111,13 +111,14 @@ def test_only_new_tokens_are_projected():
     for hook in hooks:
         hook.remove()
     assert lengths == [4, 4] + [1] * 12
-    assert cache.layers[0]["k"].shape == (1, 4, 10, 6)  # projected keys, additive_dim wide
+    assert cache.layers[0].keys.shape == (1, 4, 10, 6)  # projected keys, additive_dim wide
 
 
 def test_lstmn_cache_carries_the_tapes():
     _, cache = decode_step_by_step(lm("lstmn", {}), *random_batch(2, 7, "left", seed=1), prefill=3)
     state = cache.layers[1]
     assert state["h"].shape == state["c"].shape == state["k"].shape == (2, 8, 32)  # zero slot + 7 tokens
+    assert state.keys.shape == state.values.shape == (2, 1, 8, 32)  # the stock layout: one head
     assert state["readable"].shape == (2, 8) and state["summary"].shape == (2, 32)
     assert (state["h"][:, 0] == 0).all()
 

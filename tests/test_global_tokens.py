@@ -149,7 +149,7 @@ def test_cached_decoding_with_global_tokens_equals_full_forward(fields, padding)
     stepped, cache = decode_step_by_step(model, ids, mask, prefill=4)
     assert (stepped - full)[mask.bool()].abs().max() <= 1e-4
     # the band keys kept: the 3 global positions and the last 2
-    assert all(state["k"].shape[2] == 3 + 2 for state in cache.layers)
+    assert all(state.keys.shape[2] == 3 + 2 for state in cache.layers)
 
 
 def test_costs_count_the_global_pairs_exactly():

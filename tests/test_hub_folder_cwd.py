@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import torch
 from conftest import FAMILIES, random_batch, tiny_model
-from hub_helpers import HIDE_PACKAGE, MIXED_CASE, one_torch_thread
+from hub_helpers import HIDE_PACKAGE, MIXED_CASE
 from safetensors.torch import save_file
 
 LOAD_FROM_INSIDE = textwrap.dedent('''
@@ -44,11 +44,10 @@ LOAD_FROM_INSIDE = textwrap.dedent('''
 def test_saved_folder_loads_from_inside_itself(family, tmp_path):
     variant, fields = MIXED_CASE  # band below, lstmn above: every flat file is copied
     ids, mask = random_batch(2, 9, "right" if family == "bert" else "left", seed=3)
-    with one_torch_thread():
-        model = tiny_model(family, variant, seed=1, **fields)
-        model.save_pretrained(tmp_path)
-        with torch.no_grad():
-            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    model = tiny_model(family, variant, seed=1, **fields)  # one torch thread: conftest's session fixture
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
     save_file({"ids": ids, "mask": mask, "hidden": hidden.contiguous()}, tmp_path / "expected.safetensors")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_MODULES_CACHE=str(tmp_path.parent / f"hf_modules_{family}"), HF_HUB_OFFLINE="1",

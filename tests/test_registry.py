@@ -20,7 +20,6 @@ from hf_attn_variants.analysis import commands, viewer
 from hf_attn_variants.costs import attended_pairs, cost_table, model_costs
 from hf_attn_variants.hfav_kernels import dense_attention, dense_attention_reference, softmax_backward
 from hf_attn_variants.hfav_variants import VARIANTS, ScoringSpec, VariantSpec
-
 from hf_attn_variants_research import exp_models, experiments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +119,7 @@ def _seventh_variant_in_the_tools(family, dense, copy, ids, tmp_path):
     info = viewer.layer_info(copy.config, 1, 4)
     assert info["variant"] == "dense_copy" and info["band_heads"] == [] and info["window"] is None
     assert info["head_names"] == [f"head {h}" for h in range(4)] and info["ranks"] == [None] * 4
-    layers = [[m for m in model.modules() if isinstance(m, hv.attention.VariantAttention)][1]
+    layers = [[m for m in model.modules() if isinstance(m, hv.hfav_attention.VariantAttention)][1]
               for model in (copy, dense)]
     x = torch.randn(1, 6, 32)
     with torch.no_grad():

@@ -69,7 +69,7 @@ def test_band_crop_past_its_window_refuses_without_recording():
         model(input_ids=ids[:, 6:], cache=cache)
     with pytest.raises(ValueError, match="activate_past_recording"):
         cache.crop(-2)
-    assert cache.get_seq_length() == 9 and cache.layers[0]["k"].shape[2] == 2  # nothing was changed
+    assert cache.get_seq_length() == 9 and cache.layers[0].keys.shape[2] == 2  # nothing was changed
 
 
 def test_band_recording_is_cut_back_to_the_window_by_crop():
@@ -79,9 +79,9 @@ def test_band_recording_is_cut_back_to_the_window_by_crop():
         cache = model(input_ids=ids[:, :6], use_cache=True).cache
         cache.activate_past_recording()
         model(input_ids=ids[:, 6:], cache=cache)
-        assert cache.layers[0]["k"].shape[2] == 5  # the window (2) and the 3 new tokens
+        assert cache.layers[0].keys.shape[2] == 5  # the window (2) and the 3 new tokens
         cache.crop(-2)
-    assert cache.layers[0]["k"].shape[2] == 2 and cache.get_seq_length() == 7
+    assert cache.layers[0].keys.shape[2] == 2 and cache.get_seq_length() == 7
 
 
 def test_lstmn_crop_restores_the_summary_of_that_step():
@@ -134,7 +134,7 @@ def test_cache_implementation():
     model = lm("band", {"attention_window": 2})
     ids = random_batch(1, 6, None)[0]
     assert torch.equal(greedy(model, ids, cache_implementation="dynamic"), greedy(model, ids))
-    for name in ("static", "offloaded", "quantized"):
+    for name in ("offloaded", "quantized"):  # "static": tests/test_cache.py
         with pytest.raises(ValueError, match=f"cache_implementation='{name}'"):
             greedy(model, ids, cache_implementation=name)
     with pytest.raises(ValueError, match="VariantCache"):
