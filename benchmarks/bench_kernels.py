@@ -213,8 +213,10 @@ def bench_low_rank(quick: bool, rate: float, repeats: int) -> str:
     plot(plot_path("low_rank_time.png"), "low_rank r=16 vs dense, causal, fwd+bwd (H=8, D=64)", ts, series, "ms")
     return "\n\n".join([
         f"### low_rank (r = {r}, values D = {D}) against dense SDPA of the same shape",
-        "low_rank = `low_rank_attention` (q, k zero-padded from r to D, then SDPA); unpadded = SDPA on q, k at r "
-        "and v at D (CPU: its math path); prepadded = SDPA on q, k padded beforehand (the padding's cost is "
+        f"low_rank = `low_rank_attention` as the models call it (on {RUN['device']}: q, k "
+        f"{'zero-padded from r to D' if K.pads_qk(RUN['device']) else 'at r, not padded'}, then SDPA: "
+        "`kernels_dense.PAD_QK_TO_V`); unpadded = SDPA on q, k at r and v at D (CPU: its math path); "
+        "prepadded = SDPA on q, k padded beforehand (the padding's cost is "
         "low_rank - prepadded). Ratios: dense time / candidate time (> 1: faster than dense).",
         markdown_table(["dir", "T", "low_rank fwd ms", "dense fwd ms", "unpadded fwd ms", "prepadded fwd ms",
                         "dense/low_rank fwd", "dense/unpadded fwd", "dense/prepadded fwd", "low_rank f+b ms",
@@ -228,12 +230,15 @@ def bench_low_rank(quick: bool, rate: float, repeats: int) -> str:
 
 def bench_additive(quick: bool, rate: float, repeats: int) -> str:
     a = 64
-    ts = [256, 1024] if quick else [256, 512, 1024]
+    if cuda():  # the target shape: T=2048, a=64
+        ts = [2048] if quick else [256, 1024, 2048]
+    else:
+        ts = [256, 1024] if quick else [256, 512, 1024]
     rows, mem_rows = [], []
     series = {"tiled eager fwd+bwd": [], "tiled compiled fwd+bwd": [], "chunked eager fwd+bwd": [],
               "dense SDPA fwd+bwd": []}
     for causal in (False, True):
-        for t in ts if not causal else [t for t in ts if t <= 1024]:
+        for t in ts if not causal or cuda() else [t for t in ts if t <= 1024]:
             q, k, v = qkv(t, dqk=a, scale=0.5)
             w = (torch.randn(H, a) * a**-0.5).to(RUN["device"], RUN["dtype"]).requires_grad_()
             kw = dict(causal=causal)
@@ -241,8 +246,11 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
                    "compiled": lambda: K.additive_attention(q, k, v, w, compiled=True, **kw),
                    "chunked": lambda: K.additive_attention_chunked(q, k, v, w, **kw),
                    "dense": lambda: K.dense_attention(q, k, v, scale=D**-0.5, **kw)}
+            if cuda():  # the previous CUDA tile (2^24 floats) beside the table's (ADDITIVE_TILES)
+                big = K.additive_tile_sizes(H, t, a, budget=1 << 24, device_type="cuda")[0]
+                fns["tiled 2^24"] = lambda: K.additive_attention(q, k, v, w, chunk_size=big, **kw)
             inputs = {"dense": (q, k, v)}
-            if t > 1024:  # the chunked baseline takes seconds (forward) to a minute (backward) beyond
+            if t > (2048 if cuda() else 1024):  # chunked: CPU seconds to minutes beyond
                 del fns["chunked"]
             f = interleaved({n: fwd(fn) for n, fn in fns.items()}, repeats)
             fb = interleaved({n: fwd_bwd(fn, inputs.get(n, (q, k, v, w))) for n, fn in fns.items()},
@@ -256,18 +264,23 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
                          f"{f['chunked'] / f['tiled']:.1f}x", f"{f['chunked'] / f['compiled']:.1f}x",
                          f"{gps(fb['tiled']):.2f}", f"{gps(fb['compiled']):.2f}", f"{gps(fb['chunked']):.2f}",
                          f"{fb['chunked'] / fb['tiled']:.1f}x", f"{fb['chunked'] / fb['compiled']:.1f}x",
-                         ms(f["tiled"]), ms(fb["tiled"]), ms(f["dense"]), ms(fb["dense"])])
+                         ms(f["tiled"]), ms(fb["tiled"]), ms(f["dense"]), ms(fb["dense"]),
+                         f"{gps(f['tiled 2^24']):.2f}" if "tiled 2^24" in f else "n/a",
+                         f"{gps(fb['tiled 2^24']):.2f}" if "tiled 2^24" in fb else "n/a"])
             print(rows[-1], flush=True)
-            if not causal:
+            if not causal and not (cuda() and quick):  # the GPU session skips the memory rows
                 for key, name in zip(series, ("tiled", "compiled", "chunked", "dense")):
                     series[key].append(ms(fb[name]))
                 mem_mib = {n: mem(fwd_bwd(fn, inputs.get(n, (q, k, v, w)))) / 2**20 for n, fn in fns.items()}
                 mem_rows.append([t, mem_mib["tiled"], mem_mib["compiled"], mem_mib.get("chunked", float("nan")),
                                  mem_mib["dense"]])
-    plot(plot_path("additive_time.png"), f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
-    plot(plot_path("additive_memory.png"), f"additive a={a}, bidirectional: peak memory of fwd+bwd", ts,
-         {name: [row[i] for row in mem_rows] for i, name in
-          enumerate(["tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], start=1)}, "MiB")
+    if len(series["tiled eager fwd+bwd"]) > 1:
+        plot(plot_path("additive_time.png"), f"additive a={a}, bidirectional, fwd+bwd (H=8)", ts, series, "ms")
+    if len(mem_rows) > 1:
+        plot(plot_path("additive_memory.png"), f"additive a={a}, bidirectional: peak memory of fwd+bwd",
+             [row[0] for row in mem_rows], {name: [row[i] for row in mem_rows] for i, name in
+                                            enumerate(["tiled eager", "tiled compiled", "chunked eager",
+                                                       "dense SDPA"], start=1)}, "MiB")
     return "\n\n".join([
         f"### additive (a = {a}, Dv = {D}): throughput in G (query, key, dim) triples/s over the pairs read",
         "tiled = `additive_attention` (eager), compiled = `additive_attention(..., compiled=True)`, chunked = "
@@ -275,7 +288,8 @@ def bench_additive(quick: bool, rate: float, repeats: int) -> str:
         markdown_table(["dir", "T", "tiled fwd G/s", "compiled fwd G/s", "chunked fwd G/s", "tiled/chunked fwd",
                         "compiled/chunked fwd", "tiled f+b G/s", "compiled f+b G/s", "chunked f+b G/s",
                         "tiled/chunked f+b", "compiled/chunked f+b", "tiled fwd ms", "tiled f+b ms",
-                        "dense SDPA fwd ms", "dense SDPA f+b ms"], rows),
+                        "dense SDPA fwd ms", "dense SDPA f+b ms", "tiled 2^24 fwd G/s (CUDA)",
+                        "tiled 2^24 f+b G/s (CUDA)"], rows),
         "Peak memory of one forward+backward, bidirectional (MiB):",
         markdown_table(["T", "tiled eager", "tiled compiled", "chunked eager", "dense SDPA"], mem_rows),
     ])

@@ -36,6 +36,7 @@ from .kernels_additive import (
     additive_attention_reference,
     additive_chunk_size,
     additive_scores,
+    additive_tile_key,
     additive_tile_sizes,
 )
 from .kernels_band import band_attention, band_attention_reference, band_block_size
@@ -45,6 +46,7 @@ from .kernels_dense import (
     low_rank_attention,
     low_rank_attention_reference,
     masked_softmax_attention,
+    pads_qk,
 )
 from .kernels_lstmn import (
     _lstmn_exp_trick,
@@ -65,6 +67,7 @@ __all__ = [
     "additive_attention_reference",
     "additive_chunk_size",
     "additive_scores",
+    "additive_tile_key",
     "additive_tile_sizes",
     "allowed_mask",
     "band_attention",
@@ -81,6 +84,7 @@ __all__ = [
     "lstmn_start",
     "lstmn_step",
     "masked_softmax_attention",
+    "pads_qk",
     "pair_allowed",
     "softmax_backward",
     "tile_mask",
