@@ -186,7 +186,7 @@ def padding_kind(t: int, bucket: int, causal: bool, key_mask: Tensor | None, glo
     if key_mask is not None:
         mask = key_mask.bool()
         lengths = mask.sum(1)  # (B,)
-        starts = mask.to(torch.uint8).argmax(1)  # first real token (0 for an all-padding row)
+        starts = mask.int().argmax(1)  # first real token (0 for an all-padding row)
         ends = starts + lengths
         pos = torch.arange(t, device=mask.device)[None]
         run = (pos >= starts[:, None]) & (pos < ends[:, None])  # (B, T): one contiguous run per row

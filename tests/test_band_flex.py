@@ -414,3 +414,15 @@ def test_cpu_flex_path_with_every_mask_kind_matches_reference(causal, padding, g
         out = K.band_attention(q, k, v, flex=True, **kw)
     assert len(band_flex._STATE["families"]) == 1  # flex ran
     torch.testing.assert_close(out, K.band_attention_reference(q, k, v, **kw)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_an_all_real_padding_mask_takes_the_pure_index_mask_mod():
+    """A mask of ones (what a tokenizer returns for unpadded batches) is no padding: the pure-index
+    mask_mod (T == bucket) or the tail's scalar (T < bucket), never lengths or a gather."""
+    ones = torch.ones(2, 256, dtype=torch.long)
+    assert band_flex.padding_kind(256, 256, True, ones) == ("none", {})
+    kind, keys = band_flex.padding_kind(200, 256, False, ones[:, :200])
+    assert kind == "tail" and int(keys["limit"]) == 200
+    empty_row = ones.clone()
+    empty_row[1] = 0  # an all-padding row: a run of length 0
+    assert band_flex.padding_kind(256, 256, True, empty_row)[0] == "lengths"
