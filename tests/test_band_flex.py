@@ -426,3 +426,21 @@ def test_an_all_real_padding_mask_takes_the_pure_index_mask_mod():
     empty_row = ones.clone()
     empty_row[1] = 0  # an all-padding row: a run of length 0
     assert band_flex.padding_kind(256, 256, True, empty_row)[0] == "lengths"
+
+
+def test_new_spans_and_lengths_do_not_recompile():
+    """The lengths / spans tensors the mask_mods capture are inputs of the compiled call: new values
+    (another padding of the same batch size and bucket) reuse the compiled graph."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for padding in ("right", "left"):
+            frames = None
+            for length in (40, 40, 70):
+                q, k, v = _qkv(2, 2, length, 16, g)
+                key_mask = _padding(padding, 2, length, g)
+                kw = dict(window=5, scale=0.25, causal=padding == "left", key_mask=key_mask)
+                out = K.band_attention(q, k, v, flex=True, **kw)
+                torch.testing.assert_close(out, K.band_attention_reference(q, k, v, **kw)[0], atol=1e-5, rtol=1e-5)
+                frames = _frames() if frames is None else frames
+                assert _frames() == frames
+    assert {key[6] for key in band_flex._STATE["families"]} == {"lengths", "spans"}
