@@ -242,12 +242,12 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
 
 USE_CUDA_GRAPHS = False  # lstmn_scan's default for ``cuda_graph``
 GRAPH_CACHE_SIZE = 4  # captured shapes kept per process (each holds its own memory pool)
-_GRAPHS: dict = {"graphs": {}, "warned": set(), "captures": 0}
+_GRAPHS: dict = {"graphs": {}, "warned": {}, "captures": 0}
 
 
 def _warn_once(reason: str) -> None:
     if reason not in _GRAPHS["warned"]:
-        _GRAPHS["warned"].add(reason)
+        _GRAPHS["warned"][reason] = True
         from transformers.utils import logging
 
         logging.get_logger(__name__).warning(reason)
@@ -333,4 +333,4 @@ def lstmn_graphed(xs, xg, w_tape, w_summary, score, w_gates_h, readable) -> Tens
 
 def reset_graphs() -> None:
     """Forget the captured graphs and the warnings given."""
-    _GRAPHS.update(graphs={}, warned=set(), captures=0)
+    _GRAPHS.update(graphs={}, warned={}, captures=0)

@@ -34,17 +34,17 @@ def test_low_rank_padding_choice_follows_the_table_and_keeps_the_result(pad, cau
                         sdpa(q, *a, **kw))
     g = torch.Generator().manual_seed(seed)
     b, t, r, d = 2, int(torch.randint(3, 40, (1,), generator=g)), 4, 16
-    q, k = (torch.randn(b, 3, t, r, generator=g, requires_grad=True) for _ in range(2))
-    v = torch.randn(b, 3, t, d, generator=g, requires_grad=True)
+    q, k = (torch.randn(b, 3, t, r, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(b, 3, t, d, generator=g, dtype=torch.float64, requires_grad=True)
     key_mask = torch.arange(t)[None] < torch.tensor([[t], [max(1, t - 3)]])
     out = K.low_rank_attention(q, k, v, causal=causal, key_mask=key_mask)
     ref = K.low_rank_attention_reference(q, k, v, causal=causal, key_mask=key_mask)[0]
     assert seen == [d if pad else r]
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
 
 
 def test_low_rank_padding_table_entries():
@@ -80,15 +80,15 @@ def test_additive_equals_reference_under_any_tile_table_entry(tiles, causal, mon
     forward and gradients equal the reference."""
     monkeypatch.setitem(kernels_additive.ADDITIVE_TILES, "cpu", tiles)
     g = torch.Generator().manual_seed(sum(tiles))
-    q, k = (torch.randn(2, 2, 23, 6, generator=g, requires_grad=True) for _ in range(2))
-    v = torch.randn(2, 2, 23, 5, generator=g, requires_grad=True)
-    w = torch.randn(2, 6, generator=g, requires_grad=True)
+    q, k = (torch.randn(2, 2, 23, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 2, 23, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
     key_mask = torch.arange(23)[None] < torch.tensor([[23], [15]])
     out = K.additive_attention(q, k, v, w, causal=causal, key_mask=key_mask)
     ref = K.additive_attention_reference(q, k, v, w, causal=causal, key_mask=key_mask)[0]
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
     for got, want in zip(torch.autograd.grad(out.sum(), (q, k, v, w)), torch.autograd.grad(ref.sum(), (q, k, v, w))):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
 
 
 # ----------------------------------------------------------------------------- LSTMN CUDA graphs
@@ -100,7 +100,7 @@ def _cell(d_in=6, d=5, seed=0, scale=None):
     from hf_attn_variants.attention import LSTMNCell
 
     torch.manual_seed(seed)
-    cell = LSTMNCell(d_in, d)
+    cell = LSTMNCell(d_in, d).double()  # float64: the comparisons below are exact up to rounding
     if scale is not None:
         with torch.no_grad():
             for p in cell.parameters():
@@ -119,7 +119,7 @@ def fresh_graphs():
 
 def _x_and_mask(b, t, d_in, seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, d_in, generator=g, requires_grad=True)
+    x = torch.randn(b, t, d_in, generator=g, dtype=torch.float64, requires_grad=True)
     key_mask = torch.arange(t)[None] < torch.tensor([[t]] + [[max(1, t - 2)]] * (b - 1))
     return x, key_mask
 
@@ -138,10 +138,10 @@ def test_lstmn_graph_flag_off_and_on_cpu_give_the_eager_result(flag, fresh_graph
         for _ in range(2):
             h, _ = K.lstmn_scan(cell, x, key_mask, cuda_graph=flag)
     ref, _ = K.lstmn_reference(cell, x, key_mask)
-    torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, ref, atol=1e-9, rtol=1e-7)
     params = (x, *cell.parameters())
     for got, want in zip(torch.autograd.grad(h.sum(), params), torch.autograd.grad(ref.sum(), params)):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
     assert len(reached) == (2 if flag else 0)
     assert fresh_graphs._GRAPHS["captures"] == 0 and not fresh_graphs._GRAPHS["graphs"]
     messages = [r.getMessage() for r in caplog.records]
@@ -182,11 +182,11 @@ def test_the_captured_recurrence_equals_the_reference(scale, fresh_graphs):
     if scale is not None:
         assert fresh_graphs._lstmn_exp_trick(xs, cell.w_tape.weight, cell.w_summary.weight)  # eager: exp path
     ref, _ = K.lstmn_reference(cell, x, key_mask)
-    torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, ref, atol=1e-9, rtol=1e-7)
     params = (x, *cell.parameters())
     for got, want in zip(torch.autograd.grad(h.square().sum(), params),
                          torch.autograd.grad(ref.square().sum(), params)):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
 
 
 def test_lstmn_graph_key_separates_what_a_graph_is_specific_to(fresh_graphs):
@@ -202,11 +202,11 @@ def test_lstmn_graph_key_separates_what_a_graph_is_specific_to(fresh_graphs):
 @pytest.mark.skipif(not CUDA, reason="CUDA graph capture needs a GPU")
 @pytest.mark.parametrize("grad", [True, False])
 def test_cuda_lstmn_graph_path_equals_eager_and_captures_once_per_shape(grad, fresh_graphs):
-    cell = _cell(d_in=32, d=32, seed=4).cuda()
+    cell = _cell(d_in=32, d=32, seed=4).float().cuda()
     outs = {}
     for t in (16, 16, 24):
         x, key_mask = (z.cuda() for z in _x_and_mask(3, t, 32, seed=t))
-        x = x.detach().requires_grad_(grad)
+        x = x.detach().float().requires_grad_(grad)
         with torch.set_grad_enabled(grad):
             h, _ = K.lstmn_scan(cell, x, key_mask, cuda_graph=True)
             ref, _ = K.lstmn_scan(cell, x, key_mask, cuda_graph=False)
