@@ -11,8 +11,11 @@ Usage (from the repository root, no install needed):
 Writes ``benchmarks/results/kernels.md`` (``kernels-quick.md`` with --quick) and PNG plots
 ``benchmarks/results/<kernel>_{time,memory}.png``; on CUDA ``gpu-kernels[-quick][-<only>].md`` and
 ``gpu_<kernel>_*.png``, with the GPU, CUDA and torch versions named. The band rows time the anchors
-in the same run: flex_attention compiled with a prebuilt block mask, SDPA without a mask (flash on
-CUDA) and SDPA with the dense band mask; on CPU also the compiled flex path for no-grad forwards.
+in the same run: ``torch.compile(flex_attention)`` with a sliding-window block mask that torch's own
+``create_block_mask`` builds from a pure-index mask_mod (not the project's plan), SDPA without a mask
+(flash on CUDA) and SDPA with the dense band mask; on CPU also the compiled flex path for no-grad
+forwards. CUDA band shapes: T=8192 w=128 and T=32768 w=256 (``--quick``: the first), no padding and
+5% right padding, both directions.
 fp32 (or --dtype), B=1, H=8, D=64 unless a table says otherwise; times are medians of interleaved
 repeats (see ``benchmarks/common.py``), memory is the growth of peak RSS (CUDA: of the peak of
 allocated memory) during one call. The FLOP limit is the kernel's own
