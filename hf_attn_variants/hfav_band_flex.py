@@ -6,10 +6,16 @@ Guo et al. 2019's band module keeps the scores where |i - j| <= w (bidirectional
 0 <= i - j <= w (causal); flex_attention visits only the (128 x 128) blocks that touch the band.
 Facts this file is built around (docs/design.md, "PyTorch on a GPU"):
 
-- ``create_block_mask`` costs milliseconds: a ``BandPlan`` (the block mask and the padded
-  key-validity vector it reads) is cached, keyed on (batch or None, T, window, direction,
-  device) and on the padding mask's storage and contents, so the first layer of a forward
-  builds it and the other layers (and later forwards with the same padding) reuse it.
+- ``create_block_mask`` costs milliseconds: a ``BandPlan`` (the block mask and the small tensors
+  its mask_mod reads) is cached, keyed on (batch or None, T, window, direction, device) and on
+  the padding mask's storage and contents, so the first layer of a forward builds it and the
+  other layers (and later forwards with the same padding) reuse it.
+- The mask_mod runs inside every partial block of flex's kernel, so it is specialised
+  (``band_mask_mod``): pure index arithmetic without padding (captures no tensor), padding as
+  per-sequence lengths or spans (one scalar load per block), global tokens as one extra clause;
+  a per-key validity gather only for padding with holes, which the CUDA default sends to the
+  blocked kernel (``FLEX_BY_DEFAULT``).
+- Attention dropout > 0 runs the blocked kernel (flex has no dropout), after a one-time warning.
 - ``torch.compile(flex_attention, dynamic=False)`` compiles once per shape; past dynamo's
   recompile limit it silently runs flex's unfused path (T x T scores). Here T is padded up to
   a bucket (a power of two >= 128: the padded blocks are empty, so flex skips them), the
@@ -31,8 +37,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .hfav_pairs import pair_allowed
-
 Tensor = torch.Tensor
 
 MIN_BUCKET = 128  # flex_attention's block size: shorter inputs are padded to one block
@@ -53,6 +57,7 @@ class BandPlan:
     key_mask: Tensor | None
     mask_version: int
     block_mask: object  # torch.nn.attention.flex_attention.BlockMask
+    kind: str = "gather"  # its padding kind (``padding_kind``): which mask_mod it was built from
 
 
 def bucket_length(t: int) -> int:
@@ -76,18 +81,132 @@ def reset() -> None:
     _STATE.update(fn=None, families={}, plans=[], warned={}, broken={}, plans_built=0)
 
 
-def _batched_mod(valid: Tensor, window: int, causal: bool, global_tokens: int):
-    """mask_mod over a (B, bucket) validity: ``pairs.pair_allowed`` with key j real (or j == i)."""
-    def mask_mod(b, h, qi, kj):
-        return pair_allowed(qi, kj, causal=causal, window=window, key_real=valid[b, kj], global_tokens=global_tokens)
+# ----------------------------------------------------------------------------- mask_mods
+#
+# flex_attention evaluates the mask_mod inside every partial block of its Triton kernel, so its cost
+# is paid per (query, key) of the band. Measured on an H200 (2026-12-04, commit c0344d2, T=8192,
+# w=128, causal, bf16, same block sparsity): a pure-index sliding window ran 0.086 ms, a mask_mod that
+# gathered a per-key validity vector and evaluated the whole ``pair_allowed`` rule 1.06 ms (T=32768:
+# 0.175 vs 4.34 ms). So the mask_mod is specialised, by a small table (``MASK_MODS``, ``PADDING_MODS``):
+# a base that is index arithmetic only (the window, plus global tokens as one extra clause), and a
+# padding clause chosen by how the padding looks. Every combination equals ``pairs.pair_allowed``
+# (tests/test_band_flex.py checks each on every (query, key) of random shapes).
+
+
+def _window_mod(window: int, causal: bool, global_tokens: int):
+    """Pure index arithmetic, captures ints only: |i - j| <= w (causal: 0 <= i - j <= w)."""
+    if causal:
+        def mask_mod(b, h, qi, kj):
+            d = qi - kj
+            return (d >= 0) & (d <= window)
+    else:
+        def mask_mod(b, h, qi, kj):
+            d = qi - kj
+            return (d <= window) & (d >= -window)
     return mask_mod
 
 
-def _shared_mod(valid: Tensor, window: int, causal: bool, global_tokens: int):
-    """mask_mod over a (bucket,) validity shared by the batch (no padding: the first T are real)."""
-    def mask_mod(b, h, qi, kj):
-        return pair_allowed(qi, kj, causal=causal, window=window, key_real=valid[kj], global_tokens=global_tokens)
+def _global_mod(window: int, causal: bool, global_tokens: int):
+    """The window or one of i, j among the first g positions (causal: and j <= i). Ints only."""
+    g = global_tokens
+    if causal:
+        def mask_mod(b, h, qi, kj):
+            d = qi - kj
+            return (d >= 0) & ((d <= window) | (qi < g) | (kj < g))
+    else:
+        def mask_mod(b, h, qi, kj):
+            d = qi - kj
+            return ((d <= window) & (d >= -window)) | (qi < g) | (kj < g)
     return mask_mod
+
+
+def _no_padding(base, keys: dict[str, Tensor]):
+    """Every key is real (and padded bucket positions are never reachable): the base alone."""
+    return base
+
+
+def _tail_mod(base, keys: dict[str, Tensor]):
+    """No padding, but the bucket's tail (positions >= T) must not be read: one captured scalar
+    ``limit`` (0-dim), shared by the batch. A query always reads itself (``pair_allowed``)."""
+    limit = keys["limit"]
+
+    def mask_mod(b, h, qi, kj):
+        return base(b, h, qi, kj) & ((kj < limit) | (qi == kj))
+    return mask_mod
+
+
+def _lengths_mod(base, keys: dict[str, Tensor]):
+    """Right padding: key j of sequence b is real when j < lengths[b] ((B,) tensor, one load per block)."""
+    lengths = keys["lengths"]
+
+    def mask_mod(b, h, qi, kj):
+        return base(b, h, qi, kj) & ((kj < lengths[b]) | (qi == kj))
+    return mask_mod
+
+
+def _spans_mod(base, keys: dict[str, Tensor]):
+    """One contiguous run of real tokens per sequence (left padding): starts[b] <= j < ends[b]."""
+    starts, ends = keys["starts"], keys["ends"]
+
+    def mask_mod(b, h, qi, kj):
+        return base(b, h, qi, kj) & (((kj >= starts[b]) & (kj < ends[b])) | (qi == kj))
+    return mask_mod
+
+
+def _gather_mod(base, keys: dict[str, Tensor]):
+    """Any padding (holes): a per-key validity gather valid[b, j] ((B, bucket) bool). The general
+    fallback, and the slow one on CUDA (see ``FLEX_BY_DEFAULT``)."""
+    valid = keys["valid"]
+
+    def mask_mod(b, h, qi, kj):
+        return base(b, h, qi, kj) & (valid[b, kj] | (qi == kj))
+    return mask_mod
+
+
+MASK_MODS = {False: _window_mod, True: _global_mod}  # keyed on "has global tokens"
+PADDING_MODS = {"none": _no_padding, "tail": _tail_mod, "lengths": _lengths_mod, "spans": _spans_mod,
+                "gather": _gather_mod}
+# Whether the default CUDA path (``flex=None``) runs flex for a padding kind, or the blocked kernel.
+# "gather": measured 12-25x slower than the pure-index mask and 2-6x slower than the blocked kernel
+# (H200, 2026-12-04, see above), so the default runs blocked there (``flex=True`` still forces flex).
+# "none": the measured anchor. "tail", "lengths", "spans": one scalar load per block on top of the
+# index arithmetic, not measured yet (benchmarks/gpu_session.sh, band stage, measures them).
+FLEX_BY_DEFAULT = {"none": True, "tail": True, "lengths": True, "spans": True, "gather": False}
+
+
+def padding_kind(t: int, bucket: int, causal: bool, key_mask: Tensor | None, global_tokens: int = 0
+                 ) -> tuple[str, dict[str, Tensor]]:
+    """How the keys' padding looks, and the tensors its mask_mod captures (``PADDING_MODS``).
+
+    key_mask (B, T) bool or None. "none": no padding and T == bucket (no tail); "tail": no padding,
+    T < bucket (the tail's keys are not read, so its blocks are skipped as before: in a causal model
+    the tail's queries would otherwise read each other); "lengths": right padding; "spans": one contiguous
+    run per sequence (left padding); "gather": anything else. One host sync when key_mask is given.
+    """
+    if key_mask is not None:
+        mask = key_mask.bool()
+        lengths = mask.sum(1)  # (B,)
+        starts = mask.int().argmax(1)  # first real token (0 for an all-padding row)
+        ends = starts + lengths
+        pos = torch.arange(t, device=mask.device)[None]
+        run = (pos >= starts[:, None]) & (pos < ends[:, None])  # (B, T): one contiguous run per row
+        full, right, contiguous = torch.stack([(lengths == t).all(), (starts == 0).all(),
+                                               (run == mask).all()]).tolist()  # the one host sync
+        if not full:
+            if contiguous and right:
+                return "lengths", {"lengths": lengths.to(torch.int32)}
+            if contiguous:
+                return "spans", {"starts": starts.to(torch.int32), "ends": ends.to(torch.int32)}
+            return "gather", {"valid": F.pad(mask, (0, bucket - t), value=False)}
+    if t == bucket:
+        return "none", {}
+    return "tail", {"limit": torch.tensor(t, dtype=torch.int32)}
+
+
+def band_mask_mod(window: int, causal: bool, global_tokens: int, kind: str, keys: dict[str, Tensor]):
+    """The specialised mask_mod for these settings (``MASK_MODS`` x ``PADDING_MODS``)."""
+    base = MASK_MODS[global_tokens > 0](window, causal, global_tokens)
+    return PADDING_MODS[kind](base, keys)
 
 
 def _same_mask(plan: BandPlan, key_mask: Tensor | None) -> bool:
@@ -113,15 +232,13 @@ def band_plan(t: int, window: int, causal: bool, key_mask: Tensor | None, device
             plans.append(plans.pop(n))  # most recently used last
             return plan
     bucket = bucket_length(t)
-    if key_mask is None:
-        valid = torch.arange(bucket, device=device) < t  # (bucket,): padded positions are not keys
-        mod = _shared_mod(valid, window, causal, global_tokens)
-    else:
-        valid = F.pad(key_mask.bool(), (0, bucket - t), value=False)  # (B, bucket)
-        mod = _batched_mod(valid, window, causal, global_tokens)
-    block_mask = create_block_mask(mod, batch, None, bucket, bucket, device=device)
+    kind, keys = padding_kind(t, bucket, causal, key_mask, global_tokens)
+    keys = {name: x.to(device) for name, x in keys.items()}
+    mod = band_mask_mod(window, causal, global_tokens, kind, keys)
+    shared = kind in ("none", "tail")  # one block mask for the whole batch (the mask_mod ignores b)
+    block_mask = create_block_mask(mod, None if shared else batch, None, bucket, bucket, device=device)
     plan = BandPlan(key, None if key_mask is None else key_mask, 0 if key_mask is None else key_mask._version,
-                    block_mask)
+                    block_mask, kind)
     plans.append(plan)
     del plans[:-PLAN_CACHE_SIZE]
     _STATE["plans_built"] += 1
@@ -188,9 +305,14 @@ def band_flex_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, scale: 
         return None
     B, H, t, d = q.shape
     plan = band_plan(t, window, causal, key_mask, q.device, global_tokens)
+    if flex is None and not FLEX_BY_DEFAULT[plan.kind]:
+        warn_once(f"band attention: padding of kind '{plan.kind}' (not one run of real tokens per sequence) runs "
+                  "the blocked kernel: flex_attention's per-key validity gather measured slower than it "
+                  "(band_flex.FLEX_BY_DEFAULT; flex=True forces flex)", key=f"kind {plan.kind}")
+        return None
     bucket = bucket_length(t)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    family = (B, H, bucket, d, q.dtype, str(q.device), key_mask is None, grad, window, causal, global_tokens,
+    family = (B, H, bucket, d, q.dtype, str(q.device), plan.kind, grad, window, causal, global_tokens,
               float(scale))
     families = _STATE["families"]
     if family not in families and len(families) >= MAX_SHAPE_FAMILIES:

@@ -34,6 +34,7 @@ from .hfav_kernels_additive import (
     additive_attention,
     additive_attention_reference,
     additive_scores,
+    additive_tile_key,
     additive_tile_sizes,
 )
 from .hfav_kernels_band import band_attention, band_attention_reference, band_block_size
@@ -43,6 +44,7 @@ from .hfav_kernels_dense import (
     low_rank_attention,
     low_rank_attention_reference,
     masked_softmax_attention,
+    pads_qk,
 )
 from .hfav_kernels_lstmn import (
     _lstmn_exp_trick,
@@ -62,6 +64,7 @@ __all__ = [
     "additive_attention",
     "additive_attention_reference",
     "additive_scores",
+    "additive_tile_key",
     "additive_tile_sizes",
     "allowed_mask",
     "band_attention",
@@ -78,6 +81,7 @@ __all__ = [
     "lstmn_start",
     "lstmn_step",
     "masked_softmax_attention",
+    "pads_qk",
     "pair_allowed",
     "softmax_backward",
     "tape_read",

@@ -42,17 +42,33 @@ def additive_attention_reference(
     return out, weights, scores
 
 
-# per device type: (floats in one tile's (B·H, tq, tk, a) tensor, most key columns per tile). CPU: a few
-# MiB that stay in cache (measured on a 2-core EPYC). CUDA: no cache to fit, and each tile costs kernel
-# launches, so tiles are as large as memory comfortably allows (64 MiB fp32; not measured yet: see
-# benchmarks/gpu_session.sh, additive stage)
-ADDITIVE_TILES = {"cpu": (1 << 20, 256), "cuda": (1 << 24, 4096)}
+# Tiles per device: (floats in one tile's (B·H, tq, tk, a) tensor, most key columns per tile), looked up
+# by ``additive_tile_key``: "cuda:smXY" (compute capability X.Y) first, then the device type, then "cpu".
+# - cpu: a few MiB that stay in cache (measured on a 2-core EPYC).
+# - cuda: 2^22 floats (16 MiB fp32), the chunk of the chunked baseline. On an H200 (2026-12-04, commit
+#   c0344d2, fp32, a=64, B·H=8, T=256/1024) the tiled kernel with 2^24-float tiles ran 25-27 G triples/s
+#   forward where the chunked one, whose chunks hold 2^22 floats, ran 38-47 G/s. Whether 2^22 closes
+#   the gap is not measured: benchmarks/gpu_session.sh (additive stage) times both tile sizes side by side.
+# - cuda:sm90 (H100/H200): as cuda until measured; the entry is where a measured Hopper choice goes.
+ADDITIVE_TILES = {"cpu": (1 << 20, 256), "cuda": (1 << 22, 4096), "cuda:sm90": (1 << 22, 4096)}
+
+
+def additive_tile_key(device: torch.device | str) -> str:
+    """The ``ADDITIVE_TILES`` entry for a device: "cuda:smXY" where the table has the device's compute
+    capability, else its type if the table has it, else "cpu"."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        if f"cuda:sm{major}{minor}" in ADDITIVE_TILES:
+            return f"cuda:sm{major}{minor}"
+    return device.type if device.type in ADDITIVE_TILES else "cpu"
 
 
 def additive_tile_sizes(batch_heads: int, tk: int, dim: int, budget: int | None = None,
                         device_type: str = "cpu") -> tuple[int, int]:
     """(query rows, key columns) of one tile of the tiled additive kernel, so that a tile's
-    (B·H, tq, tk, a) tensor holds about ``budget`` floats (default: ``ADDITIVE_TILES`` of the device)."""
+    (B·H, tq, tk, a) tensor holds about ``budget`` floats (default: ``ADDITIVE_TILES[device_type]``,
+    where device_type is a key of that table, e.g. from ``additive_tile_key``)."""
     default_budget, max_k = ADDITIVE_TILES.get(device_type, ADDITIVE_TILES["cpu"])
     tile_k = min(tk, max_k)
     return max(1, (budget or default_budget) // max(1, batch_heads * tile_k * dim)), tile_k
@@ -238,7 +254,7 @@ def additive_attention(
     written; the first call compiles for a while.
     """
     B, H, _, a = q.shape
-    tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a, device_type=q.device.type)
+    tile_q, tk_default = additive_tile_sizes(B * H, k.shape[-2], a, device_type=additive_tile_key(q.device))
     if compiled:
         tile_q = max(tile_q, 32)  # nothing of size (tile, Tk, a) is stored: bigger tiles, fewer calls
     return _AdditiveTiled.apply(q, k, v, w, causal, key_mask, window, dropout_p,

@@ -43,7 +43,8 @@ def band_attention(
     It runs compiled ``flex_attention`` with a sliding-window block mask built once per forward
     (``hfav_band_flex.py``) where that applies: on CUDA (``flex`` None or True), and on CPU for no-grad
     calls when ``flex=True`` (``config.attention_compile``); a fallback from there warns once with
-    its reason. Otherwise:
+    its reason. The CUDA default never picks flex where the blocked kernel is known faster
+    (``band_flex.FLEX_BY_DEFAULT``: attention dropout > 0, padding with holes). Otherwise:
 
     Queries are cut into blocks of b; block n reads only keys [n·b - w, n·b + b - 1 + w]
     (or [n·b - w, n·b + b - 1] when causal), gathered with ``unfold`` from a padded copy of

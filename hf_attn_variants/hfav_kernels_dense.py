@@ -45,6 +45,24 @@ def dense_attention_reference(
     return out, weights, scores
 
 
+# Whether ``dense_attention`` zero-pads q, k narrower than v (low_rank: r < D) to v's head size, per
+# device type. The padding costs two (B, H, T, D) copies and D/r times the score FLOPs; it pays only
+# where SDPA would otherwise leave its fused kernels.
+# - cpu: True. SDPA's fused CPU kernel needs equal head sizes; q/k at r send it to the math path
+#   (T x T scores in memory). Measured side by side: `python benchmarks/bench_kernels.py --only low_rank`
+#   (columns low_rank = padded, unpadded), see docs/speed-gpu.md.
+# - cuda: False. The memory-efficient kernel takes q/k at r and v at D. Measured on an H200
+#   (2026-12-04, commit c0344d2, bf16, r=16, D=64, T=512/2048): SDPA unpadded 0.98-1.28x dense,
+#   padded 0.43-0.55x dense forward and 0.61-0.82x forward+backward.
+# Other device types: pad (the safe choice where not measured).
+PAD_QK_TO_V = {"cpu": True, "cuda": False}
+
+
+def pads_qk(device_type: str) -> bool:
+    """Whether q, k narrower than v are zero-padded to v's head size on this device type (``PAD_QK_TO_V``)."""
+    return PAD_QK_TO_V.get(device_type, True)
+
+
 def dense_attention(
     q: Tensor, k: Tensor, v: Tensor, *, scale: float, causal: bool,
     key_mask: Tensor | None = None, window: int | None = None, dropout_p: float = 0.0, global_tokens: int = 0,
@@ -52,10 +70,11 @@ def dense_attention(
     """Scaled dot-product attention through ``F.scaled_dot_product_attention``.
 
     q, k (B, H, T, Dqk), v (B, H, T, Dv). A q/k head size different from v's sends SDPA to
-    its slow math path on CPU, so q and k are zero-padded to Dv (the scores do not change).
+    its slow math path on CPU, so there q and k are zero-padded to Dv (the scores do not change);
+    on CUDA they are not (``PAD_QK_TO_V``).
     """
     tq, tk = q.shape[-2], k.shape[-2]
-    if q.shape[-1] < v.shape[-1]:
+    if q.shape[-1] < v.shape[-1] and pads_qk(q.device.type):
         pad = (0, v.shape[-1] - q.shape[-1])
         q, k = F.pad(q, pad), F.pad(k, pad)
     if key_mask is None and window is None and (not causal or tq == tk):
@@ -78,6 +97,7 @@ def low_rank_attention_reference(q, k, v, *, scale: float | None = None, **kw) -
 
 
 def low_rank_attention(q, k, v, *, scale: float | None = None, **kw) -> Tensor:
-    """Fast low-rank attention: SDPA on q, k zero-padded from r to D (see ``dense_attention``)."""
+    """Fast low-rank attention: SDPA on q, k at r, zero-padded to D where that keeps SDPA's fused
+    kernel (CPU; ``PAD_QK_TO_V``, see ``dense_attention``)."""
     return dense_attention(q, k, v, scale=scale or q.shape[-1] ** -0.5, **kw)
 

@@ -136,16 +136,18 @@ class _LSTMNRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable):
+    def forward(ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable, exp_trick=None):
         if autocast_on(xs):  # mixed precision: this Function computes in fp32 (hfav_precision.py)
-            return in_fp32(_LSTMNRecurrence.forward, ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable)
+            return in_fp32(_LSTMNRecurrence.forward, ctx, xs, xg, w_tape, w_summary, score, w_gates_h, readable,
+                           exp_trick)
         B, T, d = xs.shape
         tape = xs.new_zeros(B, T + 1, 2 * d)  # [h | c]; slot 0 is the zero slot, slot t + 1 is token t
         keys = xs.new_zeros(B, T + 1, d)  # W_h h_i, once per slot
         queries, gates = xs.new_empty(B, T, d), xs.new_empty(B, T, 4 * d)
         sums = xs.new_zeros(B, T + 1, 2 * d)  # [h̃_{t-1} | c̃_{t-1}] at index t
         bias = torch.zeros(readable.shape, dtype=xs.dtype, device=xs.device).masked_fill_(~readable, float("-inf"))
-        exp_trick = _lstmn_exp_trick(xs, w_tape, w_summary)
+        if exp_trick is None:  # decided from the values (host syncs); False for CUDA-graph capture
+            exp_trick = _lstmn_exp_trick(xs, w_tape, w_summary)
         if exp_trick:
             keys.fill_(1)  # keys hold e^{2 W_h h_i}
         for t in range(T):
@@ -211,11 +213,11 @@ class _LSTMNRecurrence(torch.autograd.Function):
         d_w_tape = flat(d_keys[:, 1:]).T @ flat(tape[:, 1:, :d])
         d_w_summary = flat(d_queries).T @ flat(sums[:, :-1, :d])
         d_w_gates_h = flat(d_gates).T @ flat(sums[:, 1:, :d])
-        return d_queries, d_gates, d_w_tape, d_w_summary, d_score, d_w_gates_h, None
+        return d_queries, d_gates, d_w_tape, d_w_summary, d_score, d_w_gates_h, None, None
 
 
-def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bool = False
-               ) -> tuple[Tensor, Tensor | None]:
+def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
+               cuda_graph: bool | None = None) -> tuple[Tensor, Tensor | None]:
     """The LSTMN recurrence of ``lstmn_reference``, fast and lean.
 
     W_x x_t and the x-part of the gates are computed for all t at once; each tape slot's key
@@ -224,6 +226,11 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
     x (B, T, d_in) -> h (B, T, d), attention (B, T, T + 1) or None. ``need_weights``, and projections
     that are wrapped (e.g. PEFT LoRA: they must be called, not read), take ``lstmn_reference`` under
     autograd, which records the attention.
+
+    ``cuda_graph`` (None: ``USE_CUDA_GRAPHS``, off by default): on CUDA, replay the recurrence's step
+    loop (forward, and backward under autograd) as a captured CUDA graph, one per input shape
+    (``lstmn_graphed``): a step launches ~20 small kernels, so on a GPU the loop is bound by launch
+    latency, not FLOPs. Elsewhere, or when capture fails, the eager loop runs after a one-time warning.
     """
     plain = all(type(getattr(cell, n)) is torch.nn.Linear for n in ("w_tape", "w_summary", "gates"))
     if need_weights or not plain:
@@ -236,6 +243,108 @@ def lstmn_scan(cell, x: Tensor, key_mask: Tensor | None = None, need_weights: bo
     xg = F.linear(x, w_gates[:, d:], cell.gates.bias)  # (B, T, 4d)
     first = torch.ones(B, 1, dtype=torch.bool, device=x.device)
     readable = torch.cat([first, key_mask.bool() if key_mask is not None else first.expand(B, T)], dim=1)
-    h = _LSTMNRecurrence.apply(xs, xg, cell.w_tape.weight, cell.w_summary.weight, cell.score, w_gates[:, :d],
-                               readable)
+    args = (xs, xg, cell.w_tape.weight, cell.w_summary.weight, cell.score, w_gates[:, :d], readable)
+    if USE_CUDA_GRAPHS if cuda_graph is None else cuda_graph:
+        h = lstmn_graphed(*args)
+        if h is not None:
+            return h, None
+    h = _LSTMNRecurrence.apply(*args)
     return h, None
+
+
+# ----------------------------------------------------------------------------- CUDA graphs over the step loop
+
+USE_CUDA_GRAPHS = False  # lstmn_scan's default for ``cuda_graph``
+GRAPH_CACHE_SIZE = 4  # captured shapes kept per process (each holds its own memory pool)
+_GRAPHS: dict = {"graphs": {}, "warned": {}, "captures": 0}
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _GRAPHS["warned"]:
+        _GRAPHS["warned"][reason] = True
+        from transformers.utils import logging
+
+        logging.get_logger(__name__).warning(reason)
+
+
+def _recurrence_for_capture(xs, xg, w_tape, w_summary, score, w_gates_h, readable):
+    """The recurrence with the tanh path fixed (``exp_trick=False``): deciding the exp path reads values
+    on the host, which a captured graph cannot do. Same equations (tested against the reference)."""
+    return _LSTMNRecurrence.apply(xs, xg, w_tape, w_summary, score, w_gates_h, readable, False)
+
+
+def lstmn_graph_key(args: tuple[Tensor, ...], grad: bool) -> tuple:
+    """What a captured graph is specific to: every input's shape, dtype and requires_grad, the device,
+    and whether it records the backward."""
+    return (grad, str(args[0].device), tuple((tuple(a.shape), a.dtype, a.requires_grad) for a in args))
+
+
+class _ForwardGraph:
+    """A no-grad recurrence captured once: static inputs, copied into before each replay."""
+
+    def __init__(self, args: tuple[Tensor, ...]):
+        self.static = [a.detach().clone() for a in args]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
+                _recurrence_for_capture(*self.static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = _recurrence_for_capture(*self.static)
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        for static, a in zip(self.static, args):
+            static.copy_(a)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def lstmn_graph_skip_reason(args: tuple[Tensor, ...]) -> str | None:
+    """Why the graph path cannot run these inputs (None: it can)."""
+    if args[0].device.type != "cuda":
+        return f"LSTMN CUDA graphs need CUDA tensors (got {args[0].device.type}): the eager step loop runs"
+    if torch.cuda.is_current_stream_capturing():
+        return "LSTMN CUDA graphs: already inside a graph capture, the eager step loop runs (it is captured there)"
+    return None
+
+
+def lstmn_graphed(xs, xg, w_tape, w_summary, score, w_gates_h, readable) -> Tensor | None:
+    """``_LSTMNRecurrence`` replayed from a CUDA graph captured for these shapes (forward only under
+    no_grad; forward and backward through ``torch.cuda.make_graphed_callables`` under autograd), or
+    None (after a one-time warning) where graphs do not apply. Under autocast the inputs are cast to
+    fp32 outside the graph, as the Function does itself (hfav_precision.py)."""
+    args = (xs, xg, w_tape, w_summary, score, w_gates_h, readable)
+    reason = lstmn_graph_skip_reason(args)
+    if reason:
+        _warn_once(reason)
+        return None
+    if autocast_on(xs):
+        args = tuple(a.float() if a.is_floating_point() else a for a in args)
+    grad = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+    key = lstmn_graph_key(args, grad)
+    graphs = _GRAPHS["graphs"]
+    fn = graphs.pop(key, None)
+    if fn is None:
+        try:
+            with torch.autocast("cuda", enabled=False):
+                if grad:
+                    samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+                    fn = torch.cuda.make_graphed_callables(_recurrence_for_capture, samples)
+                else:
+                    fn = _ForwardGraph(args)
+        except RuntimeError as error:  # capture refused (an op that syncs, an old driver): eager from here on
+            _warn_once(f"LSTMN CUDA graph capture failed, the eager step loop runs: {str(error).splitlines()[0]}")
+            return None
+        _GRAPHS["captures"] += 1
+    graphs[key] = fn  # most recently used last
+    while len(graphs) > GRAPH_CACHE_SIZE:
+        graphs.pop(next(iter(graphs)))
+    with torch.autocast("cuda", enabled=False):
+        return fn(*args)
+
+
+def reset_graphs() -> None:
+    """Forget the captured graphs and the warnings given."""
+    _GRAPHS.update(graphs={}, warned={}, captures=0)

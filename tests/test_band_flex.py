@@ -255,3 +255,192 @@ def test_generation_compiles_for_the_prefill_only():
         frames = _frames() if frames is None else frames
         assert _frames() == frames and band_flex._STATE["plans_built"] <= 2
     assert len(band_flex._STATE["families"]) == 1
+
+
+# ----------------------------------------------------------------------------- specialised mask_mods
+
+
+def _tensors_captured(fn, seen=None) -> list:
+    """Every tensor a function's closure reaches (through nested functions too)."""
+    seen = set() if seen is None else seen
+    found = []
+    for cell in fn.__closure__ or ():
+        value = cell.cell_contents
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif callable(value) and getattr(value, "__closure__", None) and id(value) not in seen:
+            seen.add(id(value))
+            found += _tensors_captured(value, seen)
+    return found
+
+
+def _holes_mask(b, t, g):
+    mask = torch.rand(b, t, generator=g) > 0.3
+    mask[:, 0] = True
+    mask[0, t // 2] = False  # a hole between real tokens
+    mask[0, t // 2 - 1] = mask[0, t // 2 + 1] = True
+    return mask
+
+
+def _padding(kind, b, t, g):
+    if kind == "holes":
+        return _holes_mask(b, t, g)
+    mask = _key_mask(b, t, kind, g)
+    if mask is not None:
+        mask[0] = False
+        mask[0, :1] = True  # row 0 padded (one real token): the padded kind every time
+        if kind == "left":
+            mask[0] = torch.arange(t) >= t - 1
+    return mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_pure_index_mask_mod_captures_no_tensor_and_is_the_rule(causal, seed):
+    """No padding, no global tokens: the mask_mod is index arithmetic on ints alone (nothing to gather
+    in flex's kernel), and it equals ``pairs.pair_allowed`` on every (query, key) of random shapes."""
+    g = torch.Generator().manual_seed(seed)
+    t = int(torch.randint(2, 400, (1,), generator=g))
+    window = int(torch.randint(0, t, (1,), generator=g))
+    bucket = band_flex.bucket_length(t)
+    kind, keys = band_flex.padding_kind(bucket, bucket, causal, None)
+    assert kind == "none" and keys == {}
+    mod = band_flex.band_mask_mod(window, causal, 0, kind, keys)
+    assert _tensors_captured(mod) == [] and all(
+        isinstance(c.cell_contents, (int, bool)) for c in mod.__closure__)
+    qi, kj = torch.arange(bucket)[:, None], torch.arange(bucket)[None, :]
+    assert torch.equal(mod(torch.tensor(0), torch.tensor(0), qi, kj),
+                       K.pair_allowed(qi, kj, causal=causal, window=window))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "left", "holes"])
+@pytest.mark.parametrize("global_tokens", [0, 2])
+@pytest.mark.parametrize("seed", range(2))
+def test_every_specialised_mask_mod_is_the_rule(causal, padding, global_tokens, seed):
+    """Each (padding kind x global tokens) mask_mod equals ``pair_allowed`` (with the padded keys and
+    the bucket's tail as non-real keys) on every (batch, query, key) of the bucket; the
+    kind is the one the padding calls for, and only the kinds with padding capture tensors."""
+    g = torch.Generator().manual_seed(seed)
+    b, t = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(3, 300, (1,), generator=g))
+    window = int(torch.randint(0, max(1, t - 1), (1,), generator=g))
+    key_mask = _padding(padding, b, t, g)
+    bucket = band_flex.bucket_length(t)
+    kind, keys = band_flex.padding_kind(t, bucket, causal, key_mask, global_tokens)
+    expected = {None: "none" if t == bucket else "tail", "right": "lengths", "left": "spans",
+                "holes": "gather"}[padding]
+    assert kind == expected
+    mod = band_flex.band_mask_mod(window, causal, global_tokens, kind, keys)
+    assert bool(_tensors_captured(mod)) == (kind != "none")
+    real = torch.ones(b, t, dtype=torch.bool) if key_mask is None else key_mask
+    real = torch.nn.functional.pad(real, (0, bucket - t), value=False)  # the tail is not a key
+    bi = torch.arange(b)[:, None, None]
+    qi, kj = torch.arange(bucket)[None, :, None], torch.arange(bucket)[None, None, :]  # the tail's rows too
+    got = mod(bi, torch.tensor(0), qi, kj).expand(b, bucket, bucket)
+    want = K.pair_allowed(qi, kj, causal=causal, window=window, key_real=real[:, None, :],
+                          global_tokens=global_tokens).expand(b, bucket, bucket)
+    assert torch.equal(got, want)
+
+
+def _legacy_mod(valid, window, causal, global_tokens):
+    """The previous plan's mask_mod: the whole rule with a per-key validity gather (B, bucket)."""
+    def mask_mod(b, h, qi, kj):
+        return K.pair_allowed(qi, kj, causal=causal, window=window, key_real=valid[b, kj],
+                              global_tokens=global_tokens)
+    return mask_mod
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+@pytest.mark.parametrize("shape", [(1, 1000, 128, 0), (2, 300, 40, 1), (3, 4096, 256, 0)])
+def test_block_sparsity_is_the_old_plans(causal, padding, shape):
+    """``create_block_mask`` from the specialised mask_mod visits exactly the blocks (partial and full)
+    that the old gather-the-whole-rule mask_mod did, over the real queries."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, t, window, global_tokens = shape
+    g = torch.Generator().manual_seed(t)
+    key_mask = _padding(padding, b, t, g)
+    bucket = band_flex.bucket_length(t)
+    plan = band_flex.band_plan(t, window, causal, key_mask, torch.device("cpu"), global_tokens)
+    valid = torch.ones(b, t, dtype=torch.bool) if key_mask is None else key_mask
+    valid = torch.nn.functional.pad(valid, (0, bucket - t), value=False)
+    old = create_block_mask(_legacy_mod(valid, window, causal, global_tokens), b, None, bucket, bucket,
+                            device="cpu")
+    new = plan.block_mask
+    full = lambda m: None if m.full_kv_num_blocks is None else m.full_kv_num_blocks.expand(b, -1, -1)
+    if padding is None:  # the same blocks, partial and full
+        assert torch.equal(new.kv_num_blocks.expand(b, -1, -1), old.kv_num_blocks)
+        assert (full(new) is None) == (full(old) is None)
+        if full(new) is not None:
+            assert torch.equal(full(new), full(old))
+    # blocks visited at all (partial or full) per query block: identical in every case
+    dense = lambda m: m.to_dense().expand(b, -1, -1, -1).bool()
+    assert torch.equal(dense(new), dense(old))
+    assert new.sparsity() == pytest.approx(old.sparsity()) or b > 1
+
+
+def test_default_path_sends_validity_gathers_to_the_blocked_kernel(monkeypatch, caplog):
+    """The CUDA default (flex=None) runs flex for no padding, lengths and spans, and the blocked kernel
+    for padding with holes (``FLEX_BY_DEFAULT``), with one warning; flex=True forces flex. The
+    device check is patched so that the choice itself runs on the CPU."""
+    monkeypatch.setattr(band_flex, "why_not_flex", lambda *a, **kw: None)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = _qkv(2, 2, 64, 16, g)
+    kw = dict(window=5, scale=0.25, causal=False)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger=LOGGER):
+        for padding in (None, "right", "left"):
+            assert band_flex.band_flex_attention(q, k, v, key_mask=_padding(padding, 2, 64, g), **kw) is not None
+        holes = _holes_mask(2, 64, g)
+        for _ in range(2):
+            assert band_flex.band_flex_attention(q, k, v, key_mask=holes, **kw) is None
+        forced = band_flex.band_flex_attention(q, k, v, key_mask=holes, flex=True, **kw)
+    torch.testing.assert_close(forced, K.band_attention_reference(q, k, v, key_mask=holes, **kw)[0],
+                               atol=1e-5, rtol=1e-5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "gather" in messages[0] and "blocked kernel" in messages[0]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padding", [None, "left", "holes"])
+@pytest.mark.parametrize("global_tokens", [0, 2])
+def test_cpu_flex_path_with_every_mask_kind_matches_reference(causal, padding, global_tokens):
+    g = torch.Generator().manual_seed(3)
+    b, t = 2, 77  # bucket 128: a tail
+    q, k, v = _qkv(b, 2, t, 16, g)
+    key_mask = _padding(padding, b, t, g)
+    kw = dict(window=6, scale=0.25, causal=causal, key_mask=key_mask, global_tokens=global_tokens)
+    with torch.no_grad():
+        out = K.band_attention(q, k, v, flex=True, **kw)
+    assert len(band_flex._STATE["families"]) == 1  # flex ran
+    torch.testing.assert_close(out, K.band_attention_reference(q, k, v, **kw)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_an_all_real_padding_mask_takes_the_pure_index_mask_mod():
+    """A mask of ones (what a tokenizer returns for unpadded batches) is no padding: the pure-index
+    mask_mod (T == bucket) or the tail's scalar (T < bucket), never lengths or a gather."""
+    ones = torch.ones(2, 256, dtype=torch.long)
+    assert band_flex.padding_kind(256, 256, True, ones) == ("none", {})
+    kind, keys = band_flex.padding_kind(200, 256, False, ones[:, :200])
+    assert kind == "tail" and int(keys["limit"]) == 200
+    empty_row = ones.clone()
+    empty_row[1] = 0  # an all-padding row: a run of length 0
+    assert band_flex.padding_kind(256, 256, True, empty_row)[0] == "lengths"
+
+
+def test_new_spans_and_lengths_do_not_recompile():
+    """The lengths / spans tensors the mask_mods capture are inputs of the compiled call: new values
+    (another padding of the same batch size and bucket) reuse the compiled graph."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for padding in ("right", "left"):
+            frames = None
+            for length in (40, 40, 70):
+                q, k, v = _qkv(2, 2, length, 16, g)
+                key_mask = _padding(padding, 2, length, g)
+                kw = dict(window=5, scale=0.25, causal=padding == "left", key_mask=key_mask)
+                out = K.band_attention(q, k, v, flex=True, **kw)
+                torch.testing.assert_close(out, K.band_attention_reference(q, k, v, **kw)[0], atol=1e-5, rtol=1e-5)
+                frames = _frames() if frames is None else frames
+                assert _frames() == frames
+    assert {key[6] for key in band_flex._STATE["families"]} == {"lengths", "spans"}

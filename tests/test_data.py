@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_attn_variants_research import corpora, tasks, train
+corpora = pytest.importorskip("hf_attn_variants_research.corpora", reason="needs the train extra")
+tasks = pytest.importorskip("hf_attn_variants_research.tasks", reason="needs the train extra")
+train = pytest.importorskip("hf_attn_variants_research.train", reason="needs the train extra")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+train = pytest.importorskip("hf_attn_variants_research.train", reason="needs the train extra")
 
 import hf_attn_variants as hv  # noqa: E402
-from hf_attn_variants_research import train  # noqa: E402
 
 COMMON = ["data.max_train_samples=64", "data.max_eval_samples=16", "data.max_test_samples=16", "num_train_epochs=1",
           "report_to=none", "use_cpu=true", "disable_tqdm=true", "per_device_train_batch_size=16"]

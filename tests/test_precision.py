@@ -40,17 +40,32 @@ def _reduced_outputs(model) -> list[torch.dtype]:
 
 
 def _grads(model, ids, mask, dtype: torch.dtype | None, device: str = "cpu", scaler=None):
-    """Loss and gradients of one step, under autocast(dtype) (None: plain fp32)."""
-    model.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scale = scaler.get_scale()
-    else:
+    """Loss and gradients of one step, under autocast(dtype) (None: plain fp32).
+
+    With a ``GradScaler`` (fp16) the gradients are unscaled (``scaler.unscale_``) before they are
+    read. A fresh scaler starts at 2^16, where a tiny model's fp16 gradients can overflow: that step
+    is skipped by the scaler and the scale halved, which is the scaler at work, not a failure, so
+    the step is retried (at most 24 times, down to scale 2^-8) until the gradients are finite. The
+    optimizer the scaler needs has lr 0: the weights never change."""
+    if scaler is None:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
         loss.backward()
-        scale = 1.0
-    grads = torch.cat([p.grad.flatten() / scale for p in model.parameters() if p.grad is not None])
+        return loss.detach().float(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    for _ in range(24):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        finite = bool(torch.isfinite(grads).all())
+        scaler.step(optimizer)  # skipped when not finite
+        scaler.update()  # halves the scale after a skipped step
+        if finite:
+            break
     return loss.detach().float(), grads
 
 
@@ -150,3 +165,17 @@ def test_trainer_bf16_run(family, variant, tmp_path):
     assert torch.bfloat16 in seen
     assert torch.isfinite(torch.tensor(result.training_loss)) and bool(torch.isfinite(end).all())
     assert (end - start).abs().max() > 1e-4
+
+
+def test_skipped_grad_scaler_steps_are_retried_not_failed():
+    """The fp16 helper on the CPU (GradScaler works there too): a scale of 2^127 overflows the first
+    steps, which the scaler skips and halves; the gradients read in the end are finite, unscaled,
+    and equal the fp32 ones (autocast off here, so only the scaling is under test)."""
+    model = _lm("gpt2", "dense", {})
+    ids, mask = random_batch(2, 12, seed=1)
+    _, grads32 = _grads(model, ids, mask, None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    loss, grads = _grads(model, ids, mask, None, "cpu", scaler)
+    assert scaler.get_scale() < 2.0**127  # at least one step was skipped and the scale halved
+    assert bool(torch.isfinite(grads).all())
+    torch.testing.assert_close(grads, grads32, rtol=1e-4, atol=1e-6)
