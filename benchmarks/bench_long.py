@@ -206,8 +206,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return
 
-    sys.path.insert(0, str(HERE))
-    from common import device_line
+    from common import device_line  # benchmarks/ is on sys.path: this file runs as a script
 
     out = args.out or HERE / "results" / ("gpu-long.md" if args.device == "cuda" else "long-smoke.md")
     deadline = time.monotonic() + args.budget

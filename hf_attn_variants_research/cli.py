@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {version()}")
         return 0
     name = argv[0]
+    if name == "train" and argv[1:] in (["-h"], ["--help"]):  # the module's docstring, without importing torch
+        import ast
+        from pathlib import Path
+
+        print(ast.get_docstring(ast.parse((Path(__file__).parent / "train.py").read_text())))
+        return 0
     command = resolve(name)
     try:
         result = command(argv[1:])

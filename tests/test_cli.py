@@ -51,6 +51,7 @@ def tiny_config(tmp_path: Path, **changes) -> Path:
 
 def test_help_lists_every_command_without_importing_torch():
     code = ("import sys; from hf_attn_variants_research.cli import main; rc = main(['--help']); "
+            "rc += main(['train', '--help']); "
             "heavy = sorted(m for m in ('torch', 'transformers', 'hf_attn_variants') if m in sys.modules); "
             "print('HEAVY', heavy, rc)")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
@@ -58,6 +59,7 @@ def test_help_lists_every_command_without_importing_torch():
     assert "HEAVY [] 0" in proc.stdout
     for name, (_, what) in cli.COMMANDS.items():
         assert f"  {name}" in proc.stdout and what in proc.stdout
+    assert "hf-attn-variants train CONFIG" in proc.stdout and "baselines:" in proc.stdout  # train's own help
 
 
 def test_version_and_unknown_command(capsys):

@@ -207,7 +207,7 @@ def convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-attn-variants convert",
                                 description="Convert a stock dense BERT/GPT-2 checkpoint to a variant "
                                             "(convert_from_dense) and write a Hub-ready folder.")
-    p.add_argument("src", help="path or Hub id of a stock (dense) checkpoint")
+    p.add_argument("src", help="path or Hub id of a stock checkpoint or of a dense Variant model")
     p.add_argument("--variant", required=True, choices=tuple(VARIANTS), help="attention_variant (the registry's)")
     p.add_argument("--rank", type=int, help="attention_rank r")
     p.add_argument("--window", type=int, help="attention_window w")
