@@ -164,6 +164,9 @@ def save_hub_folder(model, tokenizer, folder: str | os.PathLike, *, card_data: d
     folder = Path(folder).resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    from .analysis.commands import user_mode
+
+    os.chmod(tmp, user_mode(directory=True))  # mkdtemp's 0700 would stay on the renamed folder
     try:
         _write_folder(model, tokenizer, tmp, card_data, repo_id or str(folder))
         if folder.exists():

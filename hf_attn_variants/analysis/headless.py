@@ -57,19 +57,18 @@ _STEPS_JS = """<script>(function () {
              tip: (root.querySelector('.hav-tip') || {}).textContent || '', decoded: root.hav.cache.size,
              resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
              panels: []};
-    all('.hav-panel').forEach(function (p) {
-      var title = p.querySelector('.hav-matrix-title');
+    all('.hav-panel').forEach(function (p, k) {
+      var title = p.querySelector('.hav-matrix-view .hav-matrix-title');
+      var panel = root.hav.panels[k];
       s.panels.push({
         headsOn: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-head-toggle.hav-on')), 'head'),
         selectedLeft: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-left .hav-tok.hav-selected')), 'i'),
         selectedRight: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-right .hav-tok.hav-selected')), 'i'),
-        lines: Array.prototype.slice.call(p.querySelectorAll('line.hav-hl')).map(function (l) {
-          return [Number(l.dataset.head), Number(l.dataset.from), Number(l.dataset.to), Number(l.dataset.weight)];
-        }),
+        lines: (panel.highlight || []).map(function (l) { return [l[0], l[1], l[2], l[3]]; }),
         thumbs: p.querySelectorAll('canvas.hav-thumb').length,
         thumbsDrawn: p.querySelectorAll('canvas.hav-thumb[data-drawn="1"]').length,
         matrixTitle: title && title.offsetParent !== null ? title.textContent : null,
-        heatmap: (function (c) { return c ? [c.width, c.height] : null; })(p.querySelector('canvas.hav-heatmap')),
+        heatmap: (function (c) { return c ? c.dataset.zoom : null; })(p.querySelector('.hav-matrix-view canvas.hav-heatmap')),
         bands: p.querySelectorAll('.hav-matrix-view polygon.hav-band').length,
         globals: p.querySelectorAll('.hav-matrix-view rect.hav-global').length,
         svBars: p.querySelectorAll('.hav-matrix-view svg.hav-svchart rect').length,
