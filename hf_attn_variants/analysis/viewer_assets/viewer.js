@@ -10,7 +10,7 @@
 
   var ROW = 20;                 // px per token row in the head view
   var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
-  var LINE_BUDGET = 6000;       // the most overview lines drawn at once (the strongest first)
+  var LINE_BUDGET = 4000;       // the most overview lines drawn at once (the strongest first)
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
   var LABEL_LEFT = 96, LABEL_TOP = 72;  // matrix view: room for the token labels
