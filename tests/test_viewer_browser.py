@@ -196,6 +196,24 @@ def test_screenshots_of_each_view(tmp_path):
             length = len(tok(text)["input_ids"])
             head_dim = dense.config.hidden_size // dense.config.num_attention_heads
             assert [p["svBars"] for p in last["panels"]] == [min(length, head_dim), 4]
+    # the A - B view and the attribution view, driven with real input
+    from hf_attn_variants.analysis.headless import Browser
+    with Browser(html) as b:
+        b.click(".hav-tab-diff")
+        b.painted()
+        b.screenshot(out / "viewer-diff.png")
+        b.click(".hav-tab-attribution")
+        b.key("5" if MINILM else "2")
+        b.painted()
+        b.screenshot(out / "viewer-attribution.png")
+        b.click(".hav-tab-matrix")
+        x, y = b.center("canvas.hav-heatmap")
+        b.wheel(x + 60, y + 60, -600)
+        b.painted()
+        b.screenshot(out / "viewer-matrix-zoom.png")
+        assert b.errors() == []
+    for name in ("viewer-diff.png", "viewer-attribution.png", "viewer-matrix-zoom.png"):
+        check_png(out / name)
 
 
 # ----------------------------------------------------------------------------- real input (DevTools protocol)

@@ -123,6 +123,8 @@
     this.renders = 0;
     this.waiters = [];
     this.compare = data.compare || null;
+    var T = this.models[0].length;  // decoded matrices kept: about 256 MB of floats, 36 to 256 of them
+    this.cacheLimit = Math.max(36, Math.min(256, Math.floor(268435456 / (4 * T * T))));
     this.viewNames = ['head', 'model', 'matrix'];
     if (this.compare) { this.viewNames.push('diff'); }
     this.viewNames.push('attribution');
@@ -142,7 +144,7 @@
     if (this.cache.has(key)) { return this.cache.get(key); }
     var p = decode(text, m, {value_max: vmax}).then(function (A) { A.max = maxOf(A); return A; });
     this.cache.set(key, p);
-    if (this.cache.size > 96) { this.cache.delete(this.cache.keys().next().value); }
+    if (this.cache.size > this.cacheLimit) { this.cache.delete(this.cache.keys().next().value); }
     p.catch(function () { self.cache.delete(key); });
     return p;
   };
@@ -270,6 +272,7 @@
     }
     work.then(function () {
       self.lastRenderMs = performance.now() - t0;
+      self.schedulePrefetch();
     }, function (err) {
       self.root.dataset.error = String(err && err.message || err);
       if (window.console) { console.error(err); }
@@ -284,6 +287,27 @@
         w.forEach(function (f) { f(); });
       }
     });
+  };
+
+  /** After a render, decode in the background what the next input most likely needs: the heads on screen in
+      the layers above and below (a layer switch then only draws). One matrix per task, so input stays first. */
+  Viewer.prototype.schedulePrefetch = function () {
+    var self = this, s = this.state, todo = [], token = (this.prefetchToken = (this.prefetchToken || 0) + 1);
+    if (s.view !== 'head' && s.view !== 'matrix') { return; }
+    var heads = s.view === 'head' ? Array.from(s.heads) : [s.matrixHead];
+    [s.layer + 1, s.layer - 1].forEach(function (l) {
+      self.models.forEach(function (m, mi) {
+        if (l < 0 || l >= m.layers.length) { return; }
+        heads.forEach(function (h) { if (h < m.layers[l].heads) { todo.push([mi, l, h]); } });
+      });
+    });
+    if (todo.length * 2 > this.cacheLimit) { return; }
+    var next = function () {
+      if (token !== self.prefetchToken || !todo.length) { return; }
+      var t = todo.shift();
+      self.matrix(t[0], t[1], t[2]).then(function () { setTimeout(next, 0); }, function () {});
+    };
+    setTimeout(next, 50);
   };
 
   /** A promise resolved once every render started so far has finished (for tests and scripts). */
@@ -433,7 +457,7 @@
     var change = this.compare.change[s.segment] || this.compare.change.all, order = [];
     change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
     order.sort(function (x, y) { return y[0] - x[0]; });
-    var shown = s.diffAll ? order : order.slice(0, 12);
+    var shown = s.diffAll ? order : order.slice(0, 12), first = 6;
     var grid = el('div', 'hav-diff-grid');
     box.appendChild(grid);
     if (!s.diffAll && order.length > shown.length) {
@@ -445,12 +469,14 @@
     var rows = segmentRange(a, s.segment, 0), cols = segmentRange(a, s.segment, 1);
     var cards = shown.map(function (o, rank) { return self.diffCard(grid, o[1], o[2], o[0], rank, rows, cols); });
     // decode and draw the cards on screen first; the rest as they scroll into view
-    return Promise.all(cards.slice(0, 12).map(function (c) { return c.draw(); })).then(function () {
-      if (cards.length > 12 && typeof IntersectionObserver !== 'undefined') {
+    return Promise.all(cards.slice(0, first).map(function (c) { return c.draw(); })).then(function () {
+      if (cards.length > first && typeof IntersectionObserver !== 'undefined') {
         var io = new IntersectionObserver(function (es) {
           es.forEach(function (e) { if (e.isIntersecting) { e.target.havDraw(); io.unobserve(e.target); } });
         });
-        cards.slice(12).forEach(function (c) { c.canvas.havDraw = c.draw; io.observe(c.canvas); });
+        cards.slice(first).forEach(function (c) { c.canvas.havDraw = c.draw; io.observe(c.canvas); });
+      } else {
+        cards.slice(first).forEach(function (c) { c.draw(); });
       }
     });
   };
