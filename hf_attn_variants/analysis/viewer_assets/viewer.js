@@ -770,11 +770,17 @@
       visit(function (b) { counts[b]++; });
       var keepFrom = 8, kept = 0;
       while (keepFrom > 0 && kept + counts[keepFrom - 1] <= budget) { keepFrom--; kept += counts[keepFrom]; }
-      if (keepFrom === 8 && counts[7]) { keepFrom = 7; kept = counts[7]; }  // the strongest bucket always
+      // the next bucket down fills the rest of the budget, every stride-th line (a near-uniform head puts
+      // all its lines in one bucket)
+      var part = keepFrom - 1, stride = part >= 0 && kept < budget ? Math.ceil(counts[part] / (budget - kept)) : 0;
+      var seen = 0;
       for (var b0 = 0; b0 < keepFrom; b0++) { skipped += counts[b0]; }
       var buckets = [];
       for (var b = 0; b < 8; b++) { buckets.push([]); }
-      visit(function (b, i, j) { if (b >= keepFrom) { buckets[b].push(i, j); } });
+      visit(function (b, i, j) {
+        if (b >= keepFrom) { buckets[b].push(i, j); }
+        else if (b === part && stride && (seen++ % stride === 0)) { buckets[b].push(i, j); skipped--; }
+      });
       ctx.strokeStyle = headColor(h);
       buckets.forEach(function (pairs, b) {
         if (!pairs.length) { return; }
