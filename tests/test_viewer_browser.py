@@ -2,7 +2,10 @@
 loads the page from disk with the network off (every request goes to a proxy that does not exist),
 a script clicks a head, a token and a layer, and the tests assert on the resulting DOM (highlighted
 lines and their weights, the selected layer, the matrix view's band outline) and that no JavaScript
-error was raised. The README's screenshots come from test_screenshots_of_each_view:
+error was raised. The tests after them use real input over the DevTools protocol (headless.Browser):
+the tooltip, the keys, the pair divider and the A - B view, "mass within w", a 512-token compressed page
+(pixels against the stored weights, viewport-sized head-view canvas, export) and the attribution view.
+docs/viewer.md's screenshots come from test_screenshots_of_each_view:
 
     HAV_SCREENSHOT_DIR=docs/images python -m pytest -q tests/test_viewer_browser.py -k screenshots
 """

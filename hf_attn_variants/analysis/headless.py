@@ -9,7 +9,11 @@ and saves a PNG of the final state.
 
 Steps: ``{"click": css}`` (first match; ``"index": n`` for the n-th; ``"panel": m`` inside panel m),
 ``{"select": css, "value": v}`` (sets a <select> and fires change), ``{"dblclick": css}``, and
-``{"hover": css}`` (a mousemove at the element's centre).
+``{"hover": css}`` (a mousemove at the element's centre). These are synthetic events (dispatched by a
+script): they cannot show what real input does (hit testing, ``mouseleave`` when the element under the
+pointer is replaced, focus, wheel). ``Browser`` drives a page with real input instead, over the DevTools
+protocol (``Input.dispatchMouseEvent`` / ``dispatchKeyEvent``), in real time, and times each input until
+the result is painted.
 """
 
 from __future__ import annotations
