@@ -10,7 +10,7 @@
 
   var ROW = 20;                 // px per token row in the head view
   var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
-  var LINE_BUDGET = 4000;       // the most overview lines drawn at once (the strongest first)
+  var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
   var LABEL_LEFT = 96, LABEL_TOP = 72;  // matrix view: room for the token labels
@@ -748,22 +748,22 @@
     // overview: lines bucketed by weight (on the head's scale) so that each (head, bucket) is one path; at most
     // LINE_BUDGET lines in all, the strongest buckets first (a diffuse head at 512 tokens has 10^5 pairs above
     // 1% of its largest weight: drawing them all takes seconds and shows nothing)
-    var alphaScale = o.heads.length > 1 ? 0.6 : 0.9, total = 0, budget = Math.max(300, LINE_BUDGET / o.heads.length);
+    var alphaScale = o.heads.length > 1 ? 0.6 : 0.9, total = 0, budget = Math.max(100, LINE_BUDGET / o.heads.length);
     ctx.lineWidth = 1.2;
     var skipped = 0;
     o.heads.forEach(function (h, k) {
       var A = o.mats[k], scale = scaleOf(A), counts = new Int32Array(8), i, j, base, w;
-      var lo = Math.max(0, Math.floor(top - 0.5)), hi = Math.min(T, Math.ceil(bottom + 0.5));
+      var lo = Math.max(0, Math.floor(top - 0.5)), hi = Math.min(T, Math.ceil(bottom - 0.5));
       // pass 1: how many crossing lines fall in each bucket (rows in view: all columns; other rows: the
       // columns on the far side of the view, the only lines of theirs that cross it)
-      var visit = function (fn) {
+      var visit = function (fn) {  // the column range of each row is exactly its lines that cross the view
+        var min = LINE_MIN * scale, inv = 1 / scale;
         for (i = 0; i < T; i++) {
           base = i * T;
           var j0 = i < lo ? lo : 0, j1 = i >= hi ? hi : T;
-          if (i < lo) { j1 = T; } else if (i >= hi) { j0 = 0; }
           for (j = j0; j < j1; j++) {
-            w = A[base + j] / scale;
-            if (w >= LINE_MIN && cross(i, j)) { fn(Math.min(7, Math.floor(Math.sqrt(w) * 8)), i, j); }
+            w = A[base + j];
+            if (w >= min) { w = Math.sqrt(w * inv) * 8; fn(w >= 7 ? 7 : w | 0, i, j); }
           }
         }
       };
