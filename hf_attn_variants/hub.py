@@ -164,8 +164,13 @@ def save_hub_folder(model, tokenizer, folder: str | os.PathLike, *, card_data: d
     folder = Path(folder).resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    from .analysis.commands import user_mode
+
     try:
         _write_folder(model, tokenizer, tmp, card_data, repo_id or str(folder))
+        # the user's umask, not mkdtemp's 0700 (kept by the rename) nor the 0600 safetensors writes with
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, user_mode(directory=path.is_dir()))
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             folder.rename(old / folder.name)

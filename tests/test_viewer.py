@@ -5,7 +5,9 @@ writes it. (tests/test_viewer_browser.py loads it in a real browser.)"""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -206,7 +208,8 @@ def test_page_is_self_contained_and_escapes_tokens(tokenizers):
     text = 'the cat </script><script>alert("x")</script> & <b>'
     model = model_for("gpt2", "band", {"attention_window": 2}, tok)
     html = page(view(model, tok, text), "t")
-    assert not re.search(r"https?://|//cdn|\bsrc\s*=|\bhref\s*=|@import|url\(", html)
+    # no URL and no src/href with a literal value (the export buttons set href to a blob: URL they make)
+    assert not re.search(r"https?://|//cdn|\bsrc\s*=\s*[\"']|\bhref\s*=\s*[\"']|\.src\s*=|@import|url\(", html)
     assert html.count("</script>") == 3 and "alert(" not in html.split("hav-data")[1].split("</script>")[0]
     data = read_view_data(html)
     assert "".join(data["models"][0]["tokens"]) == text
@@ -240,3 +243,92 @@ def test_command_line_writes_the_page(tmp_path, tokenizers):
     expected, _ = reference_attentions(model, tok, TEXT, PAIR)
     assert all(torch.equal(a, b) for a, b in zip(data["models"][0]["attentions"], expected))
     assert data["models"][1]["layers"][0]["variant"] == "dense"
+    # titles: the folders' last components, never the local paths
+    assert [m["name"] for m in data["models"]] == ["band", "dense"] and str(tmp_path) not in html
+    assert "<title>attention: band vs dense</title>" in html
+    out2 = tmp_path / "named.html"
+    assert cli_main(["view", str(tmp_path / "band"), "--text", TEXT, "--out", str(out2), "--compare",
+                     str(tmp_path / "dense"), "--names", "Band w=1", "Dense"]) == 0
+    assert [m["name"] for m in read_view_data(out2.read_text())["models"]] == ["Band w=1", "Dense"]
+    with pytest.raises(SystemExit, match="--names takes 2 name"):
+        cli_main(["view", str(tmp_path / "band"), "--text", TEXT, "--out", str(out2), "--compare",
+                  str(tmp_path / "dense"), "--names", "only one"])
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_files_are_written_with_the_users_umask(tmp_path, tokenizers, umask_022):
+    """The page, and convert's output folder and files, get 0644 / 0755 under umask 022 (not the 0600 /
+    0700 of mkstemp / mkdtemp), written atomically (no temporary left behind)."""
+    from hf_attn_variants.analysis.viewer import write_text
+    path = write_text(tmp_path / "a" / "page.html", "<p>x</p>")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "<p>x</p>"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["page.html"]
+    tok = tokenizers["bert"]
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "stock")
+    tok.save_pretrained(tmp_path / "stock")
+    out = tmp_path / "converted"
+    cli_main(["convert", str(tmp_path / "stock"), "--variant", "low_rank", "--rank", "4", "--out", str(out)])
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "svd_energy.json" in modes and "config.json" in modes
+    assert set(modes.values()) == {0o644}, {k: oct(v) for k, v in modes.items() if v != 0o644}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_long_text_is_truncated_with_a_notice_or_refused(tmp_path, tokenizers):
+    tok = tokenizers["bert"]
+    model = model_for("bert", "dense", {}, tok)  # max_position_embeddings 64
+    text = " ".join([TEXT] * 20)
+    full = len(tok(text)["input_ids"])
+    assert full > 64
+    m = read_view_data(view(model, tok, text))["models"][0]
+    assert m["length"] == 64 and m["truncated"] == {"from": full, "to": 64, "limit": 64}
+    assert m["tokens"][-1] == "[SEP]"
+    m = read_view_data(view(model, tok, text, max_length=20))["models"][0]
+    assert m["length"] == 20 and m["truncated"]["limit"] == 20
+    assert read_view_data(view(model, tok, TEXT))["models"][0]["truncated"] is None
+    with pytest.raises(ValueError, match=f"the text has {full} tokens, more than max_length=64"):
+        view(model, tok, text, truncate=False)
+    with pytest.raises(ValueError, match="max_length=100 is more than this model takes \\(64 positions\\)"):
+        view(model, tok, TEXT, max_length=100)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(SystemExit, match="more than max_length=30"):
+        cli_main(["view", str(tmp_path / "m"), "--text", text, "--out", str(tmp_path / "p.html"), "--max-length", "30",
+                  "--no-truncate"])
+
+
+def test_pair_start_rollout_change_and_importance(tmp_path, tokenizers):
+    from hf_attn_variants.analysis.rollout import rollout
+    from hf_attn_variants.analysis.viewer import attention_change
+    tok = tokenizers["bert"]
+    dense, band = model_for("bert", "dense", {}, tok), model_for("bert", "band", {"attention_window": 1}, tok, seed=1)
+    csv_path = tmp_path / "importance.csv"
+    csv_path.write_text("layer,head,grad_importance,uniform_delta_loss\n" +
+                        "".join(f"{lay},{h},{lay + h / 10},{-h}\n" for lay in range(2) for h in range(4)))
+    html = view(dense, tok, TEXT, PAIR, compare=band, precision="float32", importance=(tmp_path, None))
+    data = read_view_data(html)
+    a, b = data["models"]
+    start = a["pair_start"]
+    assert a["tokens"][start - 1] == "[SEP]" and a["tokens"][start:start + 3] == ["a", "dog", "ran"]
+    want = rollout([x[None] for x in a["attentions"]])[:, 0]
+    assert torch.allclose(a["rollouts"], want, atol=1e-6)
+    imp = a["importance"]["columns"]
+    assert imp["grad_importance"][1][2] == pytest.approx(1.2) and imp["uniform_delta_loss"][0][3] == -3
+    assert b["importance"] is None
+    change = data["compare"]["change"]
+    assert set(change) == {"all", "AA", "AB", "BA", "BB"}
+    # the change of one head by hand: mean over A's query rows of half the L1 distance over B's keys
+    x, y = a["attentions"][1][2], b["attentions"][1][2]
+    assert change["AB"][1][2] == pytest.approx(float((x[:start, start:] - y[:start, start:]).abs().sum(-1).mean() / 2),
+                                               abs=1e-5)
+    assert change == attention_change(a["attentions"], b["attentions"], start)
+    with pytest.raises(ValueError, match="importance='.*nothing.csv'.*no such file"):
+        view(dense, tok, TEXT, importance=str(tmp_path / "nothing.csv"))

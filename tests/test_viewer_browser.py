@@ -2,7 +2,10 @@
 loads the page from disk with the network off (every request goes to a proxy that does not exist),
 a script clicks a head, a token and a layer, and the tests assert on the resulting DOM (highlighted
 lines and their weights, the selected layer, the matrix view's band outline) and that no JavaScript
-error was raised. The README's screenshots come from test_screenshots_of_each_view:
+error was raised. The tests after them use real input over the DevTools protocol (headless.Browser):
+the tooltip, the keys, the pair divider and the A - B view, "mass within w", a 512-token compressed page
+(pixels against the stored weights, viewport-sized head-view canvas, export) and the attribution view.
+docs/viewer.md's screenshots come from test_screenshots_of_each_view:
 
     HAV_SCREENSHOT_DIR=docs/images python -m pytest -q tests/test_viewer_browser.py -k screenshots
 """
@@ -107,7 +110,7 @@ def test_clicks_on_every_variant(family, variant, fields):
     panel = matrix["panels"][0]
     assert (matrix["view"], matrix["layer"]) == ("matrix", "1")
     assert panel["matrixTitle"].startswith(f"layer 1 \u00b7 {layers[1]['head_names'][0]}")
-    assert panel["heatmap"] == [data["length"]] * 2
+    assert panel["heatmap"] == f"0,0,{data['length']}"  # the zoom window: the whole matrix
     assert panel["bands"] == (1 if 0 in layers[1]["band_heads"] else 0)
     sv = layers[1]["singular_values"]
     assert panel["svBars"] == (len(sv[0]) if sv else 0)
@@ -196,3 +199,246 @@ def test_screenshots_of_each_view(tmp_path):
             length = len(tok(text)["input_ids"])
             head_dim = dense.config.hidden_size // dense.config.num_attention_heads
             assert [p["svBars"] for p in last["panels"]] == [min(length, head_dim), 4]
+    # the A - B view and the attribution view, driven with real input
+    from hf_attn_variants.analysis.headless import Browser
+    with Browser(html) as b:
+        b.click(".hav-tab-diff")
+        b.painted()
+        b.screenshot(out / "viewer-diff.png")
+        b.click(".hav-tab-attribution")
+        b.key("5" if MINILM else "2")
+        b.painted()
+        b.screenshot(out / "viewer-attribution.png")
+        b.click(".hav-tab-matrix")
+        x, y = b.center("canvas.hav-heatmap")
+        b.wheel(x + 60, y + 60, -600)
+        b.painted()
+        b.screenshot(out / "viewer-matrix-zoom.png")
+        assert b.errors() == []
+    for name in ("viewer-diff.png", "viewer-attribution.png", "viewer-matrix-zoom.png"):
+        check_png(out / name)
+
+
+# ----------------------------------------------------------------------------- real input (DevTools protocol)
+# Browser sends Input.dispatchMouseEvent / dispatchKeyEvent: the browser's own hit testing and event
+# dispatch run (mouseleave included), unlike the synthetic events of run_steps above.
+
+ROOT_JS = "document.querySelector('.hav-root')"
+
+
+def tip_shown(b) -> bool:
+    return b.evaluate(f"{ROOT_JS}.querySelector('.hav-tip').style.display") == "block"
+
+
+def heat_rgb(x: float) -> tuple[int, int, int]:
+    """viewer.js heatColor: white -> blue -> dark purple on sqrt(x), stored in a Uint8ClampedArray."""
+    x = max(0.0, min(1.0, x)) ** 0.5
+
+    def clamp(v):  # Uint8ClampedArray: round half to even
+        return int(min(255, max(0, round(v))))
+    return clamp(255 - 230 * x), clamp(255 - 200 * x), clamp(255 - 90 * x)
+
+
+def pixel(b, css: str, x: float, y: float, index: int = 0) -> list[int]:
+    """The RGBA of a canvas at CSS pixel (x, y) of the canvas (device pixel ratio 1)."""
+    return b.evaluate(f"Array.from(document.querySelectorAll({css!r})[{index}].getContext('2d')"
+                      f".getImageData({int(x)}, {int(y)}, 1, 1).data)")
+
+
+def pair_page(**kw):
+    from hf_attn_variants.analysis.headless import Browser
+    tok = TOKENIZERS["bert"]()
+    dense = tiny_model("bert", "dense", vocab_size=len(tok))
+    band = tiny_model("bert", "band", vocab_size=len(tok), attention_window=1, seed=1)
+    html = page(view(dense, tok, TEXT, "a dog ran in the park", compare=band, names=("A", "B"), **kw), "t")
+    return html, Browser
+
+
+def test_tooltip_hidden_after_render_tab_switch_and_leave():
+    """The stuck tooltip: hover a head box, click it (the render replaces the box, so its mouseleave
+    never comes), hover a heatmap cell, switch tabs, leave the viewer: hidden every time."""
+    html, Browser = pair_page()
+    with Browser(html) as b:
+        b.hover(".hav-head-toggle", 1)
+        assert tip_shown(b) and "entropy" in b.evaluate(f"{ROOT_JS}.querySelector('.hav-tip').textContent")
+        b.click(".hav-head-toggle", 1)
+        b.painted()
+        assert not tip_shown(b)
+        b.click(".hav-tab-matrix")
+        b.painted()
+        x, y = b.center("canvas.hav-heatmap")
+        b.move(x + 60, y + 50, steps=3)
+        assert tip_shown(b) and b.evaluate(f"{ROOT_JS}.querySelector('.hav-tip').textContent").startswith("query ")
+        b.click(".hav-tab-model")
+        b.painted()
+        assert not tip_shown(b)
+        b.hover("canvas.hav-thumb", 2)
+        assert tip_shown(b)
+        bottom = b.evaluate(f"{ROOT_JS}.getBoundingClientRect().bottom")
+        b.move(700, min(895, bottom + 20), steps=4)  # out of the viewer, below it
+        assert not tip_shown(b)
+        b.hover("canvas.hav-thumb", 3)
+        assert tip_shown(b)
+        b.move(5, 5, steps=4)  # onto the bar: still inside the viewer, over no tooltip owner
+        assert not tip_shown(b)
+        assert b.errors() == []
+
+
+def test_keyboard_moves_the_token_and_picks_the_layer():
+    html, Browser = pair_page()
+    with Browser(html) as b:
+        b.click(".hav-left .hav-tok", 2)  # also focuses the viewer
+        b.painted()
+        for key, token in (("ArrowDown", 3), ("ArrowRight", 4), ("ArrowUp", 3), ("ArrowLeft", 2)):
+            b.key(key)
+            b.painted()
+            state = b.evaluate(f"[{ROOT_JS}.hav.state.token, Array.from(document.querySelectorAll("
+                               "'.hav-panel')[0].querySelectorAll('.hav-left .hav-tok.hav-selected'))"
+                               ".map(function (e) { return Number(e.dataset.i); })]")
+            assert state == [token, [token]], key
+        b.key("1")
+        b.painted()
+        assert b.evaluate(f"[{ROOT_JS}.dataset.layer, {ROOT_JS}.querySelector('select.hav-layer').value]") == ["1", "1"]
+        b.key("7")  # no layer 7 in a 2-layer model: nothing changes
+        b.painted()
+        assert b.evaluate(f"{ROOT_JS}.dataset.layer") == "1"
+        assert b.errors() == []
+
+
+def test_pair_divider_and_segment_filter_in_the_difference_view():
+    from hf_attn_variants.analysis.viewer import attention_change
+    html, Browser = pair_page(precision="float32")
+    data = read_view_data(html)
+    a, bm = data["models"]
+    start = a["pair_start"]
+    assert a["tokens"][start - 1] == "[SEP]" and a["tokens"][start] == "a"
+    with Browser(html) as b:
+        marked = b.evaluate("Array.from(document.querySelectorAll('.hav-panel')[0].querySelectorAll("
+                            "'.hav-left .hav-tok.hav-seg-start')).map(function (e) { return [Number(e.dataset.i),"
+                            " getComputedStyle(e).borderTopStyle]; })")
+        assert marked == [[start, "dashed"]]
+        b.click(".hav-tab-diff")
+        b.painted()
+        for seg in ("all", "AB", "BB"):
+            if seg != "all":
+                b.evaluate(f"(function () {{ var s = document.querySelector('select.hav-segment'); s.value = '{seg}';"
+                           " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+                b.painted()
+            cards = b.evaluate("Array.from(document.querySelectorAll('.hav-diff-card')).map(function (c) {"
+                               " return [Number(c.dataset.layer), Number(c.dataset.head), Number(c.dataset.change),"
+                               " c.querySelector('canvas').width, c.querySelector('canvas').height]; })")
+            change = attention_change(a["attentions"], bm["attentions"], start)[seg]
+            want = sorted(((change[lay][h], lay, h) for lay in range(2) for h in range(4)), reverse=True)
+            assert [c[2] for c in cards] == pytest.approx([w[0] for w in want], abs=1e-6)
+            cols = a["length"] - start if seg[1:] == "B" else (start if seg != "all" else a["length"])
+            assert all(c[3] == cols for c in cards)
+        # the largest-change head's difference map, one pixel: red where A > B, blue where B > A
+        lay, h = cards[0][0], cards[0][1]
+        diff = (a["attentions"][lay][h] - bm["attentions"][lay][h])[start:, start:]
+        i, j = divmod(int(diff.abs().argmax()), diff.shape[1])
+        rgba = b.evaluate(f"Array.from(document.querySelector('.hav-diff-card canvas').getContext('2d')"
+                          f".getImageData({j}, {i}, 1, 1).data)")
+        assert (rgba[0] > rgba[2]) == bool(diff[i, j] > 0) and min(rgba[:3]) < 100  # the strongest cell is saturated
+        b.click(".hav-diff-card", 0)  # opens that head in the matrix view
+        b.painted()
+        assert b.evaluate(f"[{ROOT_JS}.dataset.view, {ROOT_JS}.hav.state.layer, {ROOT_JS}.hav.state.matrixHead]") == [
+            "matrix", lay, h]
+        assert b.errors() == []
+
+
+def test_mass_within_w_says_na_when_every_pair_is_within_w():
+    from hf_attn_variants.analysis.headless import Browser
+    tok = TOKENIZERS["bert"]()
+    model = tiny_model("bert", "dense", vocab_size=len(tok), attention_window=16)  # "mass within 16"
+    short, long_text = TEXT, " ".join([TEXT] * 4)
+    for text, na in ((short, True), (long_text, False)):
+        html = page(view(model, tok, text), "t")
+        n = read_view_data(html)["models"][0]["length"]
+        assert (n <= 17) == na
+        with Browser(html) as b:
+            b.click(".hav-tab-matrix")
+            b.painted()
+            value = b.evaluate("Array.from(document.querySelectorAll('.hav-metrics tr')).filter(function (r) {"
+                               " return r.cells[0].textContent === 'mass within 16'; })[0].cells[1].textContent")
+            assert value.startswith("n/a") if na else float(value) < 1.0
+
+
+def test_512_token_compressed_page_pixels_zoom_and_export(tmp_path):
+    """A 512-token page stored as uint8 + zlib: the head view's canvas is the size of its viewport, the
+    matrix view's pixels equal the stored weights on the head's colour scale (zoomed in, a few cells), the
+    CSV export equals the stored matrix and the PNG export has the view's size."""
+    from hf_attn_variants.analysis.headless import Browser
+    tok = TOKENIZERS["bert"]()
+    model = tiny_model("bert", "dense", vocab_size=len(tok), max_position_embeddings=512)
+    text = " ".join(["the cat sat on the mat and the dog ran in the park"] * 60)
+    html = page(view(model, tok, text, precision="uint8", encoding="zlib+base64"), "t")
+    data = read_view_data(html)["models"][0]
+    T = data["length"]
+    assert T == 512 and data["truncated"]["from"] > 512 and data["encoding"] == "zlib+base64"
+    with Browser(html) as b:
+        assert b.evaluate("document.querySelector('.hav-notice.hav-truncated') !== null")
+        size = b.evaluate("(function (c) { return [c.width, c.height]; })("
+                          "document.querySelector('canvas.hav-linecanvas'))")
+        assert size[1] <= 900 < T * 20  # not a T x 20 px canvas
+        b.click(".hav-tab-matrix")
+        b.click(".hav-head-toggle", 2)
+        b.painted()
+        A = data["attentions"][0][2]
+        for _ in range(6):  # zoom in around the middle with the wheel: cells of several pixels
+            x, y = b.center("canvas.hav-heatmap")
+            b.wheel(x + 40, y + 40, -400)
+        b.painted()
+        x0, y0, n = map(int, b.evaluate("document.querySelector('canvas.hav-heatmap').dataset.zoom").split(","))
+        assert n < 200 and 0 < x0 and 0 < y0
+        scale = float(b.evaluate("document.querySelector('canvas.hav-heatmap').dataset.scale"))
+        assert scale == pytest.approx(float(A.max()), rel=1e-6)
+        S = b.evaluate("document.querySelector('.hav-root').hav.panels[0].plot.size")
+        for i, j in ((y0, x0), (y0 + n // 2, x0 + n // 3), (y0 + n - 1, x0 + n - 1), (y0 + 3, x0 + n // 2)):
+            got = pixel(b, "canvas.hav-heatmap", 96 + (j - x0 + 0.5) * S / n, 72 + (i - y0 + 0.5) * S / n)
+            want = heat_rgb(float(A[i, j]) / scale)
+            assert all(abs(g - w) <= 1 for g, w in zip(got[:3], want)), (i, j, got, want)
+        b.click(".hav-export-csv")
+        b.painted()
+        csv_text = b.evaluate("document.querySelector('.hav-root').hav.lastExport.text")
+        rows = csv_text.strip().split("\n")
+        assert len(rows) == T + 1 and rows[1].split(",")[0] == '"0:[CLS]"'
+        got = torch.tensor([[float(x) for x in r.split(",")[1:]] for r in rows[1:]])
+        assert torch.allclose(got, A, atol=1e-6)
+        b.click(".hav-export-png")
+        b.painted()
+        png = b.evaluate("(function (e) { return [e.name, e.width, e.height, e.dataUrl.slice(0, 22)]; })("
+                         "document.querySelector('.hav-root').hav.lastExport)")
+        assert png[0] == "attention-matrix-layer0.png" and png[3] == "data:image/png;base64,"
+        assert png[1] > 600 and png[2] > 400
+        assert b.errors() == []
+
+
+def test_attribution_view_rollout_and_importance():
+    from hf_attn_variants.analysis.headless import Browser
+    from hf_attn_variants.analysis.rollout import rollout
+    tok = TOKENIZERS["bert"]()
+    model = tiny_model("bert", "dense", vocab_size=len(tok))
+    importance = {"grad_importance": [[0.1, 0.9, 0.2, 0.3], [0.5, 0.4, 0.05, 0.0]]}
+    html = page(view(model, tok, TEXT, precision="float32", importance=importance), "t")
+    data = read_view_data(html)["models"][0]
+    want = rollout([a[None] for a in data["attentions"]])[:, 0]
+    assert torch.allclose(data["rollouts"], want, atol=1e-6)
+    with Browser(html) as b:
+        b.click(".hav-tab-attribution")
+        b.key("1")
+        b.painted()
+        title = b.evaluate("document.querySelector('.hav-attribution-view .hav-matrix-title').textContent")
+        assert title == "attention rollout after layer 1"
+        R, T = want[1], data["length"]
+        scale = float(R.max())
+        S = b.evaluate("document.querySelector('.hav-root').hav.panels[0].plot.size")
+        for i, j in ((0, 0), (T - 1, 2), (3, T - 2)):
+            got = pixel(b, ".hav-attribution-view canvas.hav-heatmap", 96 + (j + 0.5) * S / T, 72 + (i + 0.5) * S / T)
+            assert all(abs(g - w) <= 1 for g, w in zip(got[:3], heat_rgb(float(R[i, j]) / scale)))
+        cells = b.evaluate("document.querySelectorAll('.hav-imp-cell').length")
+        assert cells == 8
+        b.click(".hav-imp-cell", 1)  # layer 0, head 1: the most important
+        b.painted()
+        assert b.evaluate(f"[{ROOT_JS}.dataset.view, {ROOT_JS}.hav.state.layer, {ROOT_JS}.hav.state.matrixHead]") == [
+            "matrix", 0, 1]
+        assert b.errors() == []

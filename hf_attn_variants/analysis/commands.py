@@ -14,6 +14,25 @@ from .metrics import DEFAULT_WINDOWS
 from .paths import check_model_path
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so that it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give under the user's umask (mkstemp/mkdtemp give 0600/0700)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
     """Rows (dicts) -> CSV (union of keys, in first-seen order), written to a temp file then renamed."""
     import csv
@@ -22,6 +41,7 @@ def write_table(rows: list[dict], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, user_mode())
     with os.fdopen(fd, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -34,6 +54,7 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, user_mode())
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)

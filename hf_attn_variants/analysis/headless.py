@@ -9,11 +9,16 @@ and saves a PNG of the final state.
 
 Steps: ``{"click": css}`` (first match; ``"index": n`` for the n-th; ``"panel": m`` inside panel m),
 ``{"select": css, "value": v}`` (sets a <select> and fires change), ``{"dblclick": css}``, and
-``{"hover": css}`` (a mousemove at the element's centre).
+``{"hover": css}`` (a mousemove at the element's centre). These are synthetic events (dispatched by a
+script): they cannot show what real input does (hit testing, ``mouseleave`` when the element under the
+pointer is replaced, focus, wheel). ``Browser`` drives a page with real input instead, over the DevTools
+protocol (``Input.dispatchMouseEvent`` / ``dispatchKeyEvent``), in real time, and times each input until
+the result is painted.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import os
@@ -57,19 +62,19 @@ _STEPS_JS = """<script>(function () {
              tip: (root.querySelector('.hav-tip') || {}).textContent || '', decoded: root.hav.cache.size,
              resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
              panels: []};
-    all('.hav-panel').forEach(function (p) {
-      var title = p.querySelector('.hav-matrix-title');
+    all('.hav-panel').forEach(function (p, k) {
+      var title = p.querySelector('.hav-matrix-view .hav-matrix-title');
+      var panel = root.hav.panels[k];
       s.panels.push({
         headsOn: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-head-toggle.hav-on')), 'head'),
         selectedLeft: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-left .hav-tok.hav-selected')), 'i'),
         selectedRight: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-right .hav-tok.hav-selected')), 'i'),
-        lines: Array.prototype.slice.call(p.querySelectorAll('line.hav-hl')).map(function (l) {
-          return [Number(l.dataset.head), Number(l.dataset.from), Number(l.dataset.to), Number(l.dataset.weight)];
-        }),
+        lines: (panel.highlight || []).map(function (l) { return [l[0], l[1], l[2], l[3]]; }),
         thumbs: p.querySelectorAll('canvas.hav-thumb').length,
         thumbsDrawn: p.querySelectorAll('canvas.hav-thumb[data-drawn="1"]').length,
         matrixTitle: title && title.offsetParent !== null ? title.textContent : null,
-        heatmap: (function (c) { return c ? [c.width, c.height] : null; })(p.querySelector('canvas.hav-heatmap')),
+        heatmap: (function (c) { return c ? c.dataset.zoom : null; })(
+          p.querySelector('.hav-matrix-view canvas.hav-heatmap')),
         bands: p.querySelectorAll('.hav-matrix-view polygon.hav-band').length,
         globals: p.querySelectorAll('.hav-matrix-view rect.hav-global').length,
         svBars: p.querySelectorAll('.hav-matrix-view svg.hav-svchart rect').length,
@@ -258,3 +263,141 @@ def run_steps_real_time(page_html: str, steps: list[dict] | None = None, *,
     result = json.loads(value)
     result["console"] = []
     return result
+
+
+class Browser:
+    """A page in headless Chromium driven over the DevTools protocol (no virtual time), with REAL input:
+    ``Input.dispatchMouseEvent`` / ``dispatchKeyEvent`` go through the browser's hit testing and event
+    dispatch exactly as a user's mouse and keyboard do (mousemove, mouseleave, click, wheel, focus).
+
+    ``with Browser(page_html) as b: b.click(".hav-tab-matrix"); b.painted()``. ``timed(action)`` runs an
+    action and returns the milliseconds from just before the input was sent until the viewer was idle and
+    two animation frames had passed (the result painted on screen)."""
+
+    def __init__(self, page_html: str, *, window: tuple[int, int] = (1400, 900)):
+        self.tmp = tempfile.TemporaryDirectory(prefix="hav-page-")
+        path = Path(self.tmp.name) / "page.html"
+        if "<head>" not in page_html:
+            raise ValueError("page_html must be a whole page (viewer.page): it has no <head>")
+        path.write_text(page_html.replace("<head>", "<head>" + _ERRORS_JS, 1), encoding="utf-8")
+        self.pipe = _Pipe([f"--window-size={window[0]},{window[1]}", "about:blank"])
+        try:
+            target = self.pipe.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.call("Page.enable")
+            self.call("Emulation.setDeviceMetricsOverride", {"width": window[0], "height": window[1],
+                                                             "deviceScaleFactor": 1, "mobile": False})
+            self.call("Page.navigate", {"url": path.resolve().as_uri()})
+            self.first_render_ms = self.evaluate(
+                "new Promise(function (done) { (function poll() { var r = document.querySelector('.hav-root');"
+                " if (r && r.hav) { r.hav.painted().then(function () { done(performance.now()); }); }"
+                " else if (r && r.dataset.error) { done(-1); } else { setTimeout(poll, 5); } })(); })")
+        except BaseException:
+            self.close()
+            raise
+        self.x = self.y = 0.0
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        return self.pipe.call(method, params, session=self.session)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (promises awaited)."""
+        reply = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                               "returnByValue": True})
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"{expression[:200]}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    def center(self, css: str, index: int = 0, panel: int | None = None) -> tuple[float, float]:
+        """The centre of the n-th element matching css (inside panel m), scrolled into view first."""
+        scope = "document" if panel is None else f"document.querySelectorAll('.hav-panel')[{panel}]"
+        box = self.evaluate(f"(function () {{ var e = {scope}.querySelectorAll({json.dumps(css)})[{index}];"
+                            " if (!e) { return null; } e.scrollIntoView({block: 'nearest'});"
+                            " var r = e.getBoundingClientRect();"
+                            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        if box is None:
+            raise RuntimeError(f"no element {css} [{index}]")
+        return box[0], box[1]
+
+    def move(self, x: float, y: float, steps: int = 1, buttons: int = 0) -> None:
+        """mouseMoved events along the straight line from the last position to (x, y)."""
+        x0, y0 = self.x, self.y
+        for k in range(1, steps + 1):
+            self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0 + (x - x0) * k / steps,
+                                                   "y": y0 + (y - y0) * k / steps, "buttons": buttons})
+        self.x, self.y = x, y
+
+    def hover(self, css: str, index: int = 0, panel: int | None = None) -> None:
+        self.move(*self.center(css, index, panel), steps=3)
+
+    def press(self, x: float, y: float, count: int = 1) -> None:
+        self.move(x, y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                   "buttons": 1 if kind == "mousePressed" else 0,
+                                                   "clickCount": count})
+
+    def click(self, css: str, index: int = 0, panel: int | None = None, count: int = 1) -> None:
+        self.press(*self.center(css, index, panel), count=count)
+
+    def click_at(self, x: float, y: float) -> None:
+        self.press(x, y)
+
+    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 5) -> None:
+        self.move(x0, y0)
+        self.call("Input.dispatchMouseEvent", {"type": "mousePressed", "x": x0, "y": y0, "button": "left",
+                                               "buttons": 1, "clickCount": 1})
+        self.move(x1, y1, steps=steps, buttons=1)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseReleased", "x": x1, "y": y1, "button": "left",
+                                               "buttons": 0, "clickCount": 1})
+
+    def wheel(self, x: float, y: float, delta_y: float) -> None:
+        self.move(x, y)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseWheel", "x": x, "y": y, "deltaX": 0,
+                                               "deltaY": delta_y})
+
+    def key(self, key: str) -> None:
+        """A key press (keyDown with its text for printable keys, then keyUp)."""
+        codes = {"ArrowUp": 38, "ArrowDown": 40, "ArrowLeft": 37, "ArrowRight": 39}
+        code = codes.get(key, ord(key.upper()) if len(key) == 1 else 0)
+        down = {"type": "keyDown", "key": key, "windowsVirtualKeyCode": code,
+                "code": key if key in codes else (f"Digit{key}" if key.isdigit() else f"Key{key.upper()}")}
+        if len(key) == 1:
+            down["text"] = key
+        self.call("Input.dispatchKeyEvent", down)
+        self.call("Input.dispatchKeyEvent", {**down, "type": "keyUp", "text": ""})
+
+    def painted(self) -> None:
+        self.evaluate("document.querySelector('.hav-root').hav.painted().then(function () { return 1; })")
+
+    def timed(self, action) -> float:
+        """Milliseconds (page clock) from just before ``action()`` sends its input to the result painted."""
+        t0 = self.evaluate("performance.now()")
+        action()
+        return self.evaluate("document.querySelector('.hav-root').hav.painted().then(function () {"
+                             " return performance.now(); })") - t0
+
+    def screenshot(self, path: str | os.PathLike) -> Path:
+        """A PNG of the viewport, written via a temporary file then renamed."""
+        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(base64.b64decode(data))
+        os.replace(tmp, path)
+        return path
+
+    def errors(self) -> list[str]:
+        return self.evaluate("window.__havErrors") or []
+
+    def close(self) -> None:
+        if getattr(self, "pipe", None) is not None:
+            self.pipe.close()
+            self.pipe = None
+        self.tmp.cleanup()
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -48,7 +48,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from .commands import user_mode
 from .metrics import DEFAULT_WINDOWS, per_head_metrics
+from .rollout import rollout
 
 Tensor = torch.Tensor
 
@@ -205,17 +207,45 @@ def _byte_level(tokenizer) -> bool:
     return "ByteLevel" in repr(pre) or "GPT2" in type(tokenizer).__name__
 
 
-def _encode_inputs(tokenizer, text: str, text_pair: str | None) -> tuple[dict, list[str], Tensor | None]:
+def model_limit(config, tokenizer=None) -> int | None:
+    """The most tokens the model takes: its position table (BERT max_position_embeddings, GPT-2 n_positions)."""
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    return min(limits) if limits else None
+
+
+def _encode_inputs(tokenizer, text: str, text_pair: str | None, max_length: int | None = None,
+                   truncate: bool = True) -> tuple[dict, list[str], Tensor | None, dict]:
+    """The model inputs, the tokens as shown, the special-token mask and ``extra``: ``pair_start`` (the
+    first token of the second text, or None) and ``truncated`` ({from, to, limit} or None)."""
     if not isinstance(text, str) or not text:
         raise ValueError(f"text={text!r} is invalid: expected a non-empty string")
-    enc = tokenizer(text, text_pair, return_tensors="pt", return_special_tokens_mask=True)
+    full = len(tokenizer(text, text_pair)["input_ids"])
+    truncated = None
+    kwargs = {}
+    if max_length is not None and full > max_length:
+        if not truncate:
+            raise ValueError(f"the text has {full} tokens, more than max_length={max_length} (the most this model "
+                             "or --max-length allows): shorten it or let the viewer truncate it")
+        kwargs = {"truncation": True, "max_length": max_length}
+    enc = tokenizer(text, text_pair, return_tensors="pt", return_special_tokens_mask=True, **kwargs)
+    if kwargs:
+        truncated = {"from": full, "to": int(enc["input_ids"].shape[1]), "limit": max_length}
+    pair_start = None
+    if text_pair is not None:
+        types = enc.get("token_type_ids")
+        seq = enc.sequence_ids(0) if getattr(enc, "is_fast", False) else None
+        if seq is not None and 1 in seq:
+            pair_start = seq.index(1)
+        elif types is not None and bool((types[0] == 1).any()):
+            pair_start = int((types[0] == 1).nonzero()[0, 0])
     special = enc.pop("special_tokens_mask").bool()
     if not special.any():
         special = None  # no [CLS]/[SEP] (GPT-2): metrics take the first token as the sink
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
     if _byte_level(tokenizer):  # GPT-2's byte-level BPE: 'Ġthe' -> ' the'
         tokens = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
-    return dict(enc), tokens, special
+    return dict(enc), tokens, special, {"pair_start": pair_start, "truncated": truncated}
 
 
 def _forward(model: nn.Module, inputs: dict) -> tuple[tuple | None, _Recorder]:
@@ -307,11 +337,33 @@ def _check_options(precision: str, encoding: str) -> None:
 
 def attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, *, name: str | None = None,
                    windows: tuple[int, ...] = DEFAULT_WINDOWS, metric_window: int | None = None,
-                   precision: str = "float16", encoding: str = "base64") -> dict:
+                   precision: str = "float16", encoding: str = "base64", max_length: int | None = None,
+                   truncate: bool = True, importance=None) -> dict:
     """Everything the page shows of one model on one text (JSON-ready)."""
+    return _attention_data(model, tokenizer, text, text_pair, name=name, windows=windows, metric_window=metric_window,
+                           precision=precision, encoding=encoding, max_length=max_length, truncate=truncate,
+                           importance=importance)[0]
+
+
+def _limit(model: nn.Module, tokenizer, max_length: int | None) -> int | None:
+    limit = model_limit(model.config, tokenizer)
+    if max_length is not None:
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length={max_length!r} is invalid: expected a positive integer")
+        if limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} is more than this model takes ({limit} positions)")
+        return max_length
+    return limit
+
+
+def _attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, *, name: str | None = None,
+                    windows: tuple[int, ...] = DEFAULT_WINDOWS, metric_window: int | None = None,
+                    precision: str = "float16", encoding: str = "base64", max_length: int | None = None,
+                    truncate: bool = True, importance=None) -> tuple[dict, list[Tensor]]:
     _check_options(precision, encoding)
     config = model.config
-    inputs, tokens, special = _encode_inputs(tokenizer, text, text_pair)
+    inputs, tokens, special, extra = _encode_inputs(tokenizer, text, text_pair, _limit(model, tokenizer, max_length),
+                                                    truncate)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in inputs.items()}
     attentions, recorder = _run(model, inputs)
     causal = _is_causal(config)
@@ -339,10 +391,81 @@ def attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | None
             value_max=value_max,
         )
         layers.append(info)
-    return {"name": name or getattr(config, "_name_or_path", "") or type(model).__name__,
+    rolled = rollout([a[None] for a in attentions])[:, 0]  # (L, T, T), rows sum to 1
+    data = {"name": name or _short_name(getattr(config, "_name_or_path", "")) or type(model).__name__,
             "model_class": type(model).__name__, "family": _family(config), "causal": causal,
             "tokens": tokens, "length": t, "precision": precision, "encoding": encoding,
-            "metric_window": metric_window, "thumb_size": min(t, THUMB_SIZE), "layers": layers}
+            "metric_window": metric_window, "thumb_size": min(t, THUMB_SIZE), "layers": layers,
+            "pair_start": extra["pair_start"], "truncated": extra["truncated"],
+            "rollout": [encode_matrix(r, precision, encoding, 1.0) for r in rolled],
+            "importance": read_importance(importance, len(layers), [L["heads"] for L in layers])}
+    return data, attentions
+
+
+def _short_name(path: str | os.PathLike | None) -> str:
+    """A model's name for a title: the last component of its folder or Hub id, never a whole local path."""
+    text = str(path or "").rstrip("/\\")
+    return re.split(r"[/\\]", text)[-1] if text else ""
+
+
+def read_importance(source, layers: int, heads: list[int]) -> dict | None:
+    """Head importance for the attribution view: None, a dict {column: (L, H) values}, or the path of the
+    ``importance.csv`` that ``hf-attn-variants analyze`` writes (columns layer, head, grad_importance,
+    uniform_delta_loss) or of the folder holding it."""
+    if source is None:
+        return None
+    description = "from hf-attn-variants analyze: grad_importance = mean |dL/d gate| (Michel et al. 2019); " \
+                  "uniform_delta_loss = loss change when the head attends uniformly"
+    if isinstance(source, dict):
+        columns = {k: [[float(x) for x in row] for row in np.asarray(v, dtype=float).tolist()] for k, v in
+                   source.items()}
+        description = "given to view()"
+    else:
+        import csv
+
+        path = Path(source)
+        path = path / "importance.csv" if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"importance={str(source)!r} is invalid: no such file (expected the importance.csv "
+                             "written by `hf-attn-variants analyze`, or its folder)")
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        keys = [k for k in (rows[0] if rows else {}) if k not in ("layer", "head")]
+        if not rows or "layer" not in rows[0] or "head" not in rows[0] or not keys:
+            raise ValueError(f"importance={str(source)!r} is invalid: expected columns layer, head and values")
+        columns = {k: [[float("nan")] * heads[layer] for layer in range(layers)] for k in keys}
+        for r in rows:
+            layer, head = int(r["layer"]), int(r["head"])
+            if layer >= layers or head >= heads[layer]:
+                raise ValueError(f"importance={str(source)!r}: layer {layer} head {head} is not in this model "
+                                 f"({layers} layers)")
+            for k in keys:
+                columns[k][layer][head] = float(r[k])
+        description += f" ({path.name})"
+    for k, v in columns.items():
+        if len(v) != layers or any(len(row) != heads[i] for i, row in enumerate(v)):
+            raise ValueError(f"importance[{k!r}] has shape {[len(r) for r in v]}: expected heads per layer {heads}")
+    return {"columns": columns, "description": description}
+
+
+def segment_blocks(length: int, pair_start: int | None) -> dict[str, tuple[slice, slice]]:
+    """(query rows, key columns) of every segment filter: all, and for a pair A->A, A->B, B->A, B->B."""
+    blocks = {"all": (slice(0, length), slice(0, length))}
+    if pair_start:
+        part = {"A": slice(0, pair_start), "B": slice(pair_start, length)}
+        blocks.update({a + b: (part[a], part[b]) for a in "AB" for b in "AB"})
+    return blocks
+
+
+def attention_change(a: list[Tensor], b: list[Tensor], pair_start: int | None = None) -> dict[str, list[list[float]]]:
+    """Per segment filter, per layer and head: the mean over the block's query rows of half the L1 distance
+    between the two models' rows (restricted to the block's keys): 0 = the same, 1 = disjoint."""
+    t = a[0].shape[-1]
+    out = {}
+    for key, (rows, cols) in segment_blocks(t, pair_start).items():
+        out[key] = [[round(float(v), 6) for v in (x[:, rows, cols] - y[:, rows, cols]).abs().sum(-1).mean(-1) / 2]
+                    for x, y in zip(a, b)]
+    return out
 
 
 # ----------------------------------------------------------------------------- the page
@@ -358,10 +481,11 @@ def _json_for_script(data: dict) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render(models: list[dict], *, title: str = "") -> str:
-    """The HTML fragment (style, root element, data, code) for one or two ``attention_data`` dicts."""
+def render(models: list[dict], *, title: str = "", compare: dict | None = None) -> str:
+    """The HTML fragment (style, root element, data, code) for one or two ``attention_data`` dicts
+    (``compare``: the per-head change between them, see ``attention_change``)."""
     uid = "hav-" + uuid.uuid4().hex[:12]
-    data = {"version": 1, "title": title, "models": models}
+    data = {"version": 1, "title": title, "models": models, "compare": compare}
     return (f'<div class="hav-root" id="{uid}" data-ready="0">'
             f"<style>{_asset('viewer.css')}</style>"
             f'<script type="application/json" class="hav-data">{_json_for_script(data)}</script>'
@@ -381,28 +505,48 @@ def _as_pair(other, tokenizer):
 
 
 def view(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, compare=None, *,
-         names: tuple[str, str] | None = None, precision: str = "auto", encoding: str | None = None) -> str:
+         names: tuple[str, ...] | None = None, precision: str = "auto", encoding: str | None = None,
+         max_length: int | None = None, truncate: bool = True, importance=None) -> str:
     """The attention viewer for ``model`` on ``text`` (and ``text_pair``) as an HTML fragment.
 
-    compare: a second model (same tokenizer) or a (model, tokenizer) pair, shown side by side.
+    compare: a second model (same tokenizer) or a (model, tokenizer) pair, shown side by side, with an
+    A - B view (per-head differences, the heads that changed most first).
+    names: the titles of the model(s) (default: the last component of each model's folder or id).
     precision: "float32" (exact), "float16", "uint8" (sqrt-quantised, error <= 1/255) or "auto"
     (float16 for small pages, uint8 above AUTO_LIMIT weights); encoding: "base64" or "zlib+base64"
-    (None: compressed exactly when large). In a notebook:
-    ``IPython.display.HTML(view(model, tokenizer, "..."))``.
+    (None: compressed exactly when large).
+    max_length: the most tokens kept (default: the model's limit, its position table); a longer text is
+    truncated with a notice on the page, or refused with a ValueError naming the limit when truncate=False.
+    importance: head importance for the attribution view (the ``importance.csv`` of ``hf-attn-variants
+    analyze``, its folder, or {name: (L, H) values}); a pair (A's, B's) in compare mode.
+    In a notebook: ``IPython.display.HTML(view(model, tokenizer, "..."))``.
     """
     others = [] if compare is None else [_as_pair(compare, tokenizer)]
     pairs = [(model, tokenizer), *others]
-    stored = sum(len(tok(text, text_pair)["input_ids"]) ** 2 * _num_layers(m.config) * m.config.num_attention_heads
-                 for m, tok in pairs)
+    if names is not None and (isinstance(names, str) or len(names) < len(pairs)):
+        raise ValueError(f"names={names!r} is invalid: expected one name per model ({len(pairs)})")
+    imps = importance if isinstance(importance, (tuple, list)) else (importance, None)
+    lengths = []
+    for m, tok in pairs:
+        limit = _limit(m, tok, max_length)
+        n = len(tok(text, text_pair)["input_ids"])
+        lengths.append(min(n, limit) if limit and truncate else n)
+    stored = sum(n**2 * _num_layers(m.config) * m.config.num_attention_heads for n, (m, _) in zip(lengths, pairs))
     precision, encoding = storage(stored, precision, encoding)
     band = [getattr(m.config, "attention_window", None) for m, _ in pairs
             if hasattr(m.config, "variant_for_layer") and any(
                 m.config.variant_for_layer(i) in ("band", "low_rank_band") for i in range(_num_layers(m.config)))]
     metric_window = band[0] if band else None  # compare: every model's "mass within w" at the band's w
-    models = [attention_data(m, tok, text, text_pair, name=names[i] if names else None, metric_window=metric_window,
-                             precision=precision, encoding=encoding) for i, (m, tok) in enumerate(pairs)]
+    built = [_attention_data(m, tok, text, text_pair, name=names[i] if names else None, metric_window=metric_window,
+                             precision=precision, encoding=encoding, max_length=max_length, truncate=truncate,
+                             importance=imps[i] if i < len(imps) else None) for i, (m, tok) in enumerate(pairs)]
+    models = [b[0] for b in built]
+    compare_data = None
+    if len(built) == 2 and models[0]["length"] == models[1]["length"]:
+        compare_data = {"change": attention_change(built[0][1], built[1][1], models[0]["pair_start"]),
+                        "measure": "mean over query rows of 0.5 * sum over keys of |A - B|"}
     title = " vs ".join(m["name"] for m in models)
-    return render(models, title=title)
+    return render(models, title=title, compare=compare_data)
 
 
 def _num_layers(config) -> int:
@@ -423,6 +567,8 @@ def read_view_data(page_html: str) -> dict:
         m["zero_slots"] = [None if layer["zero_slot"] is None else
                            torch.stack([decode_matrix(s, (t,), *args, layer["value_max"]) for s in layer["zero_slot"]])
                            for layer in m["layers"]]
+        if m.get("rollout"):
+            m["rollouts"] = torch.stack([decode_matrix(r, (t, t), *args, 1.0) for r in m["rollout"]])
     return data
 
 
@@ -443,11 +589,12 @@ def load_model(path: str) -> tuple[nn.Module, object]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write through a temporary file in the same folder, then rename."""
+    """Write through a temporary file in the same folder, then rename (mode: the user's umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, user_mode())  # the user's umask, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -466,6 +613,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--compare", default=None, help="a second model shown side by side on the same text")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or id, if MODEL has none")
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME",
+                   help="titles of the model(s) (default: the last component of each folder or id)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="the most tokens kept (default: the model's limit); longer texts are truncated, with a "
+                        "notice on the page")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="refuse a text longer than --max-length (or the model's limit) instead of truncating it")
+    p.add_argument("--importance", nargs="+", default=None, metavar="CSV",
+                   help="head importance for the attribution view: the importance.csv (or folder) that "
+                        "`hf-attn-variants analyze` wrote, one per model")
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="how the weights are stored: float32 exact, float16, uint8 (sqrt-quantised, error <= "
                         "1/255); auto: float16, or uint8 for large pages (default)")
@@ -477,6 +634,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    count = 2 if args.compare else 1
+    if args.names is not None and len(args.names) != count:
+        raise SystemExit(f"hf-attn-variants view: --names takes {count} name(s), one per model; got {args.names}")
+    if args.importance is not None and len(args.importance) > count:
+        raise SystemExit(f"hf-attn-variants view: --importance takes at most {count} file(s); got {args.importance}")
     from .paths import check_model_path
 
     for what, path in (("model", args.model), ("--compare", args.compare)):
@@ -491,10 +653,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         other, other_tok = load_model(args.compare)
         compare = (other, other_tok or tokenizer)
-    fragment = view(model, tokenizer, args.text, args.text_pair, compare,
-                    names=(args.model, args.compare or ""), precision=args.precision,
-                    encoding=None if args.compress is None else ("zlib+base64" if args.compress else "base64"))
-    title = f"attention: {args.model}" + (f" vs {args.compare}" if args.compare else "")
-    out = write_text(args.out, page(fragment, title))
+    names = tuple(args.names) if args.names else tuple(_short_name(p) for p in (args.model, args.compare) if p)
+    try:
+        fragment = view(model, tokenizer, args.text, args.text_pair, compare, names=names, precision=args.precision,
+                        encoding=None if args.compress is None else ("zlib+base64" if args.compress else "base64"),
+                        max_length=args.max_length, truncate=not args.no_truncate,
+                        importance=tuple(args.importance) if args.importance else None)
+    except ValueError as e:
+        raise SystemExit(f"hf-attn-variants view: {e}") from None
+    out = write_text(args.out, page(fragment, "attention: " + " vs ".join(names)))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -1,16 +1,20 @@
-/* hf-attn-variants attention viewer: head view, model view, matrix view, compare mode.
+/* hf-attn-variants attention viewer: head, model, matrix, difference (compare mode) and attribution views.
    Self-contained (no network). HAV.mount(root) reads the JSON in root's <script class="hav-data">.
-   Matrices are decoded lazily (one (layer, head) at a time, cached), thumbnails are precomputed. */
+   Matrices are decoded lazily (one (layer, head) at a time, cached), thumbnails are precomputed.
+   Only what is on screen is drawn: the head view's canvas is the size of its viewport (lines of the
+   rows in view), the matrix view draws the zoomed window of a T x T image onto a fixed-size canvas. */
 (function () {
   'use strict';
   var HAV = window.HAV = window.HAV || {};
   if (HAV.mount) { return; }
 
   var ROW = 20;                 // px per token row in the head view
-  var LINE_MIN = 0.01;          // overview lines below this weight are not drawn
+  var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
+  var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
-  var VIEWS = ['head', 'model', 'matrix'];
+  var LABEL_LEFT = 96, LABEL_TOP = 72;  // matrix view: room for the token labels
+  var SEGMENTS = {all: 'all', AA: 'A\u2192A', AB: 'A\u2192B', BA: 'B\u2192A', BB: 'B\u2192B'};
 
   function headColor(h) { return COLORS[h % COLORS.length]; }
 
@@ -72,6 +76,43 @@
   }
   function fmt(x, d) { return (x === null || x === undefined || isNaN(x)) ? 'n/a' : Number(x).toFixed(d); }
 
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c];
+    });
+  }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function fmt(x, d) { return (x === null || x === undefined || isNaN(x)) ? 'n/a' : Number(x).toFixed(d); }
+  function signed(x, d) { return (x === null || x === undefined || isNaN(x)) ? 'n/a' : (x > 0 ? '+' : '') + Number(x).toFixed(d); }
+  function maxOf(A) { var m = 0; for (var i = 0; i < A.length; i++) { if (A[i] > m) { m = A[i]; } } return m; }
+  function twoFrames() {
+    return new Promise(function (r) { requestAnimationFrame(function () { requestAnimationFrame(function () { r(); }); }); });
+  }
+
+  // colour maps: weights white -> blue -> dark purple on sqrt(x), x in [0, 1]; differences red (+) / blue (-)
+  function heatColor(x, out, o) {
+    x = Math.sqrt(x > 1 ? 1 : x < 0 ? 0 : x);
+    out[o] = 255 - 230 * x; out[o + 1] = 255 - 200 * x; out[o + 2] = 255 - 90 * x; out[o + 3] = 255;
+  }
+  function diffColor(x, out, o) {
+    var a = Math.sqrt(Math.min(1, Math.abs(x)));
+    if (x >= 0) { out[o] = 255 - 40 * a; out[o + 1] = 255 - 215 * a; out[o + 2] = 255 - 215 * a; }
+    else { out[o] = 255 - 215 * a; out[o + 1] = 255 - 150 * a; out[o + 2] = 255 - 40 * a; }
+    out[o + 3] = 255;
+  }
+
+  function segmentRange(m, seg, axis) {  // axis 0: rows (queries), 1: columns (keys) -> [lo, hi)
+    var T = m.length, p = m.pair_start;
+    if (seg === 'all' || p === null || p === undefined) { return [0, T]; }
+    var c = seg.charAt(axis);
+    return c === 'A' ? [0, p] : [p, T];
+  }
+
   // ------------------------------------------------------------------ one viewer
   function Viewer(root, data) {
     this.root = root;
@@ -81,11 +122,16 @@
     this.pending = 0;
     this.renders = 0;
     this.waiters = [];
-    var maxHeads = 0;
-    this.models[0].layers[0] && (maxHeads = this.models[0].layers[0].heads);
-    var heads = [];
+    this.compare = data.compare || null;
+    var T = this.models[0].length;  // decoded matrices kept: about 256 MB of floats, 36 to 256 of them
+    this.cacheLimit = Math.max(36, Math.min(256, Math.floor(268435456 / (4 * T * T))));
+    this.viewNames = ['head', 'model', 'matrix'];
+    if (this.compare) { this.viewNames.push('diff'); }
+    this.viewNames.push('attribution');
+    var maxHeads = this.models[0].layers[0] ? this.models[0].layers[0].heads : 0, heads = [];
     for (var h = 0; h < maxHeads; h++) { heads.push(h); }
-    this.state = {view: 'head', layer: 0, heads: new Set(heads), matrixHead: 0, token: null, side: 'left'};
+    this.state = {view: 'head', layer: 0, heads: new Set(heads), matrixHead: 0, token: null, side: 'left',
+                  shared: false, zoom: null, segment: 'all', diffAll: false};
     this.build();
   }
 
@@ -93,23 +139,32 @@
     return Math.max.apply(null, this.models.map(function (m) { return m.layers.length; }));
   };
 
-  Viewer.prototype.matrix = function (mi, layer, head) {
-    var key = mi + ':' + layer + ':' + head, self = this;
+  Viewer.prototype.decodeCached = function (key, text, m, vmax) {
+    var self = this;
     if (this.cache.has(key)) { return this.cache.get(key); }
-    var m = this.models[mi], p = decode(m.layers[layer].attention[head], m, m.layers[layer]);
+    var p = decode(text, m, {value_max: vmax}).then(function (A) { A.max = maxOf(A); return A; });
     this.cache.set(key, p);
-    if (this.cache.size > 64) { this.cache.delete(this.cache.keys().next().value); }
+    if (this.cache.size > this.cacheLimit) { this.cache.delete(this.cache.keys().next().value); }
     p.catch(function () { self.cache.delete(key); });
     return p;
+  };
+  Viewer.prototype.matrix = function (mi, layer, head) {
+    var L = this.models[mi].layers[layer];
+    return this.decodeCached(mi + ':' + layer + ':' + head, L.attention[head], this.models[mi], L.value_max);
+  };
+  Viewer.prototype.rollout = function (mi, layer) {
+    var m = this.models[mi];
+    return this.decodeCached(mi + ':rollout:' + layer, m.rollout[layer], m, 1);
   };
 
   Viewer.prototype.build = function () {
     var self = this, root = this.root;
+    root.tabIndex = 0;
     var bar = el('div', 'hav-bar');
     bar.appendChild(el('span', 'hav-title', this.data.title || 'attention'));
     this.tabs = {};
-    VIEWS.forEach(function (v) {
-      var b = el('button', 'hav-tab hav-tab-' + v, v + ' view');
+    this.viewNames.forEach(function (v) {
+      var b = el('button', 'hav-tab hav-tab-' + v, v === 'diff' ? 'A \u2212 B' : v + ' view');
       b.type = 'button';
       b.addEventListener('click', function () { self.set({view: v}); });
       self.tabs[v] = b;
@@ -127,9 +182,31 @@
     });
     lab.appendChild(this.layerSelect);
     bar.appendChild(lab);
+    var shared = el('label', 'hav-shared-label', ' shared colour scale');
+    this.sharedBox = el('input', 'hav-shared');
+    this.sharedBox.type = 'checkbox';
+    this.sharedBox.title = 'off: each head on its own scale (0 to its largest weight); on: one scale for all';
+    this.sharedBox.addEventListener('change', function () { self.set({shared: self.sharedBox.checked}); });
+    shared.insertBefore(this.sharedBox, shared.firstChild);
+    bar.appendChild(shared);
+    var png = el('button', 'hav-export-png', 'PNG');
+    png.type = 'button';
+    png.title = 'save the current view as a PNG';
+    png.addEventListener('click', function () { self.exportPng(); });
+    bar.appendChild(png);
     bar.appendChild(el('span', 'hav-note',
-      'click a head box to toggle it (double-click: only it), a token to see its attention'));
+      'click a head box to toggle it (double-click: only it), a token to see its attention; keys: \u2190\u2191\u2192\u2193 ' +
+      'move the selected token, 0-9 pick a layer'));
     root.appendChild(bar);
+    this.notices = el('div', 'hav-notices');
+    this.models.forEach(function (m) {
+      if (m.truncated) {
+        self.notices.appendChild(el('div', 'hav-notice hav-truncated', m.name + ': the text has ' + m.truncated.from +
+          ' tokens, more than the ' + m.truncated.limit + ' this page keeps (--max-length); it was truncated to ' +
+          m.truncated.to + ' tokens.'));
+      }
+    });
+    root.appendChild(this.notices);
     var panels = el('div', 'hav-panels' + (this.models.length > 1 ? ' hav-compare' : ''));
     this.panels = this.models.map(function (m, mi) {
       var p = new Panel(self, mi);
@@ -137,9 +214,35 @@
       return p;
     });
     root.appendChild(panels);
+    this.diffBox = el('div', 'hav-view hav-diff-view');
+    root.appendChild(this.diffBox);
     this.tip = el('div', 'hav-tip');
     root.appendChild(this.tip);
+    // the tooltip: shown by the element under the pointer on every move, hidden otherwise (a render replaces
+    // the hovered element, so its own mouseleave may never come)
+    root.addEventListener('mousemove', function (ev) { if (!ev.havTip) { self.hideTip(); } });
+    root.addEventListener('mouseleave', function () { self.hideTip(); });
+    window.addEventListener('scroll', function () { self.hideTip(); }, true);
+    window.addEventListener('blur', function () { self.hideTip(); });
+    root.addEventListener('keydown', function (ev) { self.onKey(ev); });
     this.render();
+  };
+
+  Viewer.prototype.onKey = function (ev) {
+    if (ev.target && /^(SELECT|INPUT|TEXTAREA)$/.test(ev.target.tagName)) { return; }
+    var s = this.state, T = this.models[0].length;
+    if (/^[0-9]$/.test(ev.key)) {
+      var l = Number(ev.key);
+      if (l < this.numLayers()) { this.set({layer: l, token: s.view === 'head' ? s.token : s.token}); }
+      ev.preventDefault();
+      return;
+    }
+    var step = {ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1}[ev.key];
+    if (!step) { return; }
+    ev.preventDefault();
+    var t = s.token === null ? (step > 0 ? 0 : T - 1) : Math.max(0, Math.min(T - 1, s.token + step));
+    this.set({token: t, side: s.side || 'left'});
+    this.panels.forEach(function (p) { p.scrollToToken(t); });
   };
 
   Viewer.prototype.set = function (patch) {
@@ -150,15 +253,26 @@
 
   Viewer.prototype.render = function () {
     var self = this, s = this.state;
-    VIEWS.forEach(function (v) { self.tabs[v].classList.toggle('hav-active', v === s.view); });
+    this.hideTip();
+    this.viewNames.forEach(function (v) { self.tabs[v].classList.toggle('hav-active', v === s.view); });
     this.layerSelect.value = String(s.layer);
+    this.sharedBox.checked = !!s.shared;
     this.root.dataset.view = s.view;
     this.root.dataset.layer = String(s.layer);
     this.pending++;
     this.root.dataset.ready = '0';
-    var t0 = performance.now();
-    Promise.all(this.panels.map(function (p) { return p.render(); })).then(function () {
+    var t0 = performance.now(), work;
+    this.diffBox.classList.toggle('hav-shown', s.view === 'diff');
+    if (s.view === 'diff') {
+      this.panels.forEach(function (p) { p.el.style.display = 'none'; });
+      work = this.renderDiff();
+    } else {
+      this.panels.forEach(function (p) { p.el.style.display = ''; });
+      work = Promise.all(this.panels.map(function (p) { return p.render(); }));
+    }
+    work.then(function () {
       self.lastRenderMs = performance.now() - t0;
+      self.schedulePrefetch();
     }, function (err) {
       self.root.dataset.error = String(err && err.message || err);
       if (window.console) { console.error(err); }
@@ -175,26 +289,60 @@
     });
   };
 
+  /** After a render, decode in the background what the next input most likely needs: the heads on screen in
+      the layers above and below (a layer switch then only draws). One matrix per task, so input stays first. */
+  Viewer.prototype.schedulePrefetch = function () {
+    var self = this, s = this.state, todo = [], token = (this.prefetchToken = (this.prefetchToken || 0) + 1);
+    if (s.view !== 'head' && s.view !== 'matrix') { return; }
+    var heads = s.view === 'head' ? Array.from(s.heads) : [s.matrixHead];
+    [s.layer + 1, s.layer - 1].forEach(function (l) {
+      self.models.forEach(function (m, mi) {
+        if (l < 0 || l >= m.layers.length) { return; }
+        heads.forEach(function (h) { if (h < m.layers[l].heads) { todo.push([mi, l, h]); } });
+      });
+    });
+    if (todo.length * 2 > this.cacheLimit) { return; }
+    var next = function () {
+      if (token !== self.prefetchToken || !todo.length) { return; }
+      var t = todo.shift();
+      self.matrix(t[0], t[1], t[2]).then(function () { setTimeout(next, 0); }, function () {});
+    };
+    setTimeout(next, 50);
+  };
+
   /** A promise resolved once every render started so far has finished (for tests and scripts). */
   Viewer.prototype.idle = function () {
     var self = this;
     return this.pending === 0 ? Promise.resolve() : new Promise(function (r) { self.waiters.push(r); });
   };
+  /** idle, then two animation frames: the result is on screen (painted). */
+  Viewer.prototype.painted = function () { return this.idle().then(twoFrames); };
 
+  Viewer.prototype.metricValue = function (mi, layer, head, key) {
+    var L = this.models[mi].layers[layer];
+    return L && L.metrics[key] ? L.metrics[key][head] : NaN;
+  };
+  /** "mass within w" reads 1 for every head when no pair of tokens is farther apart than w: say so. */
+  Viewer.prototype.windowText = function (mi, layer, head) {
+    var m = this.models[mi], w = m.metric_window;
+    if (m.length - 1 <= w) { return 'n/a (T=' + m.length + ' \u2264 w+1: every pair is within w)'; }
+    return fmt(this.metricValue(mi, layer, head, 'mass_within_' + w), 3);
+  };
   Viewer.prototype.metricsText = function (mi, layer, head) {
-    var m = this.models[mi], L = m.layers[layer];
+    var m = this.models[mi], L = m.layers[layer], self = this;
     if (!L) { return ''; }
-    var g = function (k) { return L.metrics[k] ? L.metrics[k][head] : NaN; };
+    var g = function (k) { return self.metricValue(mi, layer, head, k); };
     var w = m.metric_window;
     return 'layer ' + layer + ' \u00b7 ' + L.head_names[head] + ' \u00b7 ' + L.variant + '\n' +
       'entropy        ' + fmt(g('entropy'), 3) + ' nats (uniform ' + fmt(g('uniform_entropy'), 3) + ')\n' +
       'mean distance  ' + fmt(g('mean_distance'), 2) + ' tokens\n' +
       'sink mass      ' + fmt(g('sink_mass'), 3) + '\n' +
-      'mass within ' + w + (String(w).length < 2 ? '  ' : ' ') + fmt(g('mass_within_' + w), 3) + '\n' +
+      'mass within ' + w + (String(w).length < 2 ? '  ' : ' ') + this.windowText(mi, layer, head) + '\n' +
       'prev / next    ' + fmt(g('prev_token'), 3) + ' / ' + fmt(g('next_token'), 3);
   };
 
   Viewer.prototype.showTip = function (ev, text) {
+    ev.havTip = true;
     this.tip.textContent = text;
     this.tip.style.display = 'block';
     var x = ev.clientX + 14, y = ev.clientY + 14;
@@ -202,11 +350,190 @@
     this.tip.style.left = x + 'px';
     this.tip.style.top = y + 'px';
   };
-  Viewer.prototype.hideTip = function () { this.tip.style.display = 'none'; };
+  Viewer.prototype.hideTip = function () { if (this.tip) { this.tip.style.display = 'none'; } };
   Viewer.prototype.hoverMetrics = function (node, mi, layerFn, head) {
     var self = this;
     node.addEventListener('mousemove', function (ev) { self.showTip(ev, self.metricsText(mi, layerFn(), head)); });
     node.addEventListener('mouseleave', function () { self.hideTip(); });
+  };
+
+  // ---- export
+  Viewer.prototype.download = function (name, blob, record) {
+    this.lastExport = record;
+    var url = URL.createObjectURL(blob), a = el('a');
+    a.href = url;  // a blob: URL made here (the page loads nothing)
+    a.download = name;
+    a.style.display = 'none';
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(url); a.remove(); }, 1000);
+  };
+
+  /** A PNG of what the current view shows on screen: its canvases and token labels, at their places. */
+  Viewer.prototype.exportPng = function () {
+    var self = this, box = this.root.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+    var vw = window.innerWidth, vh = window.innerHeight;
+    var x0 = Math.max(0, box.left), y0 = Math.max(0, box.top);
+    var W = Math.max(1, Math.min(vw, box.right) - x0), H = Math.max(1, Math.min(vh, box.bottom) - y0);
+    var c = el('canvas');
+    c.width = Math.round(W * dpr); c.height = Math.round(H * dpr);
+    var ctx = c.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.fillStyle = '#fff';
+    ctx.fillRect(0, 0, W, H);
+    ctx.imageSmoothingEnabled = false;
+    var visible = function (e) { var r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 &&
+      r.bottom > 0 && r.top < vh && r.right > 0 && r.left < vw ? r : null; };
+    this.root.querySelectorAll('.hav-shown canvas, .hav-diff-view.hav-shown canvas').forEach(function (cv) {
+      var r = visible(cv);
+      if (r) { ctx.drawImage(cv, r.left - x0, r.top - y0, r.width, r.height); }
+    });
+    ctx.font = '12px ui-monospace, Menlo, Consolas, monospace';
+    ctx.textBaseline = 'middle';
+    this.root.querySelectorAll('.hav-shown .hav-tok, .hav-title, .hav-panel-title, .hav-matrix-title').forEach(
+      function (t) {
+        var r = visible(t);
+        if (!r) { return; }
+        if (t.classList.contains('hav-selected')) { ctx.fillStyle = '#ffd33d'; ctx.fillRect(r.left - x0, r.top - y0, r.width, r.height); }
+        else if (t.style.background) { ctx.fillStyle = t.style.background; ctx.fillRect(r.left - x0, r.top - y0, r.width, r.height); }
+        ctx.fillStyle = '#1f2328';
+        var right = t.parentNode && t.parentNode.classList.contains('hav-left');
+        ctx.textAlign = right ? 'right' : 'left';
+        ctx.fillText(t.textContent, right ? r.right - x0 - 4 : r.left - x0 + 4, r.top - y0 + r.height / 2, r.width - 6);
+      });
+    var name = 'attention-' + this.state.view + '-layer' + this.state.layer + '.png';
+    var url = c.toDataURL('image/png');
+    var bytes = b64bytes(url.split(',')[1]);
+    this.download(name, new Blob([bytes], {type: 'image/png'}), {name: name, type: 'png', width: c.width,
+      height: c.height, dataUrl: url});
+    return this.lastExport;
+  };
+
+  /** CSV of one head's (T, T) matrix: first row the key tokens, first column the query tokens. */
+  Viewer.prototype.exportCsv = function (mi, layer, head) {
+    var self = this, m = this.models[mi];
+    return this.matrix(mi, layer, head).then(function (A) {
+      var T = m.length, q = function (s) { return '"' + String(s).replace(/"/g, '""') + '"'; };
+      var lines = ['query\\key,' + m.tokens.map(function (t, j) { return q(j + ':' + t); }).join(',')];
+      for (var i = 0; i < T; i++) {
+        var row = [q(i + ':' + m.tokens[i])];
+        for (var j = 0; j < T; j++) { row.push(String(A[i * T + j])); }
+        lines.push(row.join(','));
+      }
+      var text = lines.join('\n') + '\n', name = (m.name || 'model').replace(/[^A-Za-z0-9._-]+/g, '_') +
+        '-layer' + layer + '-head' + head + '.csv';
+      self.download(name, new Blob([text], {type: 'text/csv'}), {name: name, type: 'csv', text: text});
+      return self.lastExport;
+    });
+  };
+
+  // ---- A - B (compare mode)
+  Viewer.prototype.renderDiff = function () {
+    var self = this, s = this.state, box = this.diffBox, a = this.models[0], b = this.models[1];
+    box.textContent = '';
+    if (a.length !== b.length) {
+      box.appendChild(el('div', 'hav-note', 'the two models tokenised the text differently (' + a.length + ' vs ' +
+        b.length + ' tokens): no A \u2212 B'));
+      return Promise.resolve();
+    }
+    var head = el('div', 'hav-diff-bar');
+    head.appendChild(el('span', 'hav-diff-legend', 'A = ' + a.name + ', B = ' + b.name + ': per head A \u2212 B ' +
+      '(red: A attends more, blue: B more), heads ordered by change = mean over query rows of \u00bd\u2211|A\u2212B| ' +
+      '(total variation, 0 to 1); metric deltas are A \u2212 B over the whole text.'));
+    if (a.pair_start !== null && a.pair_start !== undefined) {
+      var lab = el('label', null, ' segments ');
+      var sel = el('select', 'hav-segment');
+      Object.keys(SEGMENTS).forEach(function (k) {
+        var o = el('option', null, SEGMENTS[k]);
+        o.value = k;
+        sel.appendChild(o);
+      });
+      sel.value = s.segment;
+      sel.addEventListener('change', function () { self.set({segment: sel.value}); });
+      lab.appendChild(sel);
+      head.appendChild(lab);
+    }
+    box.appendChild(head);
+    var change = this.compare.change[s.segment] || this.compare.change.all, order = [];
+    change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
+    order.sort(function (x, y) { return y[0] - x[0]; });
+    var shown = s.diffAll ? order : order.slice(0, 12), first = 6;
+    var grid = el('div', 'hav-diff-grid');
+    box.appendChild(grid);
+    if (!s.diffAll && order.length > shown.length) {
+      var more = el('button', 'hav-diff-more', 'show all ' + order.length + ' heads');
+      more.type = 'button';
+      more.addEventListener('click', function () { self.set({diffAll: true}); });
+      box.appendChild(more);
+    }
+    var rows = segmentRange(a, s.segment, 0), cols = segmentRange(a, s.segment, 1);
+    var cards = shown.map(function (o, rank) { return self.diffCard(grid, o[1], o[2], o[0], rank, rows, cols); });
+    // decode and draw the cards on screen first; the rest as they scroll into view
+    return Promise.all(cards.slice(0, first).map(function (c) { return c.draw(); })).then(function () {
+      if (cards.length > first && typeof IntersectionObserver !== 'undefined') {
+        var io = new IntersectionObserver(function (es) {
+          es.forEach(function (e) { if (e.isIntersecting) { e.target.havDraw(); io.unobserve(e.target); } });
+        });
+        cards.slice(first).forEach(function (c) { c.canvas.havDraw = c.draw; io.observe(c.canvas); });
+      } else {
+        cards.slice(first).forEach(function (c) { c.draw(); });
+      }
+    });
+  };
+
+  Viewer.prototype.diffCard = function (grid, layer, head, change, rank, rows, cols) {
+    var self = this, card = el('div', 'hav-diff-card'), L = this.models[0].layers[layer];
+    card.dataset.layer = String(layer);
+    card.dataset.head = String(head);
+    card.dataset.change = String(change);
+    card.appendChild(el('div', 'hav-diff-title', '#' + (rank + 1) + ' layer ' + layer + ' \u00b7 ' +
+      L.head_names[head] + ' \u00b7 change ' + fmt(change, 3)));
+    var body = el('div', 'hav-diff-body'), c = el('canvas', 'hav-diffmap'), nr = rows[1] - rows[0], nc = cols[1] - cols[0];
+    c.width = nc; c.height = nr;
+    var px = 150;
+    c.style.width = (nr >= nc ? Math.round(px * nc / nr) : px) + 'px';
+    c.style.height = (nr >= nc ? px : Math.round(px * nr / nc)) + 'px';
+    body.appendChild(c);
+    var tbl = el('table', 'hav-metrics hav-deltas'), w = this.models[0].metric_window;
+    [['entropy', 'entropy', 3], ['mean distance', 'mean_distance', 2], ['sink mass', 'sink_mass', 3],
+     ['mass within ' + w, 'mass_within_' + w, 3], ['previous token', 'prev_token', 3]].forEach(function (r) {
+      var tr = el('tr');
+      tr.appendChild(el('td', null, '\u0394 ' + r[0]));
+      tr.appendChild(el('td', null, signed(self.metricValue(0, layer, head, r[1]) -
+        self.metricValue(1, layer, head, r[1]), r[2])));
+      tbl.appendChild(tr);
+    });
+    body.appendChild(tbl);
+    card.appendChild(body);
+    card.addEventListener('click', function () {
+      self.set({view: 'matrix', layer: layer, matrixHead: head, heads: new Set([head])});
+    });
+    grid.appendChild(card);
+    var T = this.models[0].length;
+    var draw = function () {
+      if (c.dataset.drawn) { return Promise.resolve(); }
+      return Promise.all([self.matrix(0, layer, head), self.matrix(1, layer, head)]).then(function (ab) {
+        var A = ab[0], B = ab[1], img = new ImageData(nc, nr), d = img.data, big = 0;
+        for (var i = rows[0]; i < rows[1]; i++) {
+          for (var j = cols[0]; j < cols[1]; j++) { var x = Math.abs(A[i * T + j] - B[i * T + j]); if (x > big) { big = x; } }
+        }
+        var scale = self.state.shared ? 1 : (big || 1), p = 0;
+        for (var i2 = rows[0]; i2 < rows[1]; i2++) {
+          for (var j2 = cols[0]; j2 < cols[1]; j2++, p += 4) { diffColor((A[i2 * T + j2] - B[i2 * T + j2]) / scale, d, p); }
+        }
+        c.getContext('2d').putImageData(img, 0, 0);
+        c.dataset.drawn = '1';
+        c.title = 'largest |A \u2212 B| ' + fmt(big, 4) + (self.state.shared ? ' (shared scale: \u00b11)' : ' (colour scale)');
+        c.addEventListener('mousemove', function (ev) {
+          var r = c.getBoundingClientRect(), j = cols[0] + Math.min(nc - 1, Math.floor((ev.clientX - r.left) / r.width * nc));
+          var i = rows[0] + Math.min(nr - 1, Math.floor((ev.clientY - r.top) / r.height * nr)), m = self.models[0];
+          self.showTip(ev, 'query ' + i + ' ' + JSON.stringify(m.tokens[i]) + '\n\u2192 key ' + j + ' ' +
+            JSON.stringify(m.tokens[j]) + '\nA ' + fmt(A[i * T + j], 4) + '  B ' + fmt(B[i * T + j], 4) +
+            '  A\u2212B ' + signed(A[i * T + j] - B[i * T + j], 4));
+        });
+      });
+    };
+    return {canvas: c, draw: draw};
   };
 
   // ------------------------------------------------------------------ one model's panel
@@ -224,13 +551,14 @@
     e.appendChild(this.headsBox);
     this.views = {};
     var self = this;
-    VIEWS.forEach(function (v) {
+    ['head', 'model', 'matrix', 'attribution'].forEach(function (v) {
       var d = el('div', 'hav-view hav-' + v + '-view');
       self.views[v] = d;
       e.appendChild(d);
     });
     this.builtHead = false;
     this.builtModel = false;
+    this.highlight = [];
   }
 
   Panel.prototype.layer = function () {
@@ -239,16 +567,18 @@
 
   Panel.prototype.render = function () {
     var s = this.v.state, self = this;
-    VIEWS.forEach(function (v) { self.views[v].classList.toggle('hav-shown', v === s.view); });
+    Object.keys(this.views).forEach(function (v) { self.views[v].classList.toggle('hav-shown', v === s.view); });
     this.renderHeadToggles();
     if (s.view === 'head') { return this.renderHeadView(); }
     if (s.view === 'model') { return this.renderModelView(); }
+    if (s.view === 'attribution') { return this.renderAttribution(); }
     return this.renderMatrixView();
   };
 
   Panel.prototype.renderHeadToggles = function () {
     var v = this.v, s = v.state, L = this.m.layers[this.layer()], mi = this.mi, self = this;
     this.headsBox.textContent = '';
+    this.headsBox.style.display = s.view === 'attribution' ? 'none' : '';
     for (var h = 0; h < L.heads; h++) {
       (function (h) {
         var t = el('div', 'hav-head-toggle', String(h));
@@ -273,22 +603,21 @@
     }
   };
 
-  // ---- head view
+  // ---- head view: token columns (DOM, T rows) and one viewport-sized canvas that draws the rows in view
   Panel.prototype.buildHeadView = function () {
     var v = this.v, m = this.m, self = this, box = this.views.head;
     var scroll = el('div', 'hav-headview-scroll'), grid = el('div', 'hav-headview');
     this.leftCol = el('div', 'hav-tokcol hav-left');
     this.rightCol = el('div', 'hav-tokcol hav-right');
     this.lines = el('div', 'hav-lines');
-    this.canvas = el('canvas');
-    this.svgWrap = el('div', 'hav-svg-wrap');
+    this.canvas = el('canvas', 'hav-linecanvas');
     this.lines.appendChild(this.canvas);
-    this.lines.appendChild(this.svgWrap);
     this.leftToks = [];
     this.rightToks = [];
+    var p = m.pair_start;
     m.tokens.forEach(function (tok, i) {
       ['left', 'right'].forEach(function (side) {
-        var t = el('div', 'hav-tok', tok);
+        var t = el('div', 'hav-tok' + (p && i === p ? ' hav-seg-start' : ''), tok);
         t.dataset.i = String(i);
         t.title = i + ': ' + tok;
         (side === 'left' ? self.leftCol : self.rightCol).appendChild(t);
@@ -303,13 +632,12 @@
         v.set({token: same ? null : i, side: pair[1]});
       });
     });
-    // the overview draws the lines of the query rows in view; redrawn as the list scrolls
     this.scroller = scroll;
     var pending = false;
     scroll.addEventListener('scroll', function () {
-      if (pending || !self.overview) { return; }
+      if (pending || !self.drawState) { return; }
       pending = true;
-      requestAnimationFrame(function () { pending = false; if (self.overview) { self.drawOverview(); } });
+      requestAnimationFrame(function () { pending = false; if (self.drawState) { self.drawLines(); } });
     });
     this.lines.style.height = (m.length * ROW) + 'px';
     grid.appendChild(this.leftCol);
@@ -317,9 +645,17 @@
     grid.appendChild(this.rightCol);
     scroll.appendChild(grid);
     box.appendChild(el('div', 'hav-note', 'left: queries (attending) \u00b7 right: keys (attended to)' +
-      (m.causal ? ' \u00b7 causal: a token sees itself and earlier tokens' : '')));
+      (m.causal ? ' \u00b7 causal: a token sees itself and earlier tokens' : '') +
+      (p ? ' \u00b7 the line between tokens ' + (p - 1) + ' and ' + p + ' divides the two texts' : '')));
     box.appendChild(scroll);
     this.builtHead = true;
+  };
+
+  Panel.prototype.scrollToToken = function (t) {
+    if (!this.scroller || this.v.state.view !== 'head') { return; }
+    var sc = this.scroller, y = t * ROW;
+    if (y < sc.scrollTop) { sc.scrollTop = y; }
+    else if (y + ROW > sc.scrollTop + sc.clientHeight) { sc.scrollTop = y + ROW - sc.clientHeight; }
   };
 
   Panel.prototype.renderHeadView = function () {
@@ -329,100 +665,138 @@
       return a - b;
     });
     var T = m.length;
-    var width = Math.max(120, this.lines.clientWidth || 200);
     return Promise.all(heads.map(function (h) { return v.matrix(self.mi, layer, h); })).then(function (mats) {
       var token = s.token !== null && s.token < T ? s.token : null;
-      self.leftToks.forEach(function (t, i) {
-        t.classList.toggle('hav-selected', token === i && s.side === 'left');
-        t.style.background = '';
-      });
-      self.rightToks.forEach(function (t, i) {
-        t.classList.toggle('hav-selected', token === i && s.side === 'right');
-        t.style.background = '';
-      });
-      var ctx = self.canvas.getContext('2d'), dpr = window.devicePixelRatio || 1;
-      self.canvas.width = Math.round(width * dpr);
-      self.canvas.height = Math.round(T * ROW * dpr);
-      self.canvas.style.width = width + 'px';
-      self.canvas.style.height = (T * ROW) + 'px';
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      ctx.clearRect(0, 0, width, T * ROW);
-      if (token === null) {
-        self.svgWrap.innerHTML = '';
-        self.overview = {ctx: ctx, heads: heads, mats: mats, width: width, T: T, L: L};
-        self.drawOverview();
-      } else {
-        self.overview = null;
-        self.drawSelected(heads, mats, width, T, token, s.side);
+      if (self.shownToken !== undefined && self.shownToken !== null) {
+        var prev = self.shownToken;
+        self.leftToks[prev].classList.remove('hav-selected');
+        self.rightToks[prev].classList.remove('hav-selected');
       }
+      if (self.shaded) { self.shaded.forEach(function (t) { t.style.background = ''; }); }
+      self.shaded = [];
+      if (token !== null) { (s.side === 'left' ? self.leftToks : self.rightToks)[token].classList.add('hav-selected'); }
+      self.shownToken = token;
+      self.drawState = {heads: heads, mats: mats, T: T, L: L, token: token, side: s.side, shared: s.shared};
+      if (token !== null) { self.shadeOthers(); }
+      self.drawLines();
     });
   };
 
-  Panel.prototype.drawOverview = function () {
-    // lines bucketed by weight so that each (head, bucket) is one path; long texts: only the query rows
-    // in view (and a margin), so that 512 tokens x 12 heads draw in milliseconds
-    var o = this.overview, ctx = o.ctx, heads = o.heads, mats = o.mats, width = o.width, T = o.T;
-    var scale = o.L.value_max || 1, alphaScale = heads.length > 1 ? 0.6 : 0.9;
-    var first = 0, last = T;
-    if (T > 160 && this.scroller.clientHeight > 0) {
-      first = Math.max(0, Math.floor(this.scroller.scrollTop / ROW) - 40);
-      last = Math.min(T, Math.ceil((this.scroller.scrollTop + this.scroller.clientHeight) / ROW) + 40);
-    }
-    ctx.clearRect(0, 0, width, T * ROW);
-    ctx.lineWidth = 1.2;
-    this.v.root.dataset.overviewRows = first + '-' + last;
-    heads.forEach(function (h, k) {
-      var A = mats[k], buckets = [];
-      for (var b = 0; b < 8; b++) { buckets.push([]); }
-      for (var i = first; i < last; i++) {
-        for (var j = 0; j < T; j++) {
-          var w = A[i * T + j] / scale;
-          if (w >= LINE_MIN) { buckets[Math.min(7, Math.floor(Math.sqrt(w) * 8))].push(i, j); }
-        }
+  Panel.prototype.shadeOthers = function () {
+    var o = this.drawState, T = o.T, shade = new Float32Array(T), lines = [];
+    o.heads.forEach(function (h, k) {
+      var A = o.mats[k];
+      for (var x = 0; x < T; x++) {
+        var i = o.side === 'left' ? o.token : x, j = o.side === 'left' ? x : o.token, w = A[i * T + j];
+        shade[x] += w / o.heads.length;
+        if (w >= 0.001) { lines.push([h, i, j, w]); }
       }
+    });
+    lines.sort(function (a, b) { return a[3] - b[3]; });
+    this.highlight = lines;  // every line of the selected token (the canvas draws those in view)
+    this.v.root.dataset.highlighted = String(lines.length);
+    var others = o.side === 'left' ? this.rightToks : this.leftToks, shaded = this.shaded;
+    others.forEach(function (t, x) {
+      var a = Math.min(1, Math.sqrt(shade[x]));
+      if (a > 0.03) { t.style.background = 'rgba(255, 165, 0, ' + a.toFixed(3) + ')'; shaded.push(t); }
+    });
+  };
+
+  /** Draw the lines that cross the visible part of the head view onto the viewport-sized canvas. */
+  Panel.prototype.drawLines = function () {
+    var o = this.drawState, T = o.T, sc = this.scroller, c = this.canvas;
+    var width = Math.max(120, this.lines.clientWidth || 200);
+    var viewH = Math.min(T * ROW, sc.clientHeight || T * ROW);
+    var dpr = window.devicePixelRatio || 1;
+    if (c.width !== Math.round(width * dpr) || c.height !== Math.round(viewH * dpr)) {
+      c.width = Math.round(width * dpr); c.height = Math.round(viewH * dpr);
+      c.style.width = width + 'px'; c.style.height = viewH + 'px';
+    }
+    var ctx = c.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, viewH);
+    // the canvas is sticky: its offset inside the (T * ROW)-tall column is how far the list has scrolled
+    var off = Math.max(0, Math.min(T * ROW - viewH, c.getBoundingClientRect().top - this.lines.getBoundingClientRect().top));
+    var top = off / ROW, bottom = (off + viewH) / ROW;  // visible rows [top, bottom)
+    this.visibleRows = [Math.floor(top), Math.min(T, Math.ceil(bottom))];
+    this.v.root.dataset.overviewRows = this.visibleRows[0] + '-' + this.visibleRows[1];
+    var y = function (i) { return (i + 0.5) * ROW - off; };
+    var p = this.m.pair_start;
+    if (p) {  // the divider between the two texts of a pair
+      ctx.strokeStyle = '#57606a'; ctx.lineWidth = 1; ctx.setLineDash([4, 3]);
+      ctx.beginPath(); ctx.moveTo(0, p * ROW - off); ctx.lineTo(width, p * ROW - off); ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    var cross = function (i, j) { var a = i < j ? i : j, b = i < j ? j : i; return b + 0.5 >= top && a + 0.5 <= bottom; };
+    var scaleOf = function (A) { return o.shared ? (o.L.value_max || 1) : (A.max || 1); };
+    if (o.token !== null) {
+      var lines = this.highlight, drawn = 0;
+      for (var n = 0; n < lines.length; n++) {
+        var l = lines[n], w = l[3];
+        if (!cross(l[1], l[2])) { continue; }
+        ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * Math.sqrt(Math.min(1, w)));
+        ctx.strokeStyle = headColor(l[0]);
+        ctx.lineWidth = 1 + 3 * Math.min(1, w);
+        ctx.beginPath(); ctx.moveTo(0, y(l[1])); ctx.lineTo(width, y(l[2])); ctx.stroke();
+        drawn++;
+      }
+      ctx.globalAlpha = 1;
+      this.linesDrawn = drawn;
+      return;
+    }
+    this.highlight = [];
+    // overview: lines bucketed by weight (on the head's scale) so that each (head, bucket) is one path; at most
+    // LINE_BUDGET lines in all, the strongest buckets first (a diffuse head at 512 tokens has 10^5 pairs above
+    // 1% of its largest weight: drawing them all takes seconds and shows nothing)
+    var alphaScale = o.heads.length > 1 ? 0.6 : 0.9, total = 0, budget = Math.max(100, LINE_BUDGET / o.heads.length);
+    ctx.lineWidth = 1.2;
+    var skipped = 0;
+    o.heads.forEach(function (h, k) {
+      var A = o.mats[k], scale = scaleOf(A), counts = new Int32Array(8), i, j, base, w;
+      var lo = Math.max(0, Math.floor(top - 0.5)), hi = Math.min(T, Math.ceil(bottom - 0.5));
+      // pass 1: how many crossing lines fall in each bucket (rows in view: all columns; other rows: the
+      // columns on the far side of the view, the only lines of theirs that cross it)
+      var visit = function (fn) {  // the column range of each row is exactly its lines that cross the view
+        var min = LINE_MIN * scale, inv = 1 / scale;
+        for (i = 0; i < T; i++) {
+          base = i * T;
+          var j0 = i < lo ? lo : 0, j1 = i >= hi ? hi : T;
+          for (j = j0; j < j1; j++) {
+            w = A[base + j];
+            if (w >= min) { w = Math.sqrt(w * inv) * 8; fn(w >= 7 ? 7 : w | 0, i, j); }
+          }
+        }
+      };
+      visit(function (b) { counts[b]++; });
+      var keepFrom = 8, kept = 0;
+      while (keepFrom > 0 && kept + counts[keepFrom - 1] <= budget) { keepFrom--; kept += counts[keepFrom]; }
+      // the next bucket down fills the rest of the budget, every stride-th line (a near-uniform head puts
+      // all its lines in one bucket)
+      var part = keepFrom - 1, stride = part >= 0 && kept < budget ? Math.ceil(counts[part] / (budget - kept)) : 0;
+      var seen = 0;
+      for (var b0 = 0; b0 < keepFrom; b0++) { skipped += counts[b0]; }
+      var buckets = [];
+      for (var b = 0; b < 8; b++) { buckets.push([]); }
+      visit(function (b, i, j) {
+        if (b >= keepFrom) { buckets[b].push(i, j); }
+        else if (b === part && stride && (seen++ % stride === 0)) { buckets[b].push(i, j); skipped--; }
+      });
       ctx.strokeStyle = headColor(h);
       buckets.forEach(function (pairs, b) {
         if (!pairs.length) { return; }
+        total += pairs.length / 2;
         ctx.globalAlpha = alphaScale * (b + 1) / 8;
         ctx.beginPath();
         for (var n = 0; n < pairs.length; n += 2) {
-          ctx.moveTo(0, (pairs[n] + 0.5) * ROW);
-          ctx.lineTo(width, (pairs[n + 1] + 0.5) * ROW);
+          ctx.moveTo(0, y(pairs[n]));
+          ctx.lineTo(width, y(pairs[n + 1]));
         }
         ctx.stroke();
       });
     });
     ctx.globalAlpha = 1;
-  };
-
-  Panel.prototype.drawSelected = function (heads, mats, width, T, token, side) {
-    // the selected token's lines as SVG elements (class hav-hl), strongest last so they are on top
-    var lines = [], shade = new Float32Array(T), self = this;
-    heads.forEach(function (h, k) {
-      var A = mats[k];
-      for (var o = 0; o < T; o++) {
-        var i = side === 'left' ? token : o, j = side === 'left' ? o : token, w = A[i * T + j];
-        shade[o] += w / heads.length;
-        if (w >= 0.001) { lines.push([w, h, i, j]); }
-      }
-    });
-    lines.sort(function (a, b) { return a[0] - b[0]; });
-    var parts = ['<svg class="hav-svg" width="' + width + '" height="' + (T * ROW) + '">'];
-    lines.forEach(function (l) {
-      var w = l[0], op = Math.min(1, 0.15 + 0.85 * Math.sqrt(Math.min(1, w)));
-      parts.push('<line class="hav-line hav-hl" data-head="' + l[1] + '" data-from="' + l[2] + '" data-to="' + l[3] +
-        '" data-weight="' + w.toFixed(5) + '" x1="0" y1="' + ((l[2] + 0.5) * ROW) + '" x2="' + width + '" y2="' +
-        ((l[3] + 0.5) * ROW) + '" stroke="' + headColor(l[1]) + '" stroke-opacity="' + op.toFixed(3) +
-        '" stroke-width="' + (1 + 3 * Math.min(1, w)).toFixed(2) + '"></line>');
-    });
-    parts.push('</svg>');
-    this.svgWrap.innerHTML = parts.join('');
-    var others = side === 'left' ? this.rightToks : this.leftToks;
-    others.forEach(function (t, o) {
-      var a = Math.min(1, Math.sqrt(shade[o]));
-      t.style.background = a > 0.03 ? 'rgba(255, 165, 0, ' + a.toFixed(3) + ')' : '';
-    });
-    self.v.root.dataset.highlighted = String(lines.length);
+    this.linesDrawn = total;
+    this.linesSkipped = skipped;
   };
 
   // ---- model view
@@ -464,9 +838,7 @@
       box.appendChild(el('div', 'hav-note', 'each thumbnail: one head\u2019s attention (max-pooled to ' + S + 'x' +
         S + ', scaled to its own maximum); click to open it in the matrix view'));
       box.appendChild(grid);
-      this.thumbLut = lut;
       this.builtModel = true;
-      // drawn lazily: only the thumbnails that scroll into view
       var draw = function (t) {
         if (t.drawn) { return; }
         var bytes = b64bytes(m.layers[t.layer].thumbnails[t.head]), img = new ImageData(S, S);
@@ -489,10 +861,8 @@
         this.thumbs.forEach(draw);
       }
     }
-    // draw now what is on screen (the observer draws the rest when it scrolls into view)
     var vw = window.innerWidth, vh = window.innerHeight, gridBox = box.querySelector('.hav-modelgrid');
     var gr = gridBox.getBoundingClientRect();
-
     this.thumbs.forEach(function (t) {
       if (t.drawn) { return; }
       var r = t.canvas.getBoundingClientRect();
@@ -507,86 +877,252 @@
     return Promise.resolve();
   };
 
-  // ---- matrix view
+  // ---- matrix view: one head's heatmap, zoomable (wheel, drag, buttons), token labels on both axes
   Panel.prototype.renderMatrixView = function () {
     var v = this.v, s = v.state, m = this.m, layer = this.layer(), L = m.layers[layer], self = this;
-    var head = Math.min(s.matrixHead, L.heads - 1), T = m.length;
+    var head = Math.min(s.matrixHead, L.heads - 1);
     return v.matrix(this.mi, layer, head).then(function (A) {
       var zeroP = L.zero_slot ? decode(L.zero_slot[head], m, L) : Promise.resolve(null);
-      return zeroP.then(function (zero) { self.drawMatrix(A, zero, L, layer, head, T); });
+      return zeroP.then(function (zero) {
+        var scale = s.shared ? (L.value_max || 1) : (A.max || 1);
+        self.buildMatrix(self.views.matrix, {A: A, zero: zero, scale: scale, key: 'a:' + layer + ':' + head + ':' + scale,
+          L: L, layer: layer, head: head, kind: 'attention'});
+      });
     });
   };
 
-  function heatColor(w, out, o) {  // white -> blue -> dark purple, on sqrt(w)
-    var x = Math.sqrt(Math.max(0, Math.min(1, w)));
-    out[o] = 255 - 230 * x; out[o + 1] = 255 - 200 * x; out[o + 2] = 255 - 90 * x; out[o + 3] = 255;
-  }
-
-  Panel.prototype.drawMatrix = function (A, zero, L, layer, head, T) {
-    var v = this.v, m = this.m, box = this.views.matrix, self = this;
-    box.textContent = '';
-    var band = L.band_heads.indexOf(head) >= 0;
-    var title = 'layer ' + layer + ' \u00b7 ' + L.head_names[head] + ' \u00b7 ' + L.variant +
+  Panel.prototype.matrixTitle = function (src) {
+    var L = src.L, head = src.head, band = L.band_heads.indexOf(head) >= 0;
+    if (src.kind === 'rollout') { return 'attention rollout after layer ' + src.layer; }
+    return 'layer ' + src.layer + ' \u00b7 ' + L.head_names[head] + ' \u00b7 ' + L.variant +
       (L.band_combine ? ' (' + L.band_combine + ')' : '') + (band ? ' \u00b7 w=' + L.window : '') +
       (band && L.global_tokens ? ' \u00b7 ' + L.global_tokens + ' global' : '');
-    var t = el('div', 'hav-matrix-title', title);
+  };
+
+  Panel.prototype.buildMatrix = function (box, src) {
+    var v = this.v, m = this.m, self = this, T = m.length, L = src.L, head = src.head;
+    box.textContent = '';
+    var t = el('div', 'hav-matrix-title', this.matrixTitle(src));
     t.style.fontWeight = '600';
     box.appendChild(t);
-    if (L.kind === 'lstmn') {
+    if (src.kind === 'rollout') {
+      box.appendChild(el('div', 'hav-note', 'row i: how much of output token i after this layer traces back to input ' +
+        'token j (Abnar & Zuidema 2020: head-averaged attention plus the residual, multiplied up the layers)'));
+    } else if (L.kind === 'lstmn') {
       box.appendChild(el('div', 'hav-note', 'LSTMN intra-attention over the tape (' + L.head_names[head] +
         '): row t = the step reading token t, column i = tape slot of token i; \u2205 = the initial zero slot'));
     } else {
       box.appendChild(el('div', 'hav-note', 'row = query token, column = key token' +
         (L.band_combine === 'sum' ? ' \u00b7 band_combine=sum: rows sum to 2 (low-rank + band)' : '')));
     }
-    var wrap = el('div', 'hav-matrix-wrap'), row = el('div', 'hav-matrix-row');
-    var avail = (this.el.clientWidth || 900) - 320 - (zero ? 30 : 0);
-    var size = Math.max(200, Math.min(560, T * 24, avail)), scale = L.value_max || 1;
-    if (zero) {
-      var zc = el('canvas', 'hav-zero');
-      zc.width = 1; zc.height = T;
-      zc.style.width = Math.max(8, Math.round(size / T)) + 'px';
-      zc.style.height = size + 'px';
-      zc.style.imageRendering = 'pixelated';
-      zc.style.border = '1px solid #d0d7de';
-      var zimg = new ImageData(1, T);
-      for (var zi = 0; zi < T; zi++) { heatColor(zero[zi], zimg.data, 4 * zi); }
-      zc.getContext('2d').putImageData(zimg, 0, 0);
-      zc.title = '\u2205 zero slot';
-      zc.addEventListener('mousemove', function (ev) {
-        var i = Math.min(T - 1, Math.floor(ev.offsetY / size * T));
-        v.showTip(ev, 'step ' + i + ' ' + JSON.stringify(m.tokens[i]) + ' \u2192 \u2205 zero slot: ' +
-          fmt(zero[i], 4));
+    var tools = el('div', 'hav-zoombar');
+    [['+', 'zoom in', 0.5], ['\u2212', 'zoom out', 2], ['reset', 'show the whole matrix', 0]].forEach(function (b) {
+      var btn = el('button', 'hav-zoom hav-zoom-' + (b[2] === 0.5 ? 'in' : b[2] === 2 ? 'out' : 'reset'), b[0]);
+      btn.type = 'button';
+      btn.title = b[1];
+      btn.addEventListener('click', function () {
+        var z = self.zoomWindow();
+        if (b[2] === 0) { v.setZoom(null); return; }
+        v.setZoom(zoomAbout(z, T, b[2], z.x0 + z.n / 2, z.y0 + z.n / 2));
       });
-      zc.addEventListener('mouseleave', function () { v.hideTip(); });
+      tools.appendChild(btn);
+    });
+    if (src.kind === 'attention') {
+      var csv = el('button', 'hav-export-csv', 'CSV of this head');
+      csv.type = 'button';
+      csv.addEventListener('click', function () { v.exportCsv(self.mi, src.layer, head); });
+      tools.appendChild(csv);
+    }
+    this.zoomLabel = el('span', 'hav-note');
+    tools.appendChild(this.zoomLabel);
+    tools.appendChild(el('span', 'hav-note', ' wheel: zoom \u00b7 drag: pan'));
+    box.appendChild(tools);
+    var wrap = el('div', 'hav-matrix-wrap'), row = el('div', 'hav-matrix-row');
+    var avail = (this.el.clientWidth || 900) - 300 - LABEL_LEFT - (src.zero ? 30 : 0);
+    var size = Math.max(200, Math.min(560, avail));
+    var zc = null;
+    if (src.zero) {
+      zc = el('canvas', 'hav-zero');
+      zc.width = 1; zc.height = T;
+      zc.style.width = '10px';
+      zc.style.height = size + 'px';
+      zc.style.marginTop = LABEL_TOP + 'px';
+      zc.title = '\u2205 zero slot';
       row.appendChild(zc);
     }
-    var mb = el('div', 'hav-matrix-box'), c = el('canvas', 'hav-heatmap');
-    c.width = T; c.height = T;
-    c.style.width = size + 'px';
-    c.style.height = size + 'px';
-    var img = new ImageData(T, T);
-    for (var p = 0; p < T * T; p++) { heatColor(A[p] / scale, img.data, 4 * p); }
-    c.getContext('2d').putImageData(img, 0, 0);
-    c.addEventListener('mousemove', function (ev) {
-      var j = Math.min(T - 1, Math.floor(ev.offsetX / size * T)), i = Math.min(T - 1, Math.floor(ev.offsetY / size * T));
-      v.showTip(ev, 'query ' + i + ' ' + JSON.stringify(m.tokens[i]) + '\n\u2192 key ' + j + ' ' +
-        JSON.stringify(m.tokens[j]) + ': ' + fmt(A[i * T + j], 4));
-    });
-    c.addEventListener('mouseleave', function () { v.hideTip(); });
-    c.addEventListener('click', function (ev) {
-      var i = Math.min(T - 1, Math.floor(ev.offsetY / size * T));
-      v.set({token: i, side: 'left'});
-    });
+    var mb = el('div', 'hav-matrix-box'), c = el('canvas', 'hav-heatmap'), dpr = window.devicePixelRatio || 1;
+    c.width = Math.round((LABEL_LEFT + size) * dpr);
+    c.height = Math.round((LABEL_TOP + size) * dpr);
+    c.style.width = (LABEL_LEFT + size) + 'px';
+    c.style.height = (LABEL_TOP + size) + 'px';
     mb.appendChild(c);
     var overlay = el('div', 'hav-overlay');
-    overlay.style.left = '1px';
-    overlay.innerHTML = this.outlineSvg(L, head, T, size);
+    overlay.style.left = LABEL_LEFT + 'px';
+    overlay.style.top = LABEL_TOP + 'px';
+    overlay.innerHTML = src.kind === 'attention' ? this.outlineSvg(L, head, T, size) :
+      '<svg class="hav-outline" width="' + size + '" height="' + size + '" viewBox="0 0 ' + T + ' ' + T +
+      '" preserveAspectRatio="none"></svg>';
     mb.appendChild(overlay);
     row.appendChild(mb);
     wrap.appendChild(row);
-    wrap.appendChild(this.sidePanel(L, layer, head, band));
+    if (src.kind === 'attention') { wrap.appendChild(this.sidePanel(L, src.layer, head, L.band_heads.indexOf(head) >= 0, src)); }
+    else if (src.side) { wrap.appendChild(src.side); }
     box.appendChild(wrap);
+    // the T x T image (colour scale applied), kept while the same matrix and scale are shown
+    if (!this.images) { this.images = {}; }
+    var cache = this.images[src.kind];
+    if (!cache || cache.key !== src.key) {
+      var off = el('canvas'), img = new ImageData(T, T), A = src.A, inv = 1 / (src.scale || 1);
+      off.width = T; off.height = T;
+      for (var p = 0; p < T * T; p++) { heatColor(A[p] * inv, img.data, 4 * p); }
+      off.getContext('2d').putImageData(img, 0, 0);
+      var zoff = null;
+      if (src.zero) {
+        zoff = el('canvas'); zoff.width = 1; zoff.height = T;
+        var zimg = new ImageData(1, T);
+        for (var zi = 0; zi < T; zi++) { heatColor(src.zero[zi] * inv, zimg.data, 4 * zi); }
+        zoff.getContext('2d').putImageData(zimg, 0, 0);
+      }
+      cache = this.images[src.kind] = {key: src.key, image: off, zero: zoff};
+    }
+    this.plot = {canvas: c, svg: overlay.firstChild, zeroCanvas: zc, size: size, src: src, image: cache.image,
+                 zeroImage: cache.zero};
+    c.dataset.scale = String(src.scale);
+    this.bindMatrixEvents(c, zc);
+    this.paintMatrix();
+  };
+
+  function zoomAbout(z, T, factor, cx, cy) {
+    var n = Math.max(Math.min(T, 8), Math.min(T, Math.round(z.n * factor)));
+    var x0 = Math.round(cx - (cx - z.x0) * n / z.n), y0 = Math.round(cy - (cy - z.y0) * n / z.n);
+    return clampZoom({x0: x0, y0: y0, n: n}, T);
+  }
+  function clampZoom(z, T) {
+    var n = Math.max(1, Math.min(T, z.n));
+    return {n: n, x0: Math.max(0, Math.min(T - n, z.x0)), y0: Math.max(0, Math.min(T - n, z.y0))};
+  }
+
+  Panel.prototype.zoomWindow = function () {
+    var z = this.v.state.zoom, T = this.m.length;
+    return z ? clampZoom(z, T) : {x0: 0, y0: 0, n: T};
+  };
+
+  Viewer.prototype.setZoom = function (z) {
+    this.state.zoom = z;
+    this.hideTip();
+    this.panels.forEach(function (p) { if (p.plot && p.plot.canvas.isConnected) { p.paintMatrix(); } });
+  };
+
+  Panel.prototype.cellAt = function (ev) {
+    var P = this.plot, r = P.canvas.getBoundingClientRect(), z = this.zoomWindow();
+    var x = ev.clientX - r.left - LABEL_LEFT, y = ev.clientY - r.top - LABEL_TOP;
+    if (x < 0 || y < 0 || x >= P.size || y >= P.size) { return null; }
+    return {i: z.y0 + Math.floor(y / P.size * z.n), j: z.x0 + Math.floor(x / P.size * z.n), fx: x / P.size, fy: y / P.size};
+  };
+
+  Panel.prototype.bindMatrixEvents = function (c, zc) {
+    var v = this.v, self = this, T = this.m.length, m = this.m, drag = null;
+    c.addEventListener('mousemove', function (ev) {
+      if (drag) {
+        var P = self.plot, z = drag.z, dx = (ev.clientX - drag.x) / P.size * z.n, dy = (ev.clientY - drag.y) / P.size * z.n;
+        if (Math.abs(ev.clientX - drag.x) + Math.abs(ev.clientY - drag.y) > 3) { drag.moved = true; }
+        if (drag.moved) { v.setZoom(clampZoom({n: z.n, x0: Math.round(z.x0 - dx), y0: Math.round(z.y0 - dy)}, T)); }
+        return;
+      }
+      var cell = self.cellAt(ev);
+      if (!cell) { return; }
+      var A = self.plot.src.A, what = self.plot.src.kind === 'rollout' ? 'output ' : 'query ';
+      v.showTip(ev, what + cell.i + ' ' + JSON.stringify(m.tokens[cell.i]) + '\n\u2192 ' +
+        (self.plot.src.kind === 'rollout' ? 'input ' : 'key ') + cell.j + ' ' + JSON.stringify(m.tokens[cell.j]) + ': ' +
+        fmt(A[cell.i * T + cell.j], 4));
+    });
+    c.addEventListener('mouseleave', function () { v.hideTip(); });
+    c.addEventListener('mousedown', function (ev) {
+      if (ev.button !== 0) { return; }
+      drag = {x: ev.clientX, y: ev.clientY, z: self.zoomWindow(), moved: false, cell: self.cellAt(ev)};
+      ev.preventDefault();
+      var up = function () {
+        window.removeEventListener('mouseup', up);
+        var d = drag;
+        drag = null;
+        if (d && !d.moved && d.cell) { v.set({token: d.cell.i, side: 'left'}); }
+      };
+      window.addEventListener('mouseup', up);
+    });
+    c.addEventListener('wheel', function (ev) {
+      var cell = self.cellAt(ev);
+      if (!cell) { return; }
+      ev.preventDefault();
+      var z = self.zoomWindow();
+      v.setZoom(zoomAbout(z, T, ev.deltaY > 0 ? 1.25 : 0.8, z.x0 + cell.fx * z.n, z.y0 + cell.fy * z.n));
+    }, {passive: false});
+    if (zc) {
+      zc.addEventListener('mousemove', function (ev) {
+        var r = zc.getBoundingClientRect(), z = self.zoomWindow();
+        var i = Math.min(T - 1, z.y0 + Math.floor((ev.clientY - r.top) / r.height * z.n));
+        v.showTip(ev, 'step ' + i + ' ' + JSON.stringify(m.tokens[i]) + ' \u2192 \u2205 zero slot: ' +
+          fmt(self.plot.src.zero[i], 4));
+      });
+      zc.addEventListener('mouseleave', function () { v.hideTip(); });
+    }
+  };
+
+  /** Draw the zoom window of the image, the token labels in view, and move the outline's viewBox. */
+  Panel.prototype.paintMatrix = function () {
+    var P = this.plot, z = this.zoomWindow(), m = this.m, T = m.length, S = P.size, dpr = window.devicePixelRatio || 1;
+    var ctx = P.canvas.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, LABEL_LEFT + S, LABEL_TOP + S);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(P.image, z.x0, z.y0, z.n, z.n, LABEL_LEFT, LABEL_TOP, S, S);
+    ctx.strokeStyle = '#d0d7de';
+    ctx.lineWidth = 1;
+    ctx.strokeRect(LABEL_LEFT - 0.5, LABEL_TOP - 0.5, S + 1, S + 1);
+    var cell = S / z.n, step = Math.max(1, Math.ceil(11 / cell)), short = function (s) {
+      s = String(s); return s.length > 11 ? s.slice(0, 10) + '\u2026' : s;
+    };
+    ctx.fillStyle = '#1f2328';
+    ctx.font = '10px ui-monospace, Menlo, Consolas, monospace';
+    ctx.textBaseline = 'middle';
+    ctx.textAlign = 'right';
+    var first = Math.ceil(z.y0 / step) * step;
+    for (var i = first; i < z.y0 + z.n; i += step) {
+      ctx.fillText(short(m.tokens[i]) + ' ' + i, LABEL_LEFT - 3, LABEL_TOP + (i - z.y0 + 0.5) * cell);
+    }
+    first = Math.ceil(z.x0 / step) * step;
+    for (var j = first; j < z.x0 + z.n; j += step) {
+      ctx.save();
+      ctx.translate(LABEL_LEFT + (j - z.x0 + 0.5) * cell, LABEL_TOP - 3);
+      ctx.rotate(-Math.PI / 3);
+      ctx.textAlign = 'left';
+      ctx.fillText(j + ' ' + short(m.tokens[j]), 0, 0);
+      ctx.restore();
+    }
+    var p = m.pair_start;
+    if (p && p > z.x0 && p < z.x0 + z.n) {  // the divider between the two texts of a pair
+      ctx.strokeStyle = '#57606a'; ctx.setLineDash([3, 3]);
+      ctx.beginPath();
+      ctx.moveTo(LABEL_LEFT + (p - z.x0) * cell, LABEL_TOP - 12); ctx.lineTo(LABEL_LEFT + (p - z.x0) * cell, LABEL_TOP);
+      ctx.stroke(); ctx.setLineDash([]);
+    }
+    if (p && p > z.y0 && p < z.y0 + z.n) {
+      ctx.strokeStyle = '#57606a'; ctx.setLineDash([3, 3]);
+      ctx.beginPath();
+      ctx.moveTo(LABEL_LEFT - 12, LABEL_TOP + (p - z.y0) * cell); ctx.lineTo(LABEL_LEFT, LABEL_TOP + (p - z.y0) * cell);
+      ctx.stroke(); ctx.setLineDash([]);
+    }
+    if (P.svg) { P.svg.setAttribute('viewBox', z.x0 + ' ' + z.y0 + ' ' + z.n + ' ' + z.n); }
+    if (P.zeroCanvas && P.zeroImage) {
+      var zx = P.zeroCanvas.getContext('2d');
+      zx.imageSmoothingEnabled = false;
+      P.zeroCanvas.height = z.n;
+      zx.drawImage(P.zeroImage, 0, z.y0, 1, z.n, 0, 0, 1, z.n);
+    }
+    P.canvas.dataset.zoom = z.x0 + ',' + z.y0 + ',' + z.n;
+    if (this.zoomLabel) {
+      this.zoomLabel.textContent = z.n === T ? ' all ' + T + ' tokens' : ' rows ' + z.y0 + '\u2013' + (z.y0 + z.n - 1) +
+        ', columns ' + z.x0 + '\u2013' + (z.x0 + z.n - 1) + ' of ' + T;
+    }
   };
 
   Panel.prototype.outlineSvg = function (L, head, T, size) {
@@ -618,23 +1154,24 @@
     return parts.join('');
   };
 
-  Panel.prototype.sidePanel = function (L, layer, head, band) {
+  Panel.prototype.sidePanel = function (L, layer, head, band, src) {
     var v = this.v, m = this.m, side = el('div', 'hav-side');
     side.appendChild(el('h4', null, 'this head (analysis.metrics)'));
     var tbl = el('table', 'hav-metrics'), g = function (k) { return L.metrics[k] ? L.metrics[k][head] : NaN; };
     var w = m.metric_window;
     [['entropy (nats)', fmt(g('entropy'), 3)], ['uniform entropy', fmt(g('uniform_entropy'), 3)],
      ['mean distance', fmt(g('mean_distance'), 2)], ['sink mass', fmt(g('sink_mass'), 3)],
-     ['mass within ' + w, fmt(g('mass_within_' + w), 3)], ['previous token', fmt(g('prev_token'), 3)],
+     ['mass within ' + w, v.windowText(this.mi, layer, head)], ['previous token', fmt(g('prev_token'), 3)],
      ['next token', fmt(g('next_token'), 3)]].forEach(function (r) {
       var tr = el('tr');
       tr.appendChild(el('td', null, r[0]));
-      tr.appendChild(el('td', null, r[1]));
+      tr.appendChild(el('td', 'hav-metric-value', r[1]));
       tbl.appendChild(tr);
     });
     side.appendChild(tbl);
     var legend = el('div', 'hav-legend');
-    legend.innerHTML = 'color: \u221aweight, white 0 \u2192 dark 1' +
+    legend.innerHTML = 'colour: \u221a(weight / ' + fmt(src.scale, 3) + '), white 0 \u2192 dark ' + fmt(src.scale, 3) +
+      (v.state.shared ? ' (shared scale)' : ' (this head\u2019s largest weight)') +
       (band ? '<br><span class="hav-key" style="border-color:#d62728"></span>band window w=' + esc(L.window) : '') +
       (band && L.global_tokens ? '<br><span class="hav-key" style="border-color:#2ca02c;border-top-style:dashed">' +
         '</span>global tokens (' + esc(L.global_tokens) + ')' : '');
@@ -667,6 +1204,58 @@
     return box;
   };
 
+  // ---- attribution: attention rollout (per layer) and head importance (from `hf-attn-variants analyze`)
+  Panel.prototype.renderAttribution = function () {
+    var v = this.v, m = this.m, layer = this.layer(), self = this, box = this.views.attribution;
+    var side = this.importanceBox();
+    if (!m.rollout) {
+      box.textContent = '';
+      box.appendChild(el('div', 'hav-note', 'no rollout stored in this page'));
+      box.appendChild(side);
+      return Promise.resolve();
+    }
+    return v.rollout(this.mi, layer).then(function (R) {
+      var scale = v.state.shared ? 1 : (R.max || 1);
+      self.buildMatrix(box, {A: R, zero: null, scale: scale, key: 'r:' + layer + ':' + scale, L: m.layers[layer],
+        layer: layer, head: null, kind: 'rollout', side: side});
+    });
+  };
+
+  Panel.prototype.importanceBox = function () {
+    var v = this.v, m = this.m, box = el('div', 'hav-side hav-importance'), imp = m.importance;
+    box.appendChild(el('h4', null, 'head importance'));
+    if (!imp) {
+      box.appendChild(el('div', 'hav-note', 'not in this page: run `hf-attn-variants analyze MODEL --out DIR` and ' +
+        'pass --importance DIR/importance.csv to `view`'));
+      return box;
+    }
+    box.appendChild(el('div', 'hav-note', imp.description));
+    Object.keys(imp.columns).forEach(function (key) {
+      var vals = imp.columns[key], big = 0;
+      vals.forEach(function (r) { r.forEach(function (x) { big = Math.max(big, Math.abs(x)); }); });
+      box.appendChild(el('div', 'hav-imp-name', key));
+      var tbl = el('table', 'hav-imp-grid');
+      tbl.dataset.key = key;
+      vals.forEach(function (r, l) {
+        var tr = el('tr');
+        tr.appendChild(el('th', null, 'L' + l));
+        r.forEach(function (x, h) {
+          var td = el('td', 'hav-imp-cell'), a = big ? Math.sqrt(Math.abs(x) / big) : 0;
+          td.dataset.layer = String(l); td.dataset.head = String(h); td.dataset.value = String(x);
+          td.style.background = x >= 0 ? 'rgba(11, 92, 173, ' + a.toFixed(3) + ')' : 'rgba(214, 39, 40, ' + a.toFixed(3) + ')';
+          td.addEventListener('mousemove', function (ev) {
+            v.showTip(ev, key + ', layer ' + l + ' head ' + h + ': ' + Number(x).toPrecision(4) + '\n(click: matrix view)');
+          });
+          td.addEventListener('click', function () { v.set({view: 'matrix', layer: l, matrixHead: h, heads: new Set([h])}); });
+          tr.appendChild(td);
+        });
+        tbl.appendChild(tr);
+      });
+      box.appendChild(tbl);
+    });
+    return box;
+  };
+
   HAV.mount = function (root) {
     try {
       var t0 = performance.now();  // from navigation start: the page read and parsed up to here
@@ -681,4 +1270,5 @@
     }
     return root.hav;
   };
+  HAV.heatColor = heatColor;
 })();
