@@ -68,7 +68,8 @@ def patch_anchor(t: int, window: int, causal: bool, device: str) -> None:
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from hf_attn_variants import hfav_attention as attention, variants
+    from hf_attn_variants import hfav_attention as attention
+    from hf_attn_variants import hfav_variants as variants
 
     def sliding_window(b, h, q_idx, kv_idx):
         d = q_idx - kv_idx
