@@ -86,9 +86,20 @@ def current_records(jobs: list[dict], records: list[dict]) -> list[dict]:
     return [r for r in records if "id" not in r["job"] or key(r["job"]) in current]
 
 
-def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
+def choose_lr(records: list[dict]) -> float:
+    """The learning rate with the best mean validation metric over ``records`` (ties: the smaller)."""
+    by_lr = defaultdict(list)
+    for r in records:
+        by_lr[r["job"]["lr"]].append(r["val"])
+    sign = -1 if records[0]["metric"] in LOWER_IS_BETTER else 1
+    val = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+    return max(sorted(val), key=lambda k: sign * val[k])
+
+
+def cells(jobs: list[dict], records: list[dict], lr_seeds: list[int] | None = None) -> list[dict]:
     """One row per (model, sweep point): the learning rate with the best mean validation metric
-    over the seeds that ran, and the test statistics at that learning rate."""
+    over the seeds that ran (only the ``lr_seeds``, when given: the seeds that ran every rate), and
+    the test statistics at that learning rate over every seed that ran at it."""
     planned = defaultdict(set)
     for job in jobs:
         planned[cell_key(job)].add((job["lr"], job["seed"]))
@@ -103,9 +114,10 @@ def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
                "ran": sum(len(v) for v in by_lr.values())}
         if by_lr:
             metric = next(iter(by_lr.values()))[0]["metric"]
-            sign = -1 if metric in LOWER_IS_BETTER else 1
-            val = {lr: float(np.mean([r["val"] for r in recs])) for lr, recs in by_lr.items()}
-            lr = max(sorted(val), key=lambda k: sign * val[k])  # ties: the smaller learning rate
+            sweep = [r for recs in by_lr.values() for r in recs if lr_seeds is None or r["job"]["seed"] in lr_seeds]
+            sweep = sweep or [r for recs in by_lr.values() for r in recs]
+            val = {lr: float(np.mean(v)) for lr, v in _group(sweep).items()}
+            lr = choose_lr(sweep)
             chosen = sorted(by_lr[lr], key=lambda r: r["job"]["seed"])
             stats = summarise([r["test"] for r in chosen])
             stats["over"] = "seeds"
@@ -116,6 +128,13 @@ def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
                        seconds=float(np.mean([r["seconds"] for r in chosen])), **stats)
         rows.append(row)
     return rows
+
+
+def _group(records: list[dict]) -> dict:
+    out = defaultdict(list)
+    for r in records:
+        out[r["job"]["lr"]].append(r["val"])
+    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -445,7 +464,7 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
         versions |= {(r.get("device", "?"), r.get("torch", "?")) for r in records}
         if not suite_jobs:
             continue
-        rows = sort_rows(cells(suite_jobs, records), suite["models"], list(suite["sweep"]))
+        rows = sort_rows(cells(suite_jobs, records, suite.get("lr_seeds")), suite["models"], list(suite["sweep"]))
         ran, planned = sum(r["ran"] for r in rows), sum(r["planned"] for r in rows)
         minutes = job_seconds(suite_jobs, records) / 60
         index.append(f"| [{name}]({name}.md) | {suite['kind']} | {len(suite['models'])} | {ran} of {planned} | "
