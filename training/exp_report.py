@@ -472,13 +472,13 @@ def plot_bars(name: str, rows: list[dict], spec: dict, path: Path) -> None:
     start = spec.get("majority")
     if start:
         ax.set_xlim(start, max(list(means) + list((spec.get("anchors") or {}).values())) + 0.03)
-        ax.text(start, -0.9, f" axis starts at the majority-class rate {start:.3f}", fontsize=7, va="bottom")
+        ax.axvline(start, color="k", lw=1.5)
     else:
         ax.set_xlim(0, max(1.0, max(means)))
     if any("baseline" in r for r in rows):
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlabel(f"test {rows[0]['metric']}: mean over seeds, 95% t interval over seeds (gray: 1 seed, no interval)",
-                  fontsize=8)
+    ax.set_xlabel(f"test {rows[0]['metric']}: mean over seeds, 95% t interval over seeds (gray: 1 seed, no interval)"
+                  + (f"\naxis starts at the majority-class rate {start:.3f} (black line)" if start else ""), fontsize=8)
     _finish(plt, fig, ax, name, path)
 
 
@@ -518,9 +518,13 @@ def cost_section(name: str, rows: list[dict], costs: dict, path: Path) -> str:
     for ax, (field, title) in zip(axes, fields):
         for r, c in done:
             yerr = [[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]] if r["n"] > 1 else None
-            ax.errorbar([c[field]], [r["mean"]], yerr=yerr, marker="o", capsize=3, label=label(r))
+            xerr = [[c["step_ratio"] - c["step_ratio_q1"]], [c["step_ratio_q3"] - c["step_ratio"]]] \
+                if field == "step_ratio" else None
+            ax.errorbar([c[field]], [r["mean"]], yerr=yerr, xerr=xerr, marker="o", capsize=3,
+                        label=f"{label(r)} ({r['parameters'] / 1e3:.0f}k params, {r['n']} seeds)")
         ax.set_xlabel(title, fontsize=8)
     axes[0].set_ylabel(f"test {done[0][0]['metric']} (95% t interval over seeds)")
+    axes[0].set_title("horizontal bars: quartiles over timing rounds", fontsize=7)
     axes[0].legend(fontsize=6)
     fig.suptitle(f"{name}: quality against cost", fontsize=9)
     fig.tight_layout()
@@ -791,5 +795,11 @@ def index_text(command: str, grid: dict, index: list[str], versions: set) -> str
         f"`{records_file(grid)}`). To rerun the jobs: `python training/experiments.py run "
         f"{grid.get('path', 'GRID')}` (resumable; packs its records into that file). Jobs ran on: {used}, one "
         "torch thread per job.", "",
-        "| suite | kind | models | runs | compute (min, single-thread) | code version |", "|---|---|---|---|---|---|",
-        *index, ""])
+        *([str(grid["notes"]).strip(), ""] if grid.get("notes") else []),
+        "| suite | kind | models | runs | compute (min, wall time of single-thread jobs) | code version |",
+        "|---|---|---|---|---|---|", *index, "",
+        "Statistics (every suite page): learning rate chosen per cell on validation; test metric as mean over seeds "
+        "with a Student's t 95% interval over seeds (coverage checked by simulation at 5 seeds in "
+        "`tests/test_experiments.py`); comparisons with dense paired by seed, t interval over seeds and a "
+        "Bonferroni interval for the number of comparisons made; one-seed cells are labelled and carry no claim. "
+        "Records of another code version than a suite's majority are listed and left out.", ""])
