@@ -299,7 +299,7 @@ def table(rows: list[dict], axes: list[str]) -> str:
                   row["over"], f"{row['val_last_quarter']:+.4f}" if "val_last_quarter" in row else "—",
                   f"{row['seconds']:.0f}"]
         if "guess baseline" in head:
-            cells_.insert(head.index("std"), fmt(row.get("baseline", float("nan"))))
+            cells_.insert(head.index("guess baseline"), fmt(row.get("baseline", float("nan"))))
         lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -794,7 +794,13 @@ def index_text(command: str, grid: dict, index: list[str], versions: set) -> str
         f"Every table and figure here: `{command}` (reads only the committed records file "
         f"`{records_file(grid)}`). To rerun the jobs: `python training/experiments.py run "
         f"{grid.get('path', 'GRID')}` (resumable; packs its records into that file). Jobs ran on: {used}, one "
-        "torch thread per job.", "",
+        "torch thread per job. The records file is gzipped JSON lines: first per-suite facts (`{\"meta\": suite, "
+        "...}`: the test set's majority-class rate), then one line per run: `suite`, `job` (every setting, seed, "
+        "learning rate), `code` (hash of the files a result depends on, git commit), `val`, `test`, `parameters`, "
+        "`steps`, `seconds`, `val_curve`, `train_loss_curve`, `test_correct` (per test example or scored query, a "
+        "0/1 string) and for MQAR `test_baseline`. Side-by-side costs: `costs.json` "
+        "(`python training/exp_costs.py " + f"{grid.get('path', 'GRID')}`). Written findings: "
+        "`docs/findings-experiments.md`.", "",
         *([str(grid["notes"]).strip(), ""] if grid.get("notes") else []),
         "| suite | kind | models | runs | compute (min, wall time of single-thread jobs) | code version |",
         "|---|---|---|---|---|---|", *index, "",
