@@ -120,6 +120,7 @@ def pack_records(grid: dict, jobs: list[dict]) -> Path:
     The first lines hold per-suite facts the report needs (classification: the test set's majority
     class rate). Written to a temp file, then renamed."""
     import gzip
+    import io
 
     path = records_file(grid)
     meta, old = load_packed(path)
@@ -135,7 +136,8 @@ def pack_records(grid: dict, jobs: list[dict]) -> Path:
                 meta[name] = majority
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
-    with gzip.open(tmp, "wt", compresslevel=9) as f:
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as f:  # mtime 0: the same records give the same bytes
         for name, facts in sorted(meta.items()):
             f.write(json.dumps({"meta": name, **facts}) + "\n")
         for key in sorted(merged):
