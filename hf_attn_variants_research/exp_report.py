@@ -1,12 +1,20 @@
 """Aggregation of the experiment suite's job records: learning rate chosen on validation, then mean,
-standard deviation and a bootstrap 95 % interval of the test metric, as markdown tables, JSON and
-PNG plots under the grid's ``results`` folder. Not imported by the package.
+standard deviation and a 95 % interval of the test metric, as markdown tables, JSON and PNG plots
+under the grid's ``results`` folder. Not imported by the package.
 
-The interval is a percentile bootstrap (10,000 resamples, seeded) over the seeds of a cell; a cell
-with a single seed gets one over its test examples instead when the records hold per-example
-results (classification: test examples; probes: scored test positions), and the table says which.
-Paired differences to dense (same seeds, same test examples) and, for LM suites, loss by position
-range come with two-level bootstrap intervals. Cells without records are listed as not run.
+Records: the runner's per-job JSON files (git-ignored) are packed into one committed, gzipped JSON-lines
+file (``records`` in the grid, default ``<results>/records.jsonl.gz``: per run its job settings, seed,
+code version, metrics, curves and per-example test results); the report reads only that file, so
+anyone can regenerate every table and figure from a checkout. Records made by another code version
+than the suite's majority are listed and left out, never mixed in silently.
+
+Intervals: a cell's interval is Student's t over its seeds' test metrics (mean ± t(0.975, n-1) · sd/√n):
+it is about the seed-to-seed variation of training on this fixed test set, and its coverage is nominal
+at any n ≥ 2 for normal seed means (``tests/test_experiments.py`` simulates it at 5 seeds). A cell with
+one seed has no seed interval: it is labelled "1 seed" and its bracket (a bootstrap over test examples)
+covers test-set sampling only. Comparisons with dense are paired by seed (the per-seed difference of the
+test metrics; same test examples), with a t interval over seeds and, beside it, a Bonferroni interval at
+level 1 - 0.05/k for the k comparisons the suite makes. Cells without records are listed as not run.
 """
 
 from __future__ import annotations
@@ -34,10 +42,36 @@ def bootstrap_interval(values, level: float = 0.95, resamples: int = RESAMPLES, 
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def summarise(values) -> dict:
-    """n, mean, sample standard deviation (ddof 1; NaN for one value) and the bootstrap interval."""
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean of ``values`` (NaNs when fewer than 2 values)."""
+    from scipy import stats
+
     values = np.asarray(values, dtype=float)
-    lo, hi = bootstrap_interval(values)
+    n = len(values)
+    if n < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def t_coverage(n_seeds: int, sd: float = 0.05, trials: int = 4000, level: float = 0.95, seed: int = 0,
+               interval=None) -> float:
+    """Simulated coverage of an interval method (default: ``t_interval``) for the mean of ``n_seeds``
+    normal seed-level values with standard deviation ``sd``: the fraction of trials whose interval
+    holds the true mean."""
+    interval = interval or (lambda v: t_interval(v, level))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(trials):
+        lo, hi = interval(0.7 + sd * rng.standard_normal(n_seeds))
+        hits += lo <= 0.7 <= hi
+    return hits / trials
+
+
+def summarise(values) -> dict:
+    """n, mean, sample standard deviation (ddof 1; NaN for one value) and the t interval over the values."""
+    values = np.asarray(values, dtype=float)
+    lo, hi = t_interval(values)
     return {"n": len(values), "mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
             else float("nan"), "lo": lo, "hi": hi}
 
@@ -66,6 +100,100 @@ def paired_difference(pairs: list[tuple], resamples: int = RESAMPLES, seed: int 
             "hi": float(np.percentile(means, 97.5)), "above": float((means > 0).mean()), "seeds": n_seeds}
 
 
+# ----------------------------------------------------------------------------- the committed records file
+
+PACKED_DROP = ("test_loss_by_block_position",)  # too large for git; the LM tables then pair by seed only
+
+
+def records_file(grid: dict) -> Path:
+    return Path(grid.get("records") or Path(grid["results"]) / "records.jsonl.gz")
+
+
+def _bits(values) -> str:
+    return "".join("1" if int(v) else "0" for v in values)
+
+
+def pack_records(grid: dict, jobs: list[dict]) -> Path:
+    """Merge the runner's per-job records (``<out>/records``) into the committed records file: one
+    JSON line per run (suite, job settings, seed, code version, metrics, curves, per-example test
+    correctness as a 0/1 string), a record of the same suite and job id replacing the older one.
+    The first lines hold per-suite facts the report needs (classification: the test set's majority
+    class rate). Written to a temp file, then renamed."""
+    import gzip
+    import io
+
+    path = records_file(grid)
+    meta, old = load_packed(path)
+    merged = {(r["suite"], r["job"]["id"]): r for rows in old.values() for r in rows}
+    for suite in grid["suites"]:
+        for rec in load_records(grid["out"], suite):
+            merged[(suite, rec["job"]["id"])] = {"suite": suite, **rec}
+    for name, suite in grid["suites"].items():
+        if suite["kind"] == "classification" and name not in meta:
+            job = next((j for j in jobs if j["suite"] == name), None)
+            majority = _majority(grid, job) if job else None
+            if majority is not None:
+                meta[name] = majority
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as f:  # mtime 0: the same records give the same bytes
+        for name, facts in sorted(meta.items()):
+            f.write(json.dumps({"meta": name, **facts}) + "\n")
+        for key in sorted(merged):
+            rec = {k: v for k, v in merged[key].items() if k not in PACKED_DROP}
+            if "test_correct" in rec:
+                rec["test_correct"] = _bits(rec["test_correct"])
+            f.write(json.dumps(rec, default=float, separators=(",", ":")) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _majority(grid: dict, job: dict) -> dict | None:
+    """The test split's majority-class rate, from the prepared dataset (None when it is absent)."""
+    import torch
+
+    from . import experiments
+
+    data = experiments.data_path(grid["data"], job["dataset"], job["train"])
+    if not Path(data).exists():
+        return None
+    labels = torch.load(data, weights_only=False)["test"]["labels"]
+    counts = np.bincount(labels)
+    return {"test_majority": float(counts.max() / counts.sum()), "test_size": int(counts.sum())}
+
+
+def load_packed(path: str | Path) -> tuple[dict, dict]:
+    """(per-suite facts, records by suite) from a records file; ({}, {}) when it does not exist."""
+    import gzip
+
+    meta, out = {}, defaultdict(list)
+    if not Path(path).exists():
+        return meta, out
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            rec = json.loads(line)
+            if "meta" in rec:
+                meta[rec.pop("meta")] = rec
+                continue
+            if isinstance(rec.get("test_correct"), str):
+                rec["test_correct"] = [int(c) for c in rec["test_correct"]]
+            out[rec["suite"]].append(rec)
+    return meta, out
+
+
+def one_code_version(records: list[dict]) -> tuple[list[dict], list[dict], str | None]:
+    """(records of the suite's majority code version, records of other versions, that version's hash).
+    Records without a code version count as one unknown version."""
+    if not records:
+        return [], [], None
+    versions = defaultdict(list)
+    for r in records:
+        versions[(r.get("code") or {}).get("hash", "unknown")].append(r)
+    main = max(versions, key=lambda h: len(versions[h]))
+    return versions[main], [r for h, rs in versions.items() if h != main for r in rs], main
+
+
 # ----------------------------------------------------------------------------- records to cells
 
 def load_records(out: str | Path, suite: str) -> list[dict]:
@@ -86,9 +214,20 @@ def current_records(jobs: list[dict], records: list[dict]) -> list[dict]:
     return [r for r in records if "id" not in r["job"] or key(r["job"]) in current]
 
 
-def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
+def choose_lr(records: list[dict]) -> float:
+    """The learning rate with the best mean validation metric over ``records`` (ties: the smaller)."""
+    by_lr = defaultdict(list)
+    for r in records:
+        by_lr[r["job"]["lr"]].append(r["val"])
+    sign = -1 if records[0]["metric"] in LOWER_IS_BETTER else 1
+    val = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+    return max(sorted(val), key=lambda k: sign * val[k])
+
+
+def cells(jobs: list[dict], records: list[dict], lr_seeds: list[int] | None = None) -> list[dict]:
     """One row per (model, sweep point): the learning rate with the best mean validation metric
-    over the seeds that ran, and the test statistics at that learning rate."""
+    over the seeds that ran (only the ``lr_seeds``, when given: the seeds that ran every rate), and
+    the test statistics at that learning rate over every seed that ran at it."""
     planned = defaultdict(set)
     for job in jobs:
         planned[cell_key(job)].add((job["lr"], job["seed"]))
@@ -103,19 +242,39 @@ def cells(jobs: list[dict], records: list[dict]) -> list[dict]:
                "ran": sum(len(v) for v in by_lr.values())}
         if by_lr:
             metric = next(iter(by_lr.values()))[0]["metric"]
-            sign = -1 if metric in LOWER_IS_BETTER else 1
-            val = {lr: float(np.mean([r["val"] for r in recs])) for lr, recs in by_lr.items()}
-            lr = max(sorted(val), key=lambda k: sign * val[k])  # ties: the smaller learning rate
+            sweep = [r for recs in by_lr.values() for r in recs if lr_seeds is None or r["job"]["seed"] in lr_seeds]
+            sweep = sweep or [r for recs in by_lr.values() for r in recs]
+            val = {lr: float(np.mean(v)) for lr, v in _group(sweep).items()}
+            lr = choose_lr(sweep)
             chosen = sorted(by_lr[lr], key=lambda r: r["job"]["seed"])
             stats = summarise([r["test"] for r in chosen])
-            stats["over"] = "seeds"
-            if stats["n"] == 1 and "test_correct" in chosen[0]:
-                stats["lo"], stats["hi"] = bootstrap_interval(chosen[0]["test_correct"])
-                stats["over"] = "test examples"
+            stats["over"] = f"t over {stats['n']} seeds"
+            if stats["n"] == 1:
+                stats["over"] = "1 seed: no seed interval"
+                if "test_correct" in chosen[0]:
+                    stats["lo"], stats["hi"] = bootstrap_interval(chosen[0]["test_correct"])
+                    stats["over"] = "1 seed: test examples only"
             row.update(metric=metric, lr=lr, val_by_lr=val, parameters=chosen[0]["parameters"], records=chosen,
-                       seconds=float(np.mean([r["seconds"] for r in chosen])), **stats)
+                       seconds=float(np.mean([r["seconds"] for r in chosen])), lr_edge=_at_edge(lr, val), **stats)
+            if "test_baseline" in chosen[0]:
+                row["baseline"] = float(np.mean([r["test_baseline"] for r in chosen]))
+            if all(r.get("val_curve") for r in chosen):
+                late = [r["val_curve"][-1][1] - r["val_curve"][-2][1] for r in chosen if len(r["val_curve"]) > 1]
+                row["val_last_quarter"] = float(np.mean(late)) if late else float("nan")
         rows.append(row)
     return rows
+
+
+def _at_edge(lr: float, val: dict) -> bool:
+    """The chosen learning rate is the smallest or largest of a sweep of 2 or more rates."""
+    return len(val) > 1 and lr in (min(val), max(val))
+
+
+def _group(records: list[dict]) -> dict:
+    out = defaultdict(list)
+    for r in records:
+        out[r["job"]["lr"]].append(r["val"])
+    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -126,7 +285,9 @@ def fmt(x: float, digits: int = 4) -> str:
 
 def table(rows: list[dict], axes: list[str]) -> str:
     head = ["model", *axes, "params", "lr (chosen on val)", "val by lr", "seeds", "test mean", "std", "95% CI",
-            "CI over", "s/job"]
+            "CI", "Δval last 25% of steps", "s/job"]
+    if any("baseline" in r for r in rows):
+        head.insert(head.index("std"), "guess baseline")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         point = [str(row["params"].get(a, "—")) for a in axes]
@@ -135,11 +296,14 @@ def table(rows: list[dict], axes: list[str]) -> str:
                          + " |")
             continue
         val = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(row["val_by_lr"].items()))
-        seeds = f"{row['n']}/{row['planned'] // max(1, len(row['val_by_lr']))}"
-        lines.append("| " + " | ".join([
-            row["model"], *point, f"{row['parameters']:,}", f"{row['lr']:g}", val, seeds,
-            fmt(row["mean"]), fmt(row["std"]), f"[{fmt(row['lo'])}, {fmt(row['hi'])}]", row["over"],
-            f"{row['seconds']:.0f}"]) + " |")
+        cells_ = [row["model"], *point, f"{row['parameters']:,}", f"{row['lr']:g}" + (" (edge)" if row["lr_edge"]
+                                                                                       else ""),
+                  val, str(row["n"]), fmt(row["mean"]), fmt(row["std"]), f"[{fmt(row['lo'])}, {fmt(row['hi'])}]",
+                  row["over"], f"{row['val_last_quarter']:+.4f}" if "val_last_quarter" in row else "—",
+                  f"{row['seconds']:.0f}"]
+        if "guess baseline" in head:
+            cells_.insert(head.index("guess baseline"), fmt(row.get("baseline", float("nan"))))
+        lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
 
@@ -167,6 +331,10 @@ def example_scores(record: dict, bucket: tuple[int, int] | None = None) -> np.nd
         losses = np.asarray(record["test_loss_by_block_position"], dtype=float)  # (blocks, length)
         lo, hi = bucket or (0, losses.shape[1])
         return losses[:, lo:hi].mean(1)
+    if "test_loss_by_position" in record:  # packed records keep the per-position means only
+        curve = np.asarray(record["test_loss_by_position"], dtype=float)
+        lo, hi = bucket or (0, len(curve))
+        return curve[lo:hi]
     return None
 
 
@@ -179,31 +347,59 @@ def baseline_row(row: dict, rows: list[dict], baseline: str) -> dict | None:
     return None
 
 
+def seed_difference(diffs, k: int = 1, level: float = 0.95) -> dict:
+    """Per-seed paired differences -> their mean, the t interval over seeds, and a Bonferroni interval
+    (level 1 - (1 - level)/k) for one of k comparisons. Fewer than 2 seeds: no interval (NaNs)."""
+    diffs = np.asarray(diffs, dtype=float)
+    lo, hi = t_interval(diffs, level)
+    blo, bhi = t_interval(diffs, 1 - (1 - level) / max(1, k))
+    return {"mean": float(diffs.mean()), "lo": lo, "hi": hi, "bonf_lo": blo, "bonf_hi": bhi,
+            "seeds": len(diffs), "k": k, "per_seed": [float(d) for d in diffs]}
+
+
 def comparisons(rows: list[dict], baseline: str = "dense", bucket: tuple[int, int] | None = None) -> list[dict]:
-    """Each model's paired difference to ``baseline`` (same seeds, same test examples), per sweep point."""
-    out = []
+    """Each model's difference to ``baseline`` at the same sweep point, paired by seed: per seed,
+    this model's test metric minus the baseline's (mean of the per-example scores in ``bucket`` for
+    LM suites), then ``seed_difference`` with k = the number of comparisons made here."""
+    found = []
     for row in rows:
         ref = baseline_row(row, rows, baseline) if row["model"] != baseline and "mean" in row else None
         if ref is None:
             continue
         by_seed = {rec["job"]["seed"]: rec for rec in ref["records"]}
-        pairs = [(example_scores(rec, bucket), example_scores(by_seed[rec["job"]["seed"]], bucket))
-                 for rec in row["records"] if rec["job"]["seed"] in by_seed]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and len(a) == len(b)]
-        if pairs:
-            out.append({"row": row, **paired_difference(pairs)})
-    return out
+        diffs = []
+        for rec in row["records"]:
+            other = by_seed.get(rec["job"]["seed"])
+            if other is None:
+                continue
+            a, b = example_scores(rec, bucket), example_scores(other, bucket)
+            if bucket is not None and a is not None and b is not None and len(a) == len(b):
+                diffs.append(float(np.mean(a) - np.mean(b)))
+            else:
+                diffs.append(float(rec["test"]) - float(other["test"]))
+        if diffs:
+            found.append((row, diffs))
+    return [{"row": row, **seed_difference(diffs, k=len(found))} for row, diffs in found]
 
 
 def comparison_table(comps: list[dict], axes: list[str], metric: str, baseline: str = "dense") -> str:
-    head = ["model", *axes, f"Δ test {metric} − {baseline}", "95% CI (seeds x test examples)",
-            "resamples with Δ > 0", "seeds paired"]
+    k = comps[0]["k"] if comps else 0
+    head = ["model", *axes, f"Δ test {metric} − {baseline} (mean over seeds)", "95% t interval over seeds",
+            f"Bonferroni interval (k = {k})", "seeds paired", "reading"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comps:
         point = [str(c["row"]["params"].get(a, "—")) for a in axes]
-        lines.append("| " + " | ".join([c["row"]["model"], *point, f"{c['mean']:+.4f}",
-                                        f"[{c['lo']:+.4f}, {c['hi']:+.4f}]", f"{c['above']:.3f}",
-                                        str(c["seeds"])]) + " |")
+        if c["seeds"] < 2:
+            interval, bonf, reading = "— (1 seed)", "—", "1 seed: no claim"
+        else:
+            interval = f"[{c['lo']:+.4f}, {c['hi']:+.4f}]"
+            bonf = f"[{c['bonf_lo']:+.4f}, {c['bonf_hi']:+.4f}]"
+            better = (c["bonf_lo"] > 0) if metric not in LOWER_IS_BETTER else (c["bonf_hi"] < 0)
+            worse = (c["bonf_hi"] < 0) if metric not in LOWER_IS_BETTER else (c["bonf_lo"] > 0)
+            reading = "above " + baseline if better else "below " + baseline if worse else \
+                "no difference shown"
+        lines.append("| " + " | ".join([c["row"]["model"], *point, f"{c['mean']:+.4f}", interval, bonf,
+                                        str(c["seeds"]), reading]) + " |")
     return "\n".join(lines)
 
 
@@ -256,22 +452,97 @@ def _finish(plt, fig, ax, name: str, path: Path, legend: bool = False) -> None:
 
 
 def plot_bars(name: str, rows: list[dict], spec: dict, path: Path) -> None:
+    """Test metric per cell with its t interval over seeds (none for 1-seed cells, which say so). The
+    axis starts at the majority-class rate when known (marked), else at 0; probe baselines (MQAR's
+    in-context guess) are drawn as black ticks."""
     plt = _plt()
     rows = [r for r in rows if "mean" in r]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.8))
     y = np.arange(len(rows))
     means = [r["mean"] for r in rows]
-    err = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] if not np.isnan(r["lo"]) else [0, 0] for r in rows]).T
-    ax.barh(y, means, xerr=err, color="tab:blue", alpha=0.7, capsize=3)
-    ax.set_yticks(y, [label(r) for r in rows])
+    seeded = [r["n"] > 1 for r in rows]
+    err = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] if ok else [0, 0] for r, ok in zip(rows, seeded)]).T
+    ax.barh(y, means, xerr=err, color=["tab:blue" if ok else "tab:gray" for ok in seeded], alpha=0.75, capsize=3)
+    ax.set_yticks(y, [f"{label(r)}\n{r['parameters'] / 1e3:.0f}k params, {r['n']} seed{'s' if r['n'] > 1 else ''}"
+                      for r in rows], fontsize=7)
+    for i, r in enumerate(rows):
+        if "baseline" in r:
+            ax.plot([r["baseline"]] * 2, [i - 0.4, i + 0.4], color="k", lw=2,
+                    label="in-context guessing baseline" if i == 0 else None)
     for text, value in (spec.get("anchors") or {}).items():
-        ax.axvline(value, ls="--", color="gray")
-        ax.text(value, len(rows) - 0.4, text, rotation=90, va="top", ha="right", fontsize=7)
-    anchors = list((spec.get("anchors") or {}).values())
-    lo = min([r["lo"] if not np.isnan(r["lo"]) else r["mean"] for r in rows] + anchors)
-    ax.set_xlim(max(0.0, lo - 0.05), None)
-    ax.set_xlabel(f"test {rows[0]['metric']} (mean over seeds, 95% bootstrap CI)")
+        ax.axvline(value, ls="--", color="gray", lw=0.8)
+        ax.text(value, len(rows) - 0.45, text, rotation=90, va="top", ha="right", fontsize=7)
+    start = spec.get("majority")
+    if start:
+        ax.set_xlim(start, max(list(means) + list((spec.get("anchors") or {}).values())) + 0.03)
+        ax.axvline(start, color="k", lw=1.5)
+    else:
+        ax.set_xlim(0, max(1.0, max(means)))
+    if any("baseline" in r for r in rows):
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel(f"test {rows[0]['metric']}: mean over seeds, 95% t interval over seeds (gray: 1 seed, no interval)"
+                  + (f"\naxis starts at the majority-class rate {start:.3f} (black line)" if start else ""), fontsize=8)
     _finish(plt, fig, ax, name, path)
+
+
+def plot_val_curves(name: str, rows: list[dict], path: Path) -> None:
+    """Validation metric against training step, one line per cell (mean over its seeds), and the
+    seeds' spread as a band (min to max)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in rows:
+        if "mean" not in r or not all(rec.get("val_curve") for rec in r["records"]):
+            continue
+        curves = [np.asarray(rec["val_curve"], dtype=float) for rec in r["records"]]
+        steps = curves[0][:, 0]
+        vals = np.stack([c[:, 1] for c in curves if len(c) == len(steps)])
+        line, = ax.plot(steps, vals.mean(0), marker="o", ms=3, label=f"{label(r)} (lr {r['lr']:g})")
+        if len(vals) > 1:
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {rows[0].get('metric', 'metric')} (band: min-max over seeds)")
+    ax.legend(fontsize=6, loc="best", framealpha=0.6)
+    _finish(plt, fig, ax, name + ": validation curves", path)
+
+
+def cost_section(name: str, rows: list[dict], costs: dict, path: Path) -> str:
+    """Quality against measured cost: a table and a three-panel figure (training step time as a ratio
+    to dense, measured side by side in one process; attention FLOPs from ``hf_attn_variants.costs``;
+    activation memory saved for backward in one step), each with the cell's t interval over seeds."""
+    plt = _plt()
+    done = [(r, costs.get(label(r))) for r in rows if "mean" in r]
+    done = [(r, c) for r, c in done if c]
+    if not done:
+        return ""
+    fields = [("step_ratio", "train step time / dense (median, side by side)"),
+              ("attention_gflops", "attention forward GFLOPs per sequence (costs.py)"),
+              ("saved_mib", "activation memory saved for backward (MiB per step)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    for ax, (field, title) in zip(axes, fields):
+        for r, c in done:
+            yerr = [[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]] if r["n"] > 1 else None
+            xerr = [[c["step_ratio"] - c["step_ratio_q1"]], [c["step_ratio_q3"] - c["step_ratio"]]] \
+                if field == "step_ratio" else None
+            ax.errorbar([c[field]], [r["mean"]], yerr=yerr, xerr=xerr, marker="o", capsize=3,
+                        label=f"{label(r)} ({r['parameters'] / 1e3:.0f}k params, {r['n']} seeds)")
+        ax.set_xlabel(title, fontsize=8)
+    axes[0].set_ylabel(f"test {done[0][0]['metric']} (95% t interval over seeds)")
+    axes[0].set_title("horizontal bars: quartiles over timing rounds", fontsize=7)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(f"{name}: quality against cost", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    head = "| model | params | test mean [95% t CI] | step time / dense [IQR over rounds] | attention GFLOPs | " \
+           "saved activations (MiB) |"
+    lines = ["## Quality beside cost", "", costs.get("_note", ""), "", head, "|---|---|---|---|---|---|"]
+    for r, c in done:
+        ci = f"[{fmt(r['lo'])}, {fmt(r['hi'])}]" if r["n"] > 1 else "(1 seed)"
+        lines.append(f"| {label(r)} | {r['parameters']:,} | {fmt(r['mean'])} {ci} | {c['step_ratio']:.2f} "
+                     f"[{c['step_ratio_q1']:.2f}, {c['step_ratio_q3']:.2f}] | {c['attention_gflops']:.4f} | "
+                     f"{c['saved_mib']:.1f} |")
+    lines += ["", f"![{name} cost]({path.name})"]
+    return "\n".join(lines)
 
 
 def plot_curve(name: str, rows: list[dict], spec: dict, path: Path) -> None:
@@ -413,9 +684,12 @@ def paired_sections(rows: list[dict], axes: list[str], suite: dict) -> list[str]
         metric = comps[0]["row"]["metric"]
         text += ["## Paired with dense", "",
                  f"Each model's test {metric} minus dense attention's at the same sweep point, both at their chosen "
-                 "learning rate, paired by seed and by test example; the interval resamples seeds and test examples "
-                 "(two-level percentile bootstrap, 10,000 resamples)." + (" For loss, Δ < 0 is better than dense."
-                                                                          if metric == "loss" else ""), "",
+                 "learning rate, paired by seed (same seed, same test examples): the mean of the per-seed "
+                 f"differences, a Student's t 95% interval over seeds, and a Bonferroni interval for the "
+                 f"{comps[0]['k']} comparisons made here (level 1 − 0.05/{comps[0]['k']}). \"reading\" uses the "
+                 "Bonferroni interval; cells with one seed carry no claim. The intervals are about seed-to-seed "
+                 "variation on this fixed test set, not test-set sampling." + (
+                     " For loss, Δ < 0 is better than dense." if metric == "loss" else ""), "",
                  comparison_table(comps, axes, metric), ""]
     positions = position_table(rows, axes) if suite["kind"] == "lm" else ""
     if positions:
@@ -432,32 +706,58 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write_results(grid: dict, jobs: list[dict]) -> dict:
-    """Tables (one markdown file per suite), the plots the suites ask for, a JSON summary and an
-    index (``README.md``: what ran, how long it took, how to rerun it)."""
+    """Pack the runner's records into the committed records file (when there are any), then from that
+    file alone: tables (one markdown file per suite), the plots the suites ask for, validation curves,
+    quality against cost (when ``<results>/costs.json`` exists), a JSON summary and an index
+    (``README.md``: what ran, on which code, how long it took, how to regenerate it)."""
+    from . import experiments
+
     folder = Path(grid["results"])
     folder.mkdir(parents=True, exist_ok=True)
-    command = f"hf-attn-variants experiments run {grid.get('path', 'GRID')}" + (" --quick" if grid.get("quick") else "")
+    if any(load_records(grid["out"], name) for name in grid["suites"]):
+        pack_records(grid, jobs)
+    meta, packed = load_packed(records_file(grid))
+    costs_path = folder / "costs.json"
+    costs = json.loads(costs_path.read_text()) if costs_path.exists() else {}
+    here = experiments.code_version()["hash"]
+    command = f"hf-attn-variants experiments aggregate {grid.get('path', 'GRID')}" + (" --quick" if grid.get(
+        "quick") else "")
     summary, index, versions = {}, [], set()
     for name, suite in grid["suites"].items():
         suite_jobs = [j for j in jobs if j["suite"] == name]
-        records = load_records(grid["out"], name)
-        versions |= {(r.get("device", "?"), r.get("torch", "?")) for r in records}
+        kept, other, code = one_code_version(current_records(suite_jobs, packed.get(name, [])))
+        versions |= {(r.get("device", "?"), r.get("torch", "?")) for r in kept}
         if not suite_jobs:
             continue
-        rows = sort_rows(cells(suite_jobs, records), suite["models"], list(suite["sweep"]))
-        ran, planned = sum(r["ran"] for r in rows), sum(r["planned"] for r in rows)
-        minutes = job_seconds(suite_jobs, records) / 60
+        rows = sort_rows(cells(suite_jobs, kept, suite.get("lr_seeds")), suite["models"], list(suite["sweep"]))
+        ran, planned = sum(r["ran"] for r in rows), planned_runs(suite, suite_jobs)
+        minutes = sum(r["seconds"] for r in kept) / 60
         index.append(f"| [{name}]({name}.md) | {suite['kind']} | {len(suite['models'])} | {ran} of {planned} | "
-                     f"{minutes:.0f} |" if records else f"| {name} | {suite['kind']} | {len(suite['models'])} | "
-                     f"0 of {planned} (not run) | 0 |")
-        if not records:
+                     f"{minutes:.0f} | {code} |" if kept else f"| {name} | {suite['kind']} | "
+                     f"{len(suite['models'])} | 0 of {planned} (not run) | 0 | — |")
+        if not kept:
             continue
-        text = suite_text(name, suite, rows, command, grid["out"], ran, planned, minutes)
+        code_note = (f"Records: {len(kept)} runs made by code version `{code}` (commit "
+                     f"{kept[0].get('code', {}).get('commit', '?')[:10]}); the current checkout's code version is "
+                     f"`{here}`" + (" (the same)." if here == code else ": it differs (the numbers are those of "
+                                    "the recorded version; rerun to refresh).")
+                     + (f" {len(other)} records of other code versions are left out: "
+                        + ", ".join(sorted({r['job']['id'] for r in other})[:5]) + "." if other else ""))
+        text = suite_text(name, suite, rows, command, records_file(grid), ran, planned, minutes, code_note)
+        spec = {**suite["plot"], "majority": (meta.get(name) or {}).get("test_majority")}
         for kind in suite["plot"].get("kinds") or ([suite["plot"]["type"]] if suite["plot"].get("type") else []):
             png = folder / f"{name}-{kind}.png"
-            PLOTS[kind](name, rows, suite["plot"], png)
+            PLOTS[kind](name, rows, spec, png)
             if png.exists():
                 text.append(f"![{name} {kind}]({png.name})")
+        if any(r.get("records") and r["records"][0].get("val_curve") for r in rows):
+            png = folder / f"{name}-curves.png"
+            plot_val_curves(name, rows, png)
+            text += ["", "Validation curves (mean over the seeds at the chosen learning rate; the last point is "
+                     "the final validation metric):", "", f"![{name} curves]({png.name})"]
+        if costs.get(name):
+            png = folder / f"{name}-cost.png"
+            text += ["", cost_section(name, rows, costs[name], png)]
         _write_text(folder / f"{name}.md", "\n".join(text) + "\n")
         summary[name] = [{k: v for k, v in r.items() if k != "records"} for r in rows]
     _write_text(folder / "summary.json", json.dumps(summary, indent=1, default=str))
@@ -465,18 +765,28 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
     return summary
 
 
-def suite_text(name: str, suite: dict, rows: list[dict], command: str, out: str, ran: int, planned: int,
-               minutes: float) -> list[str]:
+def planned_runs(suite: dict, jobs: list[dict]) -> int:
+    """Runs the grid plans: every rate on the ``lr_seeds``, one rate on the other seeds."""
+    lr_seeds = suite.get("lr_seeds") or suite["seeds"]
+    return sum(1 for j in jobs if j["seed"] in lr_seeds) + len({(j["model"], json.dumps(j["params"], sort_keys=True),
+                                                                 j["seed"]) for j in jobs if j["seed"] not in lr_seeds})
+
+
+def suite_text(name: str, suite: dict, rows: list[dict], command: str, records: Path, ran: int, planned: int,
+               minutes: float, code_note: str = "") -> list[str]:
     axes = list(suite["sweep"])
+    lr_seeds = suite.get("lr_seeds") or suite["seeds"]
     text = [f"# {name}", "", suite.get("description", "").strip(), "",
-            f"Made by `{command}` (records: `{out}/records/{name}/`).", "",
-            f"{ran} of {planned} planned jobs ran. Learning rate chosen per cell on the mean validation metric "
-            "over seeds; test statistics at that learning rate. 95% CI: percentile bootstrap of the mean "
-            "(10,000 resamples) over seeds, or over test examples (classification) / scored test positions "
-            "(probes) when a cell has one seed (column \"CI over\").", "",
+            f"Made by `{command}` from `{records}`. {code_note}", "",
+            f"{ran} of {planned} planned runs ran. Learning rate chosen per cell on the mean validation metric "
+            f"of seeds {lr_seeds} (every rate of the sweep ran on them; \"(edge)\" marks a chosen rate at the end of "
+            "its sweep); test statistics at that rate over every seed that ran it. 95% CI: Student's t over seeds "
+            "(mean ± t(0.975, n-1)·sd/√n; coverage sound at any n ≥ 2 for normal seed means). A \"1 seed\" cell "
+            "has no seed interval: its bracket covers test-set sampling only and it carries no better/worse "
+            "claim. \"Δval last 25%\": mean change of the validation metric over the last quarter of training "
+            "(near 0: the run had plateaued).", "",
             table(rows, axes), "",
-            f"Compute: {minutes:.0f} min of single-thread job time in all (the sum of the current records' seconds).",
-            ""]
+            f"Compute: {minutes:.0f} min of single-thread job time in all (the sum of the records' seconds).", ""]
     return text + paired_sections(rows, axes, suite)
 
 
@@ -484,11 +794,21 @@ def index_text(command: str, grid: dict, index: list[str], versions: set) -> str
     used = ", ".join(f"{device} / torch {torch}" for device, torch in sorted(versions)) or "—"
     return "\n".join([
         "# Experiment results", "",
-        f"Written by `{command}` (this index, every table, plot and `summary.json`; "
-        f"`hf-attn-variants experiments aggregate {grid.get('path', 'GRID')}` rewrites them from the records "
-        f"in `{grid['out']}/records/`, which stay outside git). Jobs ran on: {used}, one torch thread per job.", "",
-        "| suite | kind | models | jobs ran | compute (min, single-thread) |", "|---|---|---|---|---|", *index, "",
-        "Statistics: per cell (model x sweep point) the learning rate with the best mean validation metric, then "
-        "the test metric's mean over seeds, sample standard deviation and a percentile-bootstrap 95 % interval. "
-        "\"Paired with dense\" sections give each model's difference to dense attention at the same sweep point, "
-        "paired by seed and test example, with a two-level bootstrap interval over seeds and test examples.", ""])
+        f"Every table and figure here: `{command}` (reads only the committed records file "
+        f"`{records_file(grid)}`). To rerun the jobs: `hf-attn-variants experiments run "
+        f"{grid.get('path', 'GRID')}` (resumable; packs its records into that file). Jobs ran on: {used}, one "
+        "torch thread per job. The records file is gzipped JSON lines: first per-suite facts (`{\"meta\": suite, "
+        "...}`: the test set's majority-class rate), then one line per run: `suite`, `job` (every setting, seed, "
+        "learning rate), `code` (hash of the files a result depends on, git commit), `val`, `test`, `parameters`, "
+        "`steps`, `seconds`, `val_curve`, `train_loss_curve`, `test_correct` (per test example or scored query, a "
+        "0/1 string) and for MQAR `test_baseline`. Side-by-side costs: `costs.json` "
+        "(`python -m hf_attn_variants_research.exp_costs " + f"{grid.get('path', 'GRID')}`). Written findings: "
+        "`docs/findings-experiments.md`.", "",
+        *([str(grid["notes"]).strip(), ""] if grid.get("notes") else []),
+        "| suite | kind | models | runs | compute (min, wall time of single-thread jobs) | code version |",
+        "|---|---|---|---|---|---|", *index, "",
+        "Statistics (every suite page): learning rate chosen per cell on validation; test metric as mean over seeds "
+        "with a Student's t 95% interval over seeds (coverage checked by simulation at 5 seeds in "
+        "`tests/test_experiments.py`); comparisons with dense paired by seed, t interval over seeds and a "
+        "Bonferroni interval for the number of comparisons made; one-seed cells are labelled and carry no claim. "
+        "Records of another code version than a suite's majority are listed and left out.", ""])

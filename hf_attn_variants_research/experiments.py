@@ -45,7 +45,7 @@ from hf_attn_variants.hfav_variants import VARIANTS as REGISTRY  # noqa: E402  (
 
 KINDS = ("classification", "lm", "probe")
 SUITE_FIELDS = ("kind", "dataset", "models", "seeds", "learning_rates", "size", "variant", "train", "probe", "sweep",
-                "quick", "plot", "description")
+                "quick", "plot", "description", "lr_seeds", "model_learning_rates", "sweep_models")
 SIZE_FIELDS = ("hidden", "layers", "heads", "intermediate", "architecture")
 TRAIN_FIELDS = ("epochs", "steps", "batch_size", "max_length", "train_size", "vocab_size", "eval_size", "weight_decay",
                 "warmup", "min_steps")
@@ -112,6 +112,16 @@ def check_suite(name: str, suite: dict) -> dict:
         if not isinstance(suite.get(field), list) or not suite[field]:
             raise ValueError(f"suite {name}: {field}={suite.get(field)!r} is invalid: expected a non-empty list")
     suite["learning_rates"] = [float(lr) for lr in suite["learning_rates"]]
+    per_model = suite.get("model_learning_rates") or {}
+    if not isinstance(per_model, dict) or any(m not in models or not isinstance(v, list) or not v
+                                              for m, v in per_model.items()):
+        raise ValueError(f"suite {name}: model_learning_rates={per_model!r} is invalid: expected a mapping from "
+                         "the suite's models to non-empty lists")
+    suite["model_learning_rates"] = {m: [float(lr) for lr in v] for m, v in per_model.items()}
+    lr_seeds = suite.get("lr_seeds", suite["seeds"])
+    if not isinstance(lr_seeds, list) or not lr_seeds or any(s not in suite["seeds"] for s in lr_seeds):
+        raise ValueError(f"suite {name}: lr_seeds={lr_seeds!r} is invalid: expected a non-empty sublist of seeds")
+    suite["lr_seeds"] = list(lr_seeds)
     for section in ("size", "variant", "train", "probe", "sweep", "plot"):
         suite[section] = dict(suite.get(section) or {})
     for axis, values in suite["sweep"].items():
@@ -157,21 +167,80 @@ def expand(grid: dict, only: list[str] | None = None) -> list[dict]:
         start = len(jobs)
         uses = variant_uses()
         for model in suite["models"]:
-            axes = {a: v for a, v in suite["sweep"].items() if a not in uses or model in uses[a]}
+            restrict = suite.get("sweep_models") or {}  # axis -> the models it applies to (default: all that use it)
+            axes = {a: v for a, v in suite["sweep"].items() if (a not in uses or model in uses[a])
+                    and model in restrict.get(a, [model])}
             for point in itertools.product(*axes.values()):
                 params = dict(zip(axes, point))
-                for lr, seed in itertools.product(suite["learning_rates"], suite["seeds"]):
+                for lr, seed in itertools.product(learning_rates(suite, model), suite["seeds"]):
                     job = {"suite": name, "kind": suite["kind"], "model": model, "params": params, "lr": lr,
                            "seed": seed, **resolved(suite, params)}
                     job["id"] = job_id(job)
                     jobs.append(job)
         # seed-major within a suite: a partly run grid holds whole seeds of every model, not all seeds of a few
-        jobs[start:] = sorted(jobs[start:], key=lambda j, s=suite: (s["seeds"].index(j["seed"]),
-                                                                    s["learning_rates"].index(j["lr"])))
+        # the learning-rate sweep's seeds first (later seeds run at the learning rate chosen on them)
+        jobs[start:] = sorted(jobs[start:], key=lambda j, s=suite: (j["seed"] not in s["lr_seeds"],
+                                                                    s["seeds"].index(j["seed"]), j["lr"]))
     ids = [(j["suite"], j["id"]) for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("the grid expands to duplicate jobs: check the sweep axes")
     return jobs
+
+
+def learning_rates(suite: dict, model: str) -> list[float]:
+    """The learning-rate sweep of one model (``model_learning_rates`` overrides the suite's)."""
+    return (suite.get("model_learning_rates") or {}).get(model, suite["learning_rates"])
+
+
+def chosen_jobs(grid: dict, jobs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Split jobs into those to run now and those deferred. Jobs of the ``lr_seeds`` run at every
+    learning rate; a job of any other seed runs only at its cell's learning rate chosen on the
+    ``lr_seeds`` (best mean validation metric, ties to the smaller rate), so it is deferred until
+    every sweep job of its cell has a record, and dropped when its rate was not chosen."""
+    from . import exp_report
+
+    run, deferred, by_cell = [], [], {}
+    for job in jobs:
+        suite = grid["suites"][job["suite"]]
+        if job["seed"] in suite["lr_seeds"]:
+            run.append(job)
+            continue
+        key = (job["suite"], exp_report.cell_key(job))
+        if key not in by_cell:
+            sweep = [j for j in expand(grid, [job["suite"]]) if exp_report.cell_key(j) == key[1]
+                     and j["seed"] in suite["lr_seeds"]]
+            records = [json.loads(record_path(grid["out"], j).read_text()) for j in sweep if is_done(grid["out"], j)]
+            by_cell[key] = exp_report.choose_lr(records) if len(records) == len(sweep) else None
+        lr = by_cell[key]
+        if lr is None:
+            deferred.append(job)
+        elif job["lr"] == lr:
+            run.append(job)
+    return run, deferred
+
+
+def code_version() -> dict:
+    """What code made a record: a hash of the files a job's result depends on (the package, the
+    models, probes, data loading and this runner), and the git commit (``dirty`` when the hashed
+    files differ from it)."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "hf_attn_variants").glob("*.py")) + [
+        root / "training" / f for f in ("experiments.py", "exp_models.py", "probes.py", "corpora.py", "tasks.py")]
+    digest = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", *[str(f) for f in files]], cwd=root,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", True
+    return {"hash": digest.hexdigest()[:16], "commit": commit, "dirty": dirty}
 
 
 def resolved(suite: dict, params: dict) -> dict:
@@ -343,6 +412,9 @@ def run_classification(job: dict, data_dir: str, device) -> dict:
         steps = int(train["steps"])
     opt, schedule = optimiser(model, job["lr"], steps, train)
     order = np.random.default_rng(job["seed"])
+    limit = train.get("eval_size")
+    checkpoints = {max(1, round(steps * f)) for f in (0.25, 0.5, 0.75)}  # validation curve (final added below)
+    curve = []
     losses, done = [], 0
     while done < steps:
         perm = subset[order.permutation(len(subset))]
@@ -353,12 +425,22 @@ def run_classification(job: dict, data_dir: str, device) -> dict:
             loss = torch.nn.functional.cross_entropy(model(ids, mask, types), labels)
             losses.append(step(model, loss, opt, schedule))
             done += 1
-    limit = train.get("eval_size")
+            if done in checkpoints and done < steps:
+                curve.append([done, evaluate_classifier(model, data["validation"], limit, data["pad_id"],
+                                                        device)["accuracy"]])
     val = evaluate_classifier(model, data["validation"], limit, data["pad_id"], device)
+    curve.append([steps, val["accuracy"]])
     test = evaluate_classifier(model, data["test"], None, data["pad_id"], device)
     return {"metric": "accuracy", "val": val["accuracy"], "test": test["accuracy"],
             "parameters": exp_models.count_parameters(model), "steps": steps, "train_examples": len(subset),
-            "final_train_loss": float(np.mean(losses[-20:])), "test_correct": test["correct"]}
+            "final_train_loss": float(np.mean(losses[-20:])), "test_correct": test["correct"], "val_curve": curve,
+            "train_loss_curve": loss_curve(losses)}
+
+
+def loss_curve(losses: list[float], points: int = 10) -> list[list[float]]:
+    """Mean training loss over each tenth of training: [[last step of the chunk, mean loss], ...]."""
+    edges = np.linspace(0, len(losses), points + 1).round().astype(int)
+    return [[int(b), round(float(np.mean(losses[a:b])), 4)] for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def run_lm(job: dict, data_dir: str, device) -> dict:
@@ -444,12 +526,19 @@ def run_probe(job: dict, data_dir: str, device) -> dict:
     model = model.to(device)
     steps, batch = int(train.get("steps", 500)), int(train.get("batch_size", 64))
     opt, schedule = optimiser(model, job["lr"], steps, train)
-    losses = []
+    losses, curve = [], []
+    n_eval = int(train.get("eval_size", 1000))
+    checkpoints = {max(1, round(steps * f)) for f in (0.25, 0.5, 0.75)}
+    val_data = probes.make(name, min(n_eval, 200), [10**6, 1], **params)  # the curve: the first 200 of val
     for i in range(steps):
         data = probes.make(name, batch, [job["seed"], 1, i], **params)
         loss, _ = probe_metric(model(data.inputs.to(device)), data)
         losses.append(step(model, loss, opt, schedule))
-    n_eval = int(train.get("eval_size", 1000))
+        if i + 1 in checkpoints:
+            model.eval()
+            with torch.no_grad():
+                curve.append([i + 1, probe_metric(model(val_data.inputs.to(device)), val_data)[1]])
+            model.train()
     model.eval()
     with torch.no_grad():  # validation and test sets: fixed seeds, the same for every job of the suite
         val = probe_metric(model(probes.make(name, n_eval, [10**6, 1], **params).inputs.to(device)),
@@ -461,9 +550,12 @@ def run_probe(job: dict, data_dir: str, device) -> dict:
     if test_data.num_classes:  # per scored position (several per sequence in MQAR and induction)
         scored = test_data.targets != -100
         extra["test_correct"] = (test_logits.argmax(-1).cpu()[scored] == test_data.targets[scored]).int().tolist()
+    if name == "mqar":  # the in-context guessing baseline: a uniform guess among the values in the context
+        extra["test_baseline"] = probes.mqar_guess_baseline(test_data, int(params.get("pairs", 8)))
     return {"metric": "r2" if name == "regression" else "accuracy", "val": val, "test": test,
             "parameters": exp_models.count_parameters(model), "steps": steps,
-            "final_train_loss": float(np.mean(losses[-20:])), **extra}
+            "final_train_loss": float(np.mean(losses[-20:])), "val_curve": curve + [[steps, val]],
+            "train_loss_curve": loss_curve(losses), **extra}
 
 
 RUNNERS = {"classification": run_classification, "lm": run_lm, "probe": run_probe}
@@ -477,7 +569,7 @@ def run_job(job: dict, out: str, device: str = "cpu", data_dir: str | None = Non
     start = time.time()
     result = RUNNERS[job["kind"]](job, data_dir or str(Path(out) / "data"), torch.device(device))
     record = {"job": job, **result, "seconds": round(time.time() - start, 2), "device": device,
-              "torch": torch.__version__}
+              "torch": torch.__version__, "code": code_version()}
     write_json(record_path(out, job), record)
     return record
 
@@ -505,8 +597,19 @@ def pending(grid: dict, jobs: list[dict]) -> list[dict]:
 
 def run_grid(grid: dict, jobs: list[dict], workers: int = 1, device: str = "cpu", aggregate_every: int = 0) -> int:
     """Run the jobs without a record; return how many failed. ``workers`` > 1: parallel processes."""
-    todo = pending(grid, jobs)
-    print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run", flush=True)
+    todo, deferred = chosen_jobs(grid, pending(grid, jobs))
+    print(f"{len(jobs)} jobs, {len(todo)} to run now, {len(deferred)} waiting for their learning rate", flush=True)
+    failures = _run_jobs(grid, todo, workers, device, aggregate_every)
+    if deferred:  # the sweep seeds are done: the other seeds at each cell's chosen learning rate
+        todo, deferred = chosen_jobs(grid, deferred)
+        print(f"then {len(todo)} at the chosen learning rates ({len(deferred)} still waiting)", flush=True)
+        failures += _run_jobs(grid, todo, workers, device, aggregate_every) + len(deferred)
+    return failures
+
+
+def _run_jobs(grid: dict, todo: list[dict], workers: int, device: str, aggregate_every: int) -> int:
+    if not todo:
+        return 0
     prepare_data(grid, todo)
     failures, args = 0, [(j, grid["out"], device, grid["data"]) for j in todo]
     if workers > 1:

@@ -241,3 +241,13 @@ def max_length(name: str, params: dict) -> int:
     if name == "regression":
         return params.get("examples", 32) * (2 if params.get("layout", "packed") == "interleaved" else 1)
     return params.get("length", {"local": 32, "mqar": 64, "induction": 64}[name])
+
+
+def mqar_guess_baseline(batch: Batch, pairs: int) -> float:
+    """The in-context guessing baseline of an MQAR batch: the expected accuracy of guessing, at each
+    query, uniformly among the distinct values present in that sequence's key-value pairs (the right
+    value is always among them). A model above it recalls which value goes with the key."""
+    x = batch.inputs.numpy()
+    scored = (batch.targets.numpy() != IGNORE).sum(1)
+    distinct = np.array([len(set(row[1:2 * pairs:2].tolist())) for row in x])
+    return float((scored / distinct).sum() / scored.sum())
