@@ -21,8 +21,11 @@ Tensor = torch.Tensor
 # reference kernel). Dense layers also honour the other names of transformers'
 # ALL_ATTENTION_FUNCTIONS (flex_attention, registered ones), called as a stock model calls them.
 OWN_IMPLEMENTATIONS = (None, "sdpa", "eager")
-# keyword arguments a forward accepts beyond its named parameters: Trainer's loss normalisation
-LOSS_KWARGS = ("num_items_in_batch",)
+# keyword arguments a forward accepts beyond its named parameters: those of transformers' loss functions
+# (loss_utils: ForCausalLMLoss, ForMaskedLMLoss, fixed_cross_entropy), which Trainer and sequence/context
+# parallel training pass: num_items_in_batch (the loss is a sum over that count), shift_labels (already aligned
+# targets), ignore_index. Heads hand them to ``self.loss_function`` as stock heads do; others ignore them.
+LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 def key_padding_mask(attention_mask: Tensor | None, shape: tuple[int, int] | torch.Size) -> Tensor | None:

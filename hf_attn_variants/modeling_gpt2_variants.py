@@ -26,8 +26,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
 )
+from transformers.models.gpt2.modeling_gpt2 import GPT2DoubleHeadsModelOutput, GPT2SequenceSummary
 from transformers.pytorch_utils import Conv1D
 
 from .attention import attention_class, init_variant_parameters
@@ -349,3 +352,127 @@ def last_token_index(attention_mask: Tensor | None, input_ids: Tensor | None, pa
         return seq_length - 1
     positions = torch.arange(seq_length, device=real.device)
     return (positions * real).argmax(-1)
+
+
+class VariantGPT2ForTokenClassification(VariantGPT2PreTrainedModel):
+    """Per-token dropout -> linear (``classifier``), as ``GPT2ForTokenClassification``. Mean loss over the
+    labelled tokens (-100 ignored), so Trainer scales it under gradient accumulation."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = VariantGPT2Model(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)  # stock GPT-2's default
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, cache=None, past_key_values=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, labels)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantGPT2ForQuestionAnswering(VariantGPT2PreTrainedModel):
+    """Extractive QA: a linear ``qa_outputs`` gives start and end logits (B, T) per token, as
+    ``GPT2ForQuestionAnswering``; the loss is transformers' ``ForQuestionAnsweringLoss`` (the mean of
+    the start and end cross-entropies, positions outside the input ignored)."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = VariantGPT2Model(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  use_cache=False))
+        start_logits, end_logits = question_answering_logits(self.qa_outputs(outputs.last_hidden_state))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+def question_answering_logits(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T, 2) -> start logits (B, T), end logits (B, T)."""
+    start, end = logits.split(1, dim=-1)
+    return start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
+
+
+class VariantGPT2DoubleHeadsModel(VariantGPT2PreTrainedModel, GenerationMixin):
+    """GPT-2 with a language-modelling head (tied to the token embeddings) and a multiple-choice head
+    (``GPT2SequenceSummary`` over the hidden state at ``mc_token_ids``), as ``GPT2DoubleHeadsModel``.
+
+    input_ids (B, C, T) for C choices (or (B, T)); mc_token_ids (B, C): the classification token of each
+    choice (default: the last). Losses as stock: mean cross-entropies of the shifted LM targets (``labels``)
+    and of the choice (``mc_labels``), so Trainer scales them under gradient accumulation."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        config.num_labels = 1  # as stock: the summary projects each choice to one score
+        self.transformer = VariantGPT2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.multiple_choice_head = GPT2SequenceSummary(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, mc_token_ids=None, labels=None, mc_labels=None, cache=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, past_key_values=None,
+                **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if inputs is None:
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        choices = inputs.shape[:-1] if input_ids is not None else inputs.shape[:-2]  # (B, C) or (B,)
+        flat = [None if t is None else t.reshape(-1, *t.shape[len(choices):])
+                for t in (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)]
+        outputs = self.transformer(**_base_inputs(*flat, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
+        hidden = outputs.last_hidden_state.view(*choices, *outputs.last_hidden_state.shape[1:])  # (B, C, T, h)
+        lm_logits = self.lm_head(hidden)
+        mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
+        mc_loss = lm_loss = None
+        if mc_labels is not None:
+            mc_loss = nn.functional.cross_entropy(mc_logits.view(-1, mc_logits.size(-1)),
+                                                  mc_labels.to(mc_logits.device).view(-1))
+        if labels is not None:
+            shift_logits = lm_logits[..., :-1, :].contiguous()
+            shift_labels = labels.to(lm_logits.device)[..., 1:].contiguous()
+            lm_loss = nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        output = GPT2DoubleHeadsModelOutput(loss=lm_loss, mc_loss=mc_loss, logits=lm_logits, mc_logits=mc_logits,
+                                            cache=outputs.cache, hidden_states=outputs.hidden_states,
+                                            attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)

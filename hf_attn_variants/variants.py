@@ -495,7 +495,7 @@ def _lstmn_init(module, std: float, init) -> None:
 
 def _lstmn_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
     d_in = config.hidden_size
-    sizes = [d_in // 2, d_in - d_in // 2] if config.lstmn_direction == "bidirectional" else [d_in]
+    sizes = [d_in // 2, d_in - d_in // 2] if config.resolved_lstmn_direction() == "bidirectional" else [d_in]
     flops = 0
     for d in sizes:
         per_token = 2 * d * d * 2 + 2 * d_in * d + 2 * 4 * d * (d + d_in) + 10 * d  # W_h, W_h̃, W_x, gates, cell
