@@ -112,7 +112,7 @@ import transformers
 from transformers.testing_utils import require_torch, torch_device
 
 from .test_configuration_common import ConfigTester
-from .test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
+from .test_modeling_common import GenerationTesterMixin, ModelTesterMixin, ids_tensor, random_attention_mask
 
 
 class Tester:
@@ -147,7 +147,7 @@ class Tester:
         return self.get_config(), {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type_ids}
 
 
-class CommonTests(ModelTesterMixin):
+class CommonTests(ModelTesterMixin, GenerationTesterMixin):  # the stub mixin: generation tests do not run
     family = None
     test_resize_embeddings = True
 
