@@ -62,6 +62,7 @@ STUBS = {
 # what the sandbox's conftest does: replace the stock classes by ours (subclasses named like the stock ones)
 CONFTEST = '''
 import os
+import sys
 
 import torch
 import transformers
@@ -100,8 +101,10 @@ if CLASSES == "ours":
             stock_name = name.removeprefix("Variant")
             config = swaps["GPT2Config" if "GPT2" in name else "BertConfig"]
             swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__}})
-    for name, cls in swaps.items():
-        setattr(transformers, name, cls)
+    # importing the package can replace transformers' lazy module in sys.modules: patch every copy
+    for module in {{id(m): m for m in (transformers, sys.modules["transformers"])}}.values():
+        for name, cls in swaps.items():
+            setattr(module, name, cls)
 '''
 
 # sdist mode: model testers of our own (the stock testers' sizes) over ModelTesterMixin's common tests
