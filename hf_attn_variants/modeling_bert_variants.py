@@ -27,8 +27,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
 from transformers.utils import logging
+from transformers.utils.output_capturing import capture_outputs
 
-from .attention import attention_class, init_variant_parameters
+from .attention import BertVariantSelfAttention, LSTMNAttention, attention_class, init_variant_parameters
 from .configuration_variants import VariantBertConfig
 from .masks import (
     LOSS_KWARGS,
@@ -143,6 +144,12 @@ class VariantBertPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantBertEmbeddings", "VariantBertLayer"]
+    # what transformers' output capturing (utils.output_capturing: capture_outputs hooks) records, as in stock BERT:
+    # hidden states at every layer (the embeddings first), the weights every self-attention returns (index 1)
+    _can_record_outputs = {
+        "hidden_states": VariantBertLayer,
+        "attentions": [BertVariantSelfAttention, LSTMNAttention],
+    }
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -176,7 +183,22 @@ class VariantBertModel(VariantBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def forward(
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | list[int] | None = None, return_dict: bool | None = None,
+                use_cache: bool | None = None, **kwargs):
+        """See ``_forward``. Hidden states and attention weights are recorded by transformers' output capturing
+        (``capture_outputs`` and ``_can_record_outputs``, as stock BERT): ``output_hidden_states`` may be a bool
+        or the indices of the hidden states to keep; None takes the config's value."""
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        output = capture_outputs(VariantBertModel._forward)(
+            self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache, return_dict=True,
+            **{name: value for name, value in flags.items() if value is not None}, **kwargs)
+        return wrap_output(output, return_dict, self.config)
+
+    def _forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -184,11 +206,10 @@ class VariantBertModel(VariantBertPreTrainedModel):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         use_cache: bool | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """``use_cache`` is accepted for stock compatibility; variant BERT models keep no cache (an
         explicit ``use_cache=True`` on a decoder config is refused)."""
         # generate() hands an encoder of an EncoderDecoderModel every model kwarg, labels included
@@ -203,22 +224,13 @@ class VariantBertModel(VariantBertPreTrainedModel):
         check_length(shape[1], self.config.max_position_embeddings)
         key_mask = key_padding_mask(attention_mask, shape)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         dense_mask = dense_attention_mask(self.config, hidden, key_mask)
-        all_hidden, all_attentions = [hidden], []
-        for layer in self.encoder.layer:
-            hidden, weights = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)
-            all_hidden.append(hidden)
-            all_attentions.append(weights)
-        output = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=hidden,
-            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-        )
-        return wrap_output(output, return_dict, self.config)
+        for layer in self.encoder.layer:  # hooks record each layer's input and outputs (_can_record_outputs)
+            hidden = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)[0]
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden, pooler_output=self.pooler(hidden) if self.pooler is not None else None)
 
 
 class VariantBertPredictionHeadTransform(nn.Module):

@@ -32,8 +32,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.gpt2.modeling_gpt2 import GPT2DoubleHeadsModelOutput, GPT2SequenceSummary
 from transformers.pytorch_utils import Conv1D
+from transformers.utils.output_capturing import capture_outputs
 
-from .attention import attention_class, init_variant_parameters
+from .attention import GPT2LSTMNAttention, GPT2VariantAttention, attention_class, init_variant_parameters
 from .caching import VariantCache
 from .configuration_variants import VariantGPT2Config
 from .cross_attention import GPT2CrossAttention, init_cross_attention
@@ -100,6 +101,13 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantGPT2Block"]
     _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+    # what transformers' output capturing (utils.output_capturing: capture_outputs hooks) records, as in stock GPT-2:
+    # hidden states at every block (its input first), the weights every self-/cross-attention returns (index 1)
+    _can_record_outputs = {
+        "hidden_states": VariantGPT2Block,
+        "attentions": [GPT2VariantAttention, GPT2LSTMNAttention],
+        "cross_attentions": GPT2CrossAttention,
+    }
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -173,7 +181,26 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
-    def forward(
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, cache: VariantCache | None = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | list[int] | None = None,
+                return_dict: bool | None = None, past_key_values: VariantCache | None = None,
+                encoder_hidden_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None, **kwargs):
+        """See ``_forward``. Hidden states and attention weights are recorded by transformers' output capturing
+        (``capture_outputs`` and ``_can_record_outputs``, as stock GPT-2): ``output_hidden_states`` may be a bool
+        or the indices of the hidden states to keep; None takes the config's value."""
+        flags = recording_flags(output_attentions, output_hidden_states)
+        output = capture_outputs(VariantGPT2Model._forward)(
+            self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+            past_key_values=past_key_values, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, return_dict=True, **flags, **kwargs)
+        if not self.config.add_cross_attention:  # no cross-attention: None, not an empty tuple
+            output = type(output)(**{k: v for k, v in output.items() if k != "cross_attentions"})
+        return wrap_output(output, return_dict, self.config)
+
+    def _forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -183,13 +210,12 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         cache: VariantCache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         past_key_values: VariantCache | None = None,
         encoder_hidden_states: Tensor | None = None,
         encoder_attention_mask: Tensor | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         """With ``use_cache`` (default ``config.use_cache``), returns a ``VariantCache`` to continue
         from (given as ``cache``; then ``attention_mask`` covers the past and the new tokens,
         (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned.
@@ -221,7 +247,6 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         check_length(past + length, self.config.max_position_embeddings)
         key_mask = key_padding_mask(attention_mask, (batch, past + length))
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
         dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
@@ -233,27 +258,20 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         encoder_key_mask = None
         if encoder_hidden_states is not None:
             encoder_key_mask = key_padding_mask(encoder_attention_mask, encoder_hidden_states.shape[:2])
-        all_hidden, all_attentions, all_cross = [], [], []
-        for i, block in enumerate(self.h):
-            all_hidden.append(hidden)
+        for i, block in enumerate(self.h):  # hooks record each block's input and outputs (_can_record_outputs)
             layer_cache = cache.layers[i] if cache is not None else None
-            hidden, weights, cross_weights = block(
-                hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
-                encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)
-            all_attentions.append(weights)
-            all_cross.append(cross_weights)
+            hidden = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
+                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)[0]
         if cache is not None:
             cache.seen_tokens += length
-        hidden = self.ln_f(hidden)
-        all_hidden.append(hidden)
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden,
-            cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if output_attentions and self.config.add_cross_attention else None,
-        )
-        return wrap_output(output, return_dict, self.config)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden),
+                                                         cache=cache if use_cache else None)
+
+
+def recording_flags(output_attentions, output_hidden_states) -> dict:
+    """The output_* flags given (capture_outputs reads a missing one from the config, a None one as off)."""
+    flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:

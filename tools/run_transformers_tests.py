@@ -93,14 +93,20 @@ if CLASSES == "ours":
         return type(name, (base,), {{"__annotations__": annotations, **defaults, "__post_init__": __post_init__,
                                     "__module__": base.__module__}})
 
-    swaps = {{"GPT2Config": config_class(hv.VariantGPT2Config, "GPT2Config"),
-             "BertConfig": config_class(hv.VariantBertConfig, "BertConfig")}}
+    # the configs keep our names (Auto classes look configs up by name); the models take the stock names
+    swaps = {{"GPT2Config": config_class(hv.VariantGPT2Config, "VariantGPT2Config"),
+             "BertConfig": config_class(hv.VariantBertConfig, "VariantBertConfig")}}
     for name in dir(hv):
         if name.startswith(("VariantGPT2", "VariantBert")) and not name.endswith(("Config", "PreTrainedModel")):
             ours = getattr(hv, name)
             stock_name = name.removeprefix("Variant")
             config = swaps["GPT2Config" if "GPT2" in name else "BertConfig"]
             swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__}})
+    # the Auto classes map the run's configs to the swapped models, as the package maps its own
+    for base, models in hv.AUTO_CLASSES.items():
+        config = swaps["GPT2Config" if base is hv.VariantGPT2Config else "BertConfig"]
+        for auto, model in models.items():
+            auto.register(config, swaps[model.__name__.removeprefix("Variant")], exist_ok=True)
     # importing the package can replace transformers' lazy module in sys.modules: patch every copy
     for module in {{id(m): m for m in (transformers, sys.modules["transformers"])}}.values():
         for name, cls in swaps.items():
@@ -134,13 +140,12 @@ class Tester:
             return transformers.GPT2Config(vocab_size=self.vocab_size, n_embd=self.hidden_size,
                                            n_layer=self.num_hidden_layers, n_head=self.num_attention_heads,
                                            n_inner=self.intermediate_size, n_positions=self.max_position_embeddings,
-                                           pad_token_id=98, bos_token_id=98, eos_token_id=98,
-                                           num_labels=self.num_labels)
+                                           pad_token_id=98, bos_token_id=98, eos_token_id=98)
         return transformers.BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
                                        num_hidden_layers=self.num_hidden_layers,
                                        num_attention_heads=self.num_attention_heads,
                                        intermediate_size=self.intermediate_size,
-                                       type_vocab_size=self.type_vocab_size, num_labels=self.num_labels,
+                                       type_vocab_size=self.type_vocab_size,
                                        max_position_embeddings=self.max_position_embeddings)
 
     def prepare_config_and_inputs_for_common(self):
