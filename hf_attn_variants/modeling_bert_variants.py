@@ -35,6 +35,7 @@ from .masks import (
     LOSS_KWARGS,
     check_attn_implementation,
     check_length,
+    check_not_packed,
     config_default,
     dense_attention_mask,
     key_padding_mask,
@@ -223,6 +224,7 @@ class VariantBertModel(VariantBertPreTrainedModel):
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         check_length(shape[1], self.config.max_position_embeddings)
         key_mask = key_padding_mask(attention_mask, shape)
+        check_not_packed(position_ids, key_mask)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)

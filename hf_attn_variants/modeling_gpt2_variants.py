@@ -41,6 +41,7 @@ from .cross_attention import GPT2CrossAttention, init_cross_attention
 from .masks import (
     check_attn_implementation,
     check_length,
+    check_not_packed,
     config_default,
     dense_attention_mask,
     key_padding_mask,
@@ -250,6 +251,7 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
+        check_not_packed(position_ids, key_mask)
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
