@@ -268,6 +268,32 @@ def counts(report: Path) -> dict:
     return result
 
 
+def markdown_table(summary: dict) -> str:
+    """The results as a markdown table (docs/compat.md), then every failure and every skip that differs
+    between our classes and the stock ones, with its message."""
+    rows = ["| mode | family | classes | variant | passed | failed | skipped |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(summary):
+        mode, family, classes, variant = key.split("/")
+        r = summary[key]
+        if "error" in r:
+            rows.append(f"| {mode} | {family} | {classes} | {variant} | {r['error']} | | |")
+            continue
+        rows.append(f"| {mode} | {family} | {classes} | {variant} | {r['passed']} | {r['failed']} | {r['skipped']} |")
+    notes = []
+    for key in sorted(summary):
+        mode, family, classes, variant = key.split("/")
+        stock = summary.get(f"{mode}/{family}/stock/-", {})
+        r = summary[key]
+        for name, message in sorted(r.get("failures", {}).items()):
+            notes.append(f"- {key}: FAILED `{name}`: {message}")
+        if classes == "ours" and "skips" in stock:
+            for name in sorted(set(r.get("skips", {})) - set(stock["skips"])):
+                notes.append(f"- {key}: skipped (stock runs it) `{name}`: {r['skips'][name]}")
+            for name in sorted(set(stock["skips"]) - set(r.get("skips", {}))):
+                notes.append(f"- {key}: runs (stock skips it: {stock['skips'][name]}) `{name}`")
+    return "\n".join(rows + [""] + (notes or ["- no failures; the same skips as stock"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=("gpt2", "bert", "all"), default="all")
@@ -278,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "transformers_suite")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per pytest run")
     parser.add_argument("-k", dest="select", help="pytest -k expression (a subset of the tests)")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of <out>/summary.json")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(markdown_table(json.loads((args.out / "summary.json").read_text())))
+        return 0
     sdist = args.sdist or fetch_sdist(args.out / "sdist")
     families = ("gpt2", "bert") if args.family == "all" else (args.family,)
     runs = ("stock", "ours") if args.classes == "both" else (args.classes,)
