@@ -117,6 +117,7 @@ if CLASSES == "ours":
 HV_TESTERS = '''
 import unittest
 
+import torch
 import transformers
 from transformers.testing_utils import require_torch, torch_device
 
@@ -168,6 +169,16 @@ class CommonTests(ModelTesterMixin, GenerationTesterMixin):  # the stub mixin: g
     def test_config(self):
         self.config_tester.run_common_tests()
 
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        """As the stock BERT test: the pre-training head also takes next_sentence_label."""
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
+        if return_labels and model_class.__name__ == "BertForPreTraining":
+            inputs_dict["labels"] = torch.zeros((self.model_tester.batch_size, self.model_tester.seq_length),
+                                                dtype=torch.long, device=torch_device)
+            inputs_dict["next_sentence_label"] = torch.zeros(self.model_tester.batch_size, dtype=torch.long,
+                                                             device=torch_device)
+        return inputs_dict
+
 
 @require_torch
 class GPT2CommonTest(CommonTests, unittest.TestCase):
@@ -183,7 +194,7 @@ class BertCommonTest(CommonTests, unittest.TestCase):
     all_model_classes = (transformers.BertModel, transformers.BertForMaskedLM, transformers.BertForPreTraining,
                          transformers.BertForSequenceClassification, transformers.BertForTokenClassification,
                          transformers.BertForQuestionAnswering, transformers.BertForMultipleChoice,
-                         transformers.BertForNextSentencePrediction)
+                         transformers.BertForNextSentencePrediction, transformers.BertLMHeadModel)
 '''
 
 
