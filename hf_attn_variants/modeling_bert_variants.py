@@ -37,6 +37,7 @@ from .masks import (
     check_length,
     check_not_packed,
     config_default,
+    custom_attention_mask,
     dense_attention_mask,
     key_padding_mask,
     reject_unknown_kwargs,
@@ -223,12 +224,17 @@ class VariantBertModel(VariantBertPreTrainedModel):
         check_attn_implementation(self.config)
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         check_length(shape[1], self.config.max_position_embeddings)
-        key_mask = key_padding_mask(attention_mask, shape)
-        check_not_packed(position_ids, key_mask)
+        custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
+        key_mask = None if custom else key_padding_mask(attention_mask, shape)
+        if not custom:
+            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        dense_mask = dense_attention_mask(self.config, hidden, key_mask)
+        if custom:
+            dense_mask = custom_attention_mask(self.config, attention_mask, (shape[0], shape[1], shape[1]))
+        else:
+            dense_mask = dense_attention_mask(self.config, hidden, key_mask)
         for layer in self.encoder.layer:  # hooks record each layer's input and outputs (_can_record_outputs)
             hidden = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)[0]
         return BaseModelOutputWithPoolingAndCrossAttentions(

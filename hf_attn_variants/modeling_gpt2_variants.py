@@ -43,6 +43,7 @@ from .masks import (
     check_length,
     check_not_packed,
     config_default,
+    custom_attention_mask,
     dense_attention_mask,
     key_padding_mask,
     reject_unknown_kwargs,
@@ -246,12 +247,18 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         check_length(past + length, self.config.max_position_embeddings)
-        key_mask = key_padding_mask(attention_mask, (batch, past + length))
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
+        custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
+        if custom:
+            key_mask = None
+            dense_mask = custom_attention_mask(self.config, attention_mask, (batch, length, past + length))
+        else:
+            key_mask = key_padding_mask(attention_mask, (batch, past + length))
+            dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
-        check_not_packed(position_ids, key_mask)
+        if not custom:
+            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:

@@ -51,7 +51,9 @@ from .kernels import (
     low_rank_attention_reference,
     lstmn_reference,
     lstmn_scan,
+    masked_softmax_attention,
 )
+from .masks import CustomMask
 
 Tensor = torch.Tensor
 
@@ -243,6 +245,15 @@ class ScoringSpec(VariantSpec, abstract=True):
 
 
 def _dense(m, p: Projected, ctx: Context) -> Result:
+    if isinstance(ctx.attention_mask, CustomMask):  # a user's 4-D mask (True = attend): applied exactly as given
+        allowed = ctx.attention_mask.allowed
+        if ctx.reference:
+            scores = (p.q @ p.k.transpose(-1, -2)) * m.scaling
+            out, weights = masked_softmax_attention(scores, p.v, allowed, ctx.dropout_p)
+            return out, weights, scores
+        out = torch.nn.functional.scaled_dot_product_attention(p.q, p.k, p.v, attn_mask=allowed,
+                                                               dropout_p=ctx.dropout_p, scale=m.scaling)
+        return out, None, None
     if ctx.reference or isinstance(ctx.attention_mask, str):  # no mask built by the model: our SDPA kernel
         return run_kernel(ctx, dense_attention, dense_attention_reference, p.q, p.k, p.v, scale=m.scaling)
     return _dense_interface(m, p, ctx)

@@ -252,7 +252,7 @@ def test_too_long_and_bad_mask_inputs(family):
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         model(input_ids=torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
-        model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 1, 5, 5))
+        model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 5, 5))
 
 
 def test_lm_heads_are_tied_to_the_embeddings(tmp_path):
