@@ -15,6 +15,10 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForNextSentencePrediction,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -31,13 +35,21 @@ from .convert import convert_from_dense, low_rank_factors
 from .hub import build_model_card, publish, save_hub_folder
 from .modeling_bert_variants import (
     VariantBertForMaskedLM,
+    VariantBertForMultipleChoice,
+    VariantBertForNextSentencePrediction,
+    VariantBertForPreTraining,
+    VariantBertForQuestionAnswering,
     VariantBertForSequenceClassification,
     VariantBertForTokenClassification,
+    VariantBertLMHeadModel,
     VariantBertModel,
     VariantBertPreTrainedModel,
 )
 from .modeling_gpt2_variants import (
+    VariantGPT2DoubleHeadsModel,
+    VariantGPT2ForQuestionAnswering,
     VariantGPT2ForSequenceClassification,
+    VariantGPT2ForTokenClassification,
     VariantGPT2LMHeadModel,
     VariantGPT2Model,
     VariantGPT2PreTrainedModel,
@@ -58,13 +70,22 @@ AUTO_CLASSES = {
         AutoModelForMaskedLM: VariantBertForMaskedLM,
         AutoModelForSequenceClassification: VariantBertForSequenceClassification,
         AutoModelForTokenClassification: VariantBertForTokenClassification,
+        AutoModelForQuestionAnswering: VariantBertForQuestionAnswering,
+        AutoModelForMultipleChoice: VariantBertForMultipleChoice,
+        AutoModelForNextSentencePrediction: VariantBertForNextSentencePrediction,
+        AutoModelForPreTraining: VariantBertForPreTraining,
+        AutoModelForCausalLM: VariantBertLMHeadModel,
     },
     VariantGPT2Config: {
         AutoModel: VariantGPT2Model,
         AutoModelForCausalLM: VariantGPT2LMHeadModel,
         AutoModelForSequenceClassification: VariantGPT2ForSequenceClassification,
+        AutoModelForTokenClassification: VariantGPT2ForTokenClassification,
+        AutoModelForQuestionAnswering: VariantGPT2ForQuestionAnswering,
     },
 }
+# model classes with no Auto class (as in transformers): saved folders load them with their own class
+UNMAPPED_CLASSES = {VariantGPT2Config: (VariantGPT2DoubleHeadsModel,)}
 
 # the papers' inter-attention systems beside the two families
 FUSION_AUTO_CLASSES = {
@@ -97,13 +118,22 @@ __all__ = [
     "LSTMNFusionPreTrainedModel",
     "VARIANTS",
     "VariantBertConfig",
+    "UNMAPPED_CLASSES",
     "VariantBertForMaskedLM",
+    "VariantBertForMultipleChoice",
+    "VariantBertForNextSentencePrediction",
+    "VariantBertForPreTraining",
+    "VariantBertForQuestionAnswering",
     "VariantBertForSequenceClassification",
     "VariantBertForTokenClassification",
+    "VariantBertLMHeadModel",
     "VariantBertModel",
     "VariantBertPreTrainedModel",
     "VariantGPT2Config",
+    "VariantGPT2DoubleHeadsModel",
+    "VariantGPT2ForQuestionAnswering",
     "VariantGPT2ForSequenceClassification",
+    "VariantGPT2ForTokenClassification",
     "VariantGPT2LMHeadModel",
     "VariantGPT2Model",
     "VariantGPT2PreTrainedModel",

@@ -63,7 +63,7 @@ class LSTMNAttention(nn.Module):
         hidden = config.hidden_size
         self.layer_idx = layer_idx
         self.variant = config.variant_for_layer(layer_idx)  # the spec that built this sublayer (variants.LSTMN)
-        self.bidirectional = config.lstmn_direction == "bidirectional"
+        self.bidirectional = config.resolved_lstmn_direction() == "bidirectional"
         forward_size = hidden // 2 if self.bidirectional else hidden
         self.forward_cell = LSTMNCell(hidden, forward_size)
         if self.bidirectional:

@@ -11,6 +11,8 @@ Hub code: imports only torch and transformers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
@@ -23,8 +25,11 @@ Tensor = torch.Tensor
 # reference kernel). Dense layers also honour the other names of transformers'
 # ALL_ATTENTION_FUNCTIONS (flex_attention, registered ones), called as a stock model calls them.
 OWN_IMPLEMENTATIONS = (None, "sdpa", "eager")
-# keyword arguments a forward accepts beyond its named parameters: Trainer's loss normalisation
-LOSS_KWARGS = ("num_items_in_batch",)
+# keyword arguments a forward accepts beyond its named parameters: those of transformers' loss functions
+# (loss_utils: ForCausalLMLoss, ForMaskedLMLoss, fixed_cross_entropy), which Trainer and sequence/context
+# parallel training pass: num_items_in_batch (the loss is a sum over that count), shift_labels (already aligned
+# targets), ignore_index. Heads hand them to ``self.loss_function`` as stock heads do; others ignore them.
+LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 def key_padding_mask(attention_mask: Tensor | None, shape: tuple[int, int] | torch.Size) -> Tensor | None:
@@ -42,6 +47,54 @@ def key_padding_mask(attention_mask: Tensor | None, shape: tuple[int, int] | tor
     if torch.compiler.is_compiling():
         return mask
     return None if bool(mask.all()) else mask
+
+
+@dataclass
+class CustomMask:
+    """A user's 4-D mask as dense layers receive it: ``allowed`` (B or 1, 1, T, Tk) bool, True = attend."""
+
+    allowed: Tensor
+
+
+def custom_attention_mask(config, attention_mask: Tensor, shape: tuple[int, int, int]) -> CustomMask:
+    """A custom 4-D mask (B or 1, 1, T, T_past + T), as stock models take it (``test_custom_4d_attention_mask``:
+    packed sequences sharing a prefix): bool (True = attend), integer (1 = attend) or floating (additive: 0 =
+    attend, the dtype's minimum = masked). Returned as a ``CustomMask`` (bool, True = attend) that dense layers
+    apply exactly as given (with SDPA, or the reference when weights are wanted). Other variants refuse it:
+    their kernels read a 2-D padding mask and apply their own pairs rule (a band kernel must never see a
+    T x T mask), so an arbitrary mask cannot be honoured."""
+    others = sorted(used_variants(config) - {STOCK})
+    if others:
+        raise ValueError(f"a 4-D attention_mask cannot be honoured by attention_variant(s) {others}: they take a 2-D "
+                         "(batch, sequence) padding mask and apply their own pairs rule; only dense layers take "
+                         "custom 4-D masks.")
+    batch, length, keys = shape
+    if attention_mask.shape[1] != 1 or tuple(attention_mask.shape[2:]) != (length, keys) \
+            or attention_mask.shape[0] not in (1, batch):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; a 4-D mask must be "
+                         f"(batch or 1, 1, queries, keys) = ({batch}, 1, {length}, {keys})")
+    if attention_mask.dtype == torch.bool:
+        return CustomMask(attention_mask)
+    if attention_mask.is_floating_point():
+        return CustomMask(attention_mask > torch.finfo(attention_mask.dtype).min / 2)
+    return CustomMask(attention_mask != 0)
+
+
+def check_not_packed(position_ids: Tensor | None, key_mask: Tensor | None) -> None:
+    """Refuse padding-free packing (several sequences in one row, ``position_ids`` restarting at each): the
+    variant kernels read a row as one sequence (the pairs rule, band windows and global tokens, LSTMN tapes
+    have no sequence boundaries), so a packed row would attend across its sequences. Positions that fall
+    between real tokens only count (left padding's positions are not a restart)."""
+    if position_ids is None or position_ids.shape[-1] < 2 or torch.compiler.is_compiling():
+        return
+    down = position_ids[..., 1:] < position_ids[..., :-1]  # (B, T - 1): a position lower than the previous one
+    if key_mask is not None:
+        real = key_mask[..., -position_ids.shape[-1]:]
+        down = down & real[..., 1:] & real[..., :-1]
+    if bool(down.any()):
+        raise ValueError("position_ids restart within a row (padding-free packing of several sequences): variant "
+                         "models read each row as one sequence, so packed sequences would attend to each other; "
+                         "pad the batch and pass attention_mask instead.")
 
 
 def check_length(seq_length: int, max_positions: int) -> None:

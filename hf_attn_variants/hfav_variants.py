@@ -56,6 +56,7 @@ from .hfav_kernels import (
     low_rank_attention_reference,
     lstmn_reference,
     lstmn_scan,
+    masked_softmax_attention,
 )
 
 Tensor = torch.Tensor
@@ -309,6 +310,17 @@ class ScoringSpec(VariantSpec, abstract=True):
 
 
 def _dense(m, p: Projected, ctx: Context) -> Result:
+    from .hfav_masks import CustomMask  # here, not at the top: hfav_masks reads STOCK from this file
+
+    if isinstance(ctx.attention_mask, CustomMask):  # a user's 4-D mask (True = attend): applied exactly as given
+        allowed = ctx.attention_mask.allowed
+        if ctx.reference:
+            scores = (p.q @ p.k.transpose(-1, -2)) * m.scaling
+            out, weights = masked_softmax_attention(scores, p.v, allowed, ctx.dropout_p)
+            return out, weights, scores
+        out = torch.nn.functional.scaled_dot_product_attention(p.q, p.k, p.v, attn_mask=allowed,
+                                                               dropout_p=ctx.dropout_p, scale=m.scaling)
+        return out, None, None
     if ctx.reference or isinstance(ctx.attention_mask, str):  # no mask built by the model: our SDPA kernel
         return run_kernel(ctx, dense_attention, dense_attention_reference, p.q, p.k, p.v, scale=m.scaling)
     return _dense_interface(m, p, ctx)
@@ -596,7 +608,7 @@ def _lstmn_init(module, std: float, init) -> None:
 
 def _lstmn_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
     d_in = config.hidden_size
-    sizes = [d_in // 2, d_in - d_in // 2] if config.lstmn_direction == "bidirectional" else [d_in]
+    sizes = [d_in // 2, d_in - d_in // 2] if config.resolved_lstmn_direction() == "bidirectional" else [d_in]
     flops = 0
     for d in sizes:
         per_token = 2 * d * d * 2 + 2 * d_in * d + 2 * 4 * d * (d + d_in) + 10 * d  # W_h, W_h̃, W_x, gates, cell

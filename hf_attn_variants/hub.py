@@ -81,9 +81,15 @@ def _layer_rows(config) -> list[dict]:
     rows = []
     for i in range(config.num_hidden_layers):
         variant = config.variant_for_layer(i)
-        settings = [f"{field}={getattr(config, field)}" for field in VARIANTS[variant].settings]
+        settings = [f"{field}={_setting(config, field)}" for field in VARIANTS[variant].settings]
         rows.append({"layer": i, "variant": variant, "settings": ", ".join(settings) or "-"})
     return rows
+
+
+def _setting(config, field: str):
+    """A config field as the model uses it: derived ones (``resolved_<field>()``, e.g. lstmn_direction) resolved."""
+    resolve = getattr(config, f"resolved_{field}", None)
+    return resolve() if callable(resolve) else getattr(config, field)
 
 
 def _papers(variants: list[str]) -> list[str]:
@@ -94,7 +100,12 @@ def _papers(variants: list[str]) -> list[str]:
 
 
 def _auto_class(model) -> str:
+    """The Auto class that loads the model's class: its entry in the config's ``auto_map``, else by suffix."""
     name = type(model).__name__
+    auto_map = getattr(model.config, "auto_map", None) or {}
+    mapped = [auto for auto, ref in auto_map.items() if ref.split(".")[-1] == name and auto != "AutoConfig"]
+    if mapped:
+        return mapped[0]
     return next((auto for suffix, auto in AUTO_CLASS_BY_SUFFIX if name.endswith(suffix)), "AutoModel")
 
 

@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    NextSentencePredictorOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
+from transformers.utils import logging
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_variants import VariantBertConfig
-from .hfav_attention import attention_class, init_variant_parameters
+from .hfav_attention import BertVariantSelfAttention, LSTMNAttention, attention_class, init_variant_parameters
 from .hfav_masks import (
     LOSS_KWARGS,
     check_attn_implementation,
     check_length,
+    check_not_packed,
     config_default,
+    custom_attention_mask,
     dense_attention_mask,
     key_padding_mask,
     reject_unknown_kwargs,
@@ -137,6 +146,12 @@ class VariantBertPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantBertEmbeddings", "VariantBertLayer"]
+    # what transformers' output capturing (utils.output_capturing: capture_outputs hooks) records, as in stock BERT:
+    # hidden states at every layer (the embeddings first), the weights every self-attention returns (index 1)
+    _can_record_outputs = {
+        "hidden_states": VariantBertLayer,
+        "attentions": [BertVariantSelfAttention, LSTMNAttention],
+    }
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -170,7 +185,22 @@ class VariantBertModel(VariantBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def forward(
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | list[int] | None = None, return_dict: bool | None = None,
+                use_cache: bool | None = None, **kwargs):
+        """See ``_forward``. Hidden states and attention weights are recorded by transformers' output capturing
+        (``capture_outputs`` and ``_can_record_outputs``, as stock BERT): ``output_hidden_states`` may be a bool
+        or the indices of the hidden states to keep; None takes the config's value."""
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        output = capture_outputs(VariantBertModel._forward)(
+            self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache, return_dict=True,
+            **{name: value for name, value in flags.items() if value is not None}, **kwargs)
+        return wrap_output(output, return_dict, self.config)
+
+    def _forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -178,11 +208,10 @@ class VariantBertModel(VariantBertPreTrainedModel):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         use_cache: bool | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """``use_cache`` is accepted for stock compatibility; variant BERT models keep no cache (an
         explicit ``use_cache=True`` on a decoder config is refused)."""
         # generate() hands an encoder of an EncoderDecoderModel every model kwarg, labels included
@@ -195,24 +224,21 @@ class VariantBertModel(VariantBertPreTrainedModel):
         check_attn_implementation(self.config)
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         check_length(shape[1], self.config.max_position_embeddings)
-        key_mask = key_padding_mask(attention_mask, shape)
+        custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
+        key_mask = None if custom else key_padding_mask(attention_mask, shape)
+        if not custom:
+            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        dense_mask = dense_attention_mask(self.config, hidden, key_mask)
-        all_hidden, all_attentions = [hidden], []
-        for layer in self.encoder.layer:
-            hidden, weights = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)
-            all_hidden.append(hidden)
-            all_attentions.append(weights)
-        output = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=hidden,
-            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-        )
-        return wrap_output(output, return_dict, self.config)
+        if custom:
+            dense_mask = custom_attention_mask(self.config, attention_mask, (shape[0], shape[1], shape[1]))
+        else:
+            dense_mask = dense_attention_mask(self.config, hidden, key_mask)
+        for layer in self.encoder.layer:  # hooks record each layer's input and outputs (_can_record_outputs)
+            hidden = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)[0]
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden, pooler_output=self.pooler(hidden) if self.pooler is not None else None)
 
 
 class VariantBertPredictionHeadTransform(nn.Module):
@@ -344,4 +370,212 @@ class VariantBertForTokenClassification(VariantBertPreTrainedModel):
             loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
         output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                        attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantBertOnlyNSPHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled_output: Tensor) -> Tensor:
+        return self.seq_relationship(pooled_output)
+
+
+class VariantBertPreTrainingHeads(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = VariantBertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output: Tensor, pooled_output: Tensor) -> tuple[Tensor, Tensor]:
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+class _MLMOutputEmbeddings:
+    """get/set_output_embeddings of the heads whose ``cls.predictions.decoder`` is tied to the word embeddings."""
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+
+class VariantBertForPreTraining(_MLMOutputEmbeddings, VariantBertPreTrainedModel):
+    """BERT's pre-training heads, as ``BertForPreTraining``: masked-LM logits (B, T, vocab) and the
+    next-sentence logits (B, 2) from the pooled [CLS]. The loss (both label sets given) is the sum of the
+    two mean cross-entropies, as stock; Trainer scales it under gradient accumulation."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = VariantBertModel(config)
+        self.cls = VariantBertPreTrainingHeads(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        prediction_scores, seq_relationship = self.cls(outputs.last_hidden_state, outputs.pooler_output)
+        loss = None
+        if labels is not None and next_sentence_label is not None:
+            masked = nn.functional.cross_entropy(prediction_scores.view(-1, self.config.vocab_size), labels.view(-1))
+            nsp = nn.functional.cross_entropy(seq_relationship.view(-1, 2), next_sentence_label.view(-1))
+            loss = masked + nsp
+        output = BertForPreTrainingOutput(loss=loss, prediction_logits=prediction_scores,
+                                          seq_relationship_logits=seq_relationship,
+                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantBertForNextSentencePrediction(VariantBertPreTrainedModel):
+    """Next-sentence prediction from the pooled [CLS] (``cls.seq_relationship``), as
+    ``BertForNextSentencePrediction``: logits (B, 2); mean loss."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = VariantBertModel(config)
+        self.cls = VariantBertOnlyNSPHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        logits = self.cls(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, 2), labels.view(-1))
+        output = NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                             attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantBertForMultipleChoice(VariantBertPreTrainedModel):
+    """Multiple choice, as ``BertForMultipleChoice``: input_ids (B, C, T); each choice's pooled [CLS] ->
+    dropout -> linear to one score; logits (B, C); mean loss over the B questions."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = VariantBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if inputs is None:
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        num_choices = inputs.shape[1]
+        flat = [None if t is None else t.reshape(-1, *t.shape[2:])
+                for t in (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)]
+        outputs = self.bert(**_base_inputs(*flat, output_attentions, output_hidden_states))
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # (B, C)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device))
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantBertForQuestionAnswering(VariantBertPreTrainedModel):
+    """Extractive QA, as ``BertForQuestionAnswering``: ``qa_outputs`` gives start and end logits (B, T);
+    the loss is transformers' ``ForQuestionAnsweringLoss`` (mean of the two cross-entropies)."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = VariantBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
+        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantBertLMHeadModel(_MLMOutputEmbeddings, VariantBertPreTrainedModel, GenerationMixin):
+    """A BERT decoder (``config.is_decoder=True``: causal self-attention) with the LM head tied to the word
+    embeddings, as ``BertLMHeadModel``: the one BERT class that generates. The loss is transformers'
+    ``ForCausalLMLoss`` with every loss kwarg (``num_items_in_batch``, ``shift_labels``, ``ignore_index``).
+
+    Variant BERT models keep no cache: ``generate`` runs the whole prefix at every step (exact, and
+    O(T²) per sequence); for cached decoding use the GPT-2 family."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        if not config.is_decoder:  # as stock: a warning (the common tests build every head from one config)
+            logging.get_logger(__name__).warning(
+                f"{type(self).__name__} with is_decoder=False attends in both directions: a causal LM needs "
+                "is_decoder=True")
+        self.loss_type = "ForCausalLM"  # the class name matches no entry of transformers' LOSS_MAPPING
+        self.bert = VariantBertModel(config, add_pooling_layer=False)
+        self.cls = VariantBertOnlyMLMHead(config)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """No cache: every step re-runs the prefix (``use_cache`` is ignored by the base model)."""
+        model_kwargs.pop("cache", None)
+        model_kwargs.pop("past_key_values", None)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, cache=None,
+                past_key_values=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        if cache is not None or past_key_values is not None:
+            raise ValueError("cache is not supported by variant BERT models: generate runs without one "
+                             "(cached decoding: the GPT-2 family)")
+        outputs = self.bert(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                           inputs_embeds, output_attentions, output_hidden_states))
+        hidden = outputs.last_hidden_state
+        logits = self.cls(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                   attentions=outputs.attentions)
         return wrap_output(output, return_dict, self.config)

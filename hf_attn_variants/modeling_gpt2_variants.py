@@ -26,18 +26,24 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
 )
+from transformers.models.gpt2.modeling_gpt2 import GPT2DoubleHeadsModelOutput, GPT2SequenceSummary
 from transformers.pytorch_utils import Conv1D
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_variants import VariantGPT2Config
-from .hfav_attention import attention_class, init_variant_parameters
+from .hfav_attention import GPT2LSTMNAttention, GPT2VariantAttention, attention_class, init_variant_parameters
 from .hfav_caching import VariantCache
 from .hfav_cross_attention import GPT2CrossAttention, init_cross_attention
 from .hfav_masks import (
     check_attn_implementation,
     check_length,
+    check_not_packed,
     config_default,
+    custom_attention_mask,
     dense_attention_mask,
     key_padding_mask,
     reject_unknown_kwargs,
@@ -97,6 +103,13 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True  # dense layers; other variants refuse it clearly (masks.check_attn_implementation)
     _no_split_modules = ["VariantGPT2Block"]
     _keys_to_ignore_on_load_unexpected = [r"attn\.bias", r"attn\.masked_bias"]
+    # what transformers' output capturing (utils.output_capturing: capture_outputs hooks) records, as in stock GPT-2:
+    # hidden states at every block (its input first), the weights every self-/cross-attention returns (index 1)
+    _can_record_outputs = {
+        "hidden_states": VariantGPT2Block,
+        "attentions": [GPT2VariantAttention, GPT2LSTMNAttention],
+        "cross_attentions": GPT2CrossAttention,
+    }
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -174,7 +187,26 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
-    def forward(
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, cache: VariantCache | None = None, use_cache: bool | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | list[int] | None = None,
+                return_dict: bool | None = None, past_key_values: VariantCache | None = None,
+                encoder_hidden_states: Tensor | None = None, encoder_attention_mask: Tensor | None = None, **kwargs):
+        """See ``_forward``. Hidden states and attention weights are recorded by transformers' output capturing
+        (``capture_outputs`` and ``_can_record_outputs``, as stock GPT-2): ``output_hidden_states`` may be a bool
+        or the indices of the hidden states to keep; None takes the config's value."""
+        flags = recording_flags(output_attentions, output_hidden_states)
+        output = capture_outputs(VariantGPT2Model._forward)(
+            self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+            past_key_values=past_key_values, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, return_dict=True, **flags, **kwargs)
+        if not self.config.add_cross_attention:  # no cross-attention: None, not an empty tuple
+            output = type(output)(**{k: v for k, v in output.items() if k != "cross_attentions"})
+        return wrap_output(output, return_dict, self.config)
+
+    def _forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -184,13 +216,12 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         cache: VariantCache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         past_key_values: VariantCache | None = None,
         encoder_hidden_states: Tensor | None = None,
         encoder_attention_mask: Tensor | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         """With ``use_cache`` (default ``config.use_cache``), returns a ``VariantCache`` to continue
         from (given as ``cache``; then ``attention_mask`` covers the past and the new tokens,
         (B, T_past + T)). Under gradient checkpointing in training no cache is kept or returned.
@@ -220,12 +251,18 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         batch, length = inputs_embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         check_length(past + length, self.config.max_position_embeddings)
-        key_mask = key_padding_mask(attention_mask, (batch, past + length))
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        output_hidden_states = config_default(output_hidden_states, self.config, "output_hidden_states")
-        dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
+        custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
+        if custom:
+            key_mask = None
+            dense_mask = custom_attention_mask(self.config, attention_mask, (batch, length, past + length))
+        else:
+            key_mask = key_padding_mask(attention_mask, (batch, past + length))
+            dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
+        if not custom:
+            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
@@ -234,25 +271,18 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         encoder_key_mask = None
         if encoder_hidden_states is not None:
             encoder_key_mask = key_padding_mask(encoder_attention_mask, encoder_hidden_states.shape[:2])
-        all_hidden, all_attentions, all_cross = [], [], []
-        for i, block in enumerate(self.h):
-            all_hidden.append(hidden)
+        for i, block in enumerate(self.h):  # hooks record each block's input and outputs (_can_record_outputs)
             layer_cache = cache.layers[i] if cache is not None else None
-            hidden, weights, cross_weights = block(
-                hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
-                encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)
-            all_attentions.append(weights)
-            all_cross.append(cross_weights)
-        hidden = self.ln_f(hidden)
-        all_hidden.append(hidden)
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden,
-            cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if output_attentions and self.config.add_cross_attention else None,
-        )
-        return wrap_output(output, return_dict, self.config)
+            hidden = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
+                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)[0]
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden),
+                                                         cache=cache if use_cache else None)
+
+
+def recording_flags(output_attentions, output_hidden_states) -> dict:
+    """The output_* flags given (capture_outputs reads a missing one from the config, a None one as off)."""
+    flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def positions_from_mask(key_mask: Tensor | None, shape, device) -> Tensor:
@@ -351,3 +381,127 @@ def last_token_index(attention_mask: Tensor | None, input_ids: Tensor | None, pa
         return seq_length - 1
     positions = torch.arange(seq_length, device=real.device)
     return (positions * real).argmax(-1)
+
+
+class VariantGPT2ForTokenClassification(VariantGPT2PreTrainedModel):
+    """Per-token dropout -> linear (``classifier``), as ``GPT2ForTokenClassification``. Mean loss over the
+    labelled tokens (-100 ignored), so Trainer scales it under gradient accumulation."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = VariantGPT2Model(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)  # stock GPT-2's default
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, cache=None, past_key_values=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, labels)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+class VariantGPT2ForQuestionAnswering(VariantGPT2PreTrainedModel):
+    """Extractive QA: a linear ``qa_outputs`` gives start and end logits (B, T) per token, as
+    ``GPT2ForQuestionAnswering``; the loss is transformers' ``ForQuestionAnsweringLoss`` (the mean of
+    the start and end cross-entropies, positions outside the input ignored)."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = VariantGPT2Model(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        outputs = self.transformer(**_base_inputs(input_ids, attention_mask, token_type_ids, position_ids,
+                                                  inputs_embeds, output_attentions, output_hidden_states,
+                                                  use_cache=False))
+        start_logits, end_logits = question_answering_logits(self.qa_outputs(outputs.last_hidden_state))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)
+
+
+def question_answering_logits(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T, 2) -> start logits (B, T), end logits (B, T)."""
+    start, end = logits.split(1, dim=-1)
+    return start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
+
+
+class VariantGPT2DoubleHeadsModel(VariantGPT2PreTrainedModel, GenerationMixin):
+    """GPT-2 with a language-modelling head (tied to the token embeddings) and a multiple-choice head
+    (``GPT2SequenceSummary`` over the hidden state at ``mc_token_ids``), as ``GPT2DoubleHeadsModel``.
+
+    input_ids (B, C, T) for C choices (or (B, T)); mc_token_ids (B, C): the classification token of each
+    choice (default: the last). Losses as stock: mean cross-entropies of the shifted LM targets (``labels``)
+    and of the choice (``mc_labels``), so Trainer scales them under gradient accumulation."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        config.num_labels = 1  # as stock: the summary projects each choice to one score
+        self.transformer = VariantGPT2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.multiple_choice_head = GPT2SequenceSummary(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, mc_token_ids=None, labels=None, mc_labels=None, cache=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, past_key_values=None,
+                **kwargs):
+        reject_unknown_kwargs(self, kwargs)
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if inputs is None:
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        choices = inputs.shape[:-1] if input_ids is not None else inputs.shape[:-2]  # (B, C) or (B,)
+        flat = [None if t is None else t.reshape(-1, *t.shape[len(choices):])
+                for t in (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)]
+        outputs = self.transformer(**_base_inputs(*flat, output_attentions, output_hidden_states,
+                                                  cache if cache is not None else past_key_values, use_cache))
+        hidden = outputs.last_hidden_state.view(*choices, *outputs.last_hidden_state.shape[1:])  # (B, C, T, h)
+        lm_logits = self.lm_head(hidden)
+        mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
+        mc_loss = lm_loss = None
+        if mc_labels is not None:
+            mc_loss = nn.functional.cross_entropy(mc_logits.view(-1, mc_logits.size(-1)),
+                                                  mc_labels.to(mc_logits.device).view(-1))
+        if labels is not None:
+            shift_logits = lm_logits[..., :-1, :].contiguous()
+            shift_labels = labels.to(lm_logits.device)[..., 1:].contiguous()
+            lm_loss = nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        output = GPT2DoubleHeadsModelOutput(loss=lm_loss, mc_loss=mc_loss, logits=lm_logits, mc_logits=mc_logits,
+                                            cache=outputs.cache, hidden_states=outputs.hidden_states,
+                                            attentions=outputs.attentions)
+        return wrap_output(output, return_dict, self.config)

@@ -36,17 +36,58 @@ def tiny_config(family: str, variant: str = "dense", **fields):
 
 
 BASE_CLASS = {"bert": hv.VariantBertModel, "gpt2": hv.VariantGPT2Model}
+# every head of a family (the first is the family's LM head); helpers below give each its inputs and labels
 HEAD_CLASSES = {
     "bert": [hv.VariantBertForMaskedLM, hv.VariantBertForSequenceClassification,
-             hv.VariantBertForTokenClassification],
-    "gpt2": [hv.VariantGPT2LMHeadModel, hv.VariantGPT2ForSequenceClassification],
+             hv.VariantBertForTokenClassification, hv.VariantBertForQuestionAnswering, hv.VariantBertForMultipleChoice,
+             hv.VariantBertForNextSentencePrediction, hv.VariantBertForPreTraining, hv.VariantBertLMHeadModel],
+    "gpt2": [hv.VariantGPT2LMHeadModel, hv.VariantGPT2ForSequenceClassification, hv.VariantGPT2ForTokenClassification,
+             hv.VariantGPT2ForQuestionAnswering, hv.VariantGPT2DoubleHeadsModel],
 }
+# fields a head needs in its config: the BERT decoder
+HEAD_FIELDS = {hv.VariantBertLMHeadModel: {"is_decoder": True}}
+CHOICE_HEADS = (hv.VariantBertForMultipleChoice, hv.VariantGPT2DoubleHeadsModel)  # inputs (B, choices, T)
+NUM_CHOICES = 2
 
 
 def tiny_model(family: str, variant: str = "dense", cls=None, seed: int = 0, **fields):
     torch.manual_seed(seed)
+    fields = {**HEAD_FIELDS.get(cls, {}), **fields}
     model = (cls or BASE_CLASS[family])(tiny_config(family, variant, **fields))
     return model.eval()
+
+
+def head_inputs(cls, ids, mask=None) -> dict:
+    """The inputs of a head for the batch ids, mask (B, T): multiple-choice heads get (B, 2, T), the
+    second choice other tokens under the same mask."""
+    if cls not in CHOICE_HEADS:
+        return {"input_ids": ids, "attention_mask": mask}
+    other = (ids % 96) + 1
+    choice_mask = None if mask is None else mask[:, None].expand(-1, NUM_CHOICES, -1).contiguous()
+    return {"input_ids": torch.stack([ids, other], dim=1), "attention_mask": choice_mask}
+
+
+def head_labels(cls, ids) -> dict:
+    """Label keyword arguments of a head for the batch ids (B, T) (multiple-choice heads: (B, 2, T))."""
+    name, batch, length = cls.__name__, ids.shape[0], ids.shape[-1]
+    rows = torch.arange(batch)
+    if name.endswith(("SequenceClassification", "MultipleChoice", "NextSentencePrediction")):
+        return {"labels": rows % 2}
+    if name.endswith("TokenClassification"):
+        return {"labels": ids % 2}
+    if name.endswith("QuestionAnswering"):
+        return {"start_positions": rows % length, "end_positions": (rows + 2) % length}
+    if name.endswith("ForPreTraining"):
+        return {"labels": ids, "next_sentence_label": rows % 2}
+    if name.endswith("DoubleHeadsModel"):
+        choices = torch.stack([ids, (ids % 96) + 1], dim=1)
+        return {"labels": choices, "mc_labels": rows % 2}
+    return {"labels": ids}
+
+
+def head_logits(output):
+    """A head's main output: the first tensor it returns without labels (logits, start_logits, prediction_logits)."""
+    return output.to_tuple()[0] if hasattr(output, "to_tuple") else output[0]
 
 
 def random_batch(batch: int, length: int, padding: str | None = "right", vocab: int = 97, seed: int = 0):

@@ -6,20 +6,18 @@ import json
 
 import pytest
 import torch
-from conftest import HEAD_CLASSES, random_batch, tiny_config, tiny_model
+from conftest import (
+    HEAD_CLASSES,
+    head_inputs,
+    head_labels,
+    random_batch,
+    tiny_config,
+    tiny_model,
+)
 from transformers import AutoModel
 
 import hf_attn_variants as hv
 from hf_attn_variants.hfav_attention import LSTMNAttention, VariantAttention
-
-
-def labels_for(cls, ids):
-    name = cls.__name__
-    if "SequenceClassification" in name:
-        return torch.arange(ids.shape[0]) % 2
-    if "TokenClassification" in name:
-        return ids % 2
-    return ids
 
 
 def attention_modules(model):
@@ -35,7 +33,7 @@ def test_forward_backward_every_head(family, case):
     ids, mask = random_batch(3, 12, "left" if family == "gpt2" else "right")
     for cls in HEAD_CLASSES[family]:
         model = tiny_model(family, variant, cls=cls, **fields).train()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels_for(cls, ids))
+        out = model(**head_inputs(cls, ids, mask), **head_labels(cls, ids))
         assert torch.isfinite(out.loss) and out.loss > 0
         out.loss.backward()
         assert all(module.variant == variant for module in attention_modules(model))
@@ -150,6 +148,8 @@ def test_mixed_layer_variants(family):
     assert torch.isfinite(model(input_ids=ids, attention_mask=mask).last_hidden_state).all()
 
 
+# (field, value): the config builds when the rule relates fields to the model's size (as stock configs do),
+# and building a model raises a ValueError naming the field and the value
 BAD_FIELDS = [
     ("attention_variant", "sparse"),
     ("layer_variants", ["band"]),
@@ -167,13 +167,77 @@ BAD_FIELDS = [
 @pytest.mark.parametrize(("field", "value"), BAD_FIELDS)
 def test_bad_config_values_name_the_field(family, field, value):
     with pytest.raises(ValueError, match=field) as err:
-        tiny_config(family, **{field: value})
+        tiny_model(family, **{field: value})
     assert repr(value) in str(err.value)
+
+
+SINGLE_FIELD_RULES = [("attention_variant", "sparse"), ("attention_window", -1), ("band_combine", "product"),
+                      ("lstmn_direction", "backward"), ("additive_dim", 0)]
+
+
+@pytest.mark.parametrize(("field", "value"), SINGLE_FIELD_RULES)
+def test_single_field_rules_fail_at_construction(family, field, value):
+    """A value wrong by itself fails when the config is built (as stock's @strict field checks)."""
+    with pytest.raises(ValueError, match=field):
+        tiny_config(family, **{field: value})
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_config_builds_like_stock_and_fails_at_model_build(family):
+    """VariantBertConfig(hidden_size=32) builds like BertConfig(hidden_size=32) (12 heads do not divide 32);
+    the model raises, naming the field and the value, and nothing is filled from the impossible head size."""
+    config = hv.VariantBertConfig(hidden_size=32) if family == "bert" else hv.VariantGPT2Config(n_embd=32)
+    assert config.attention_rank is None and config.additive_dim is None
+    with pytest.raises(ValueError, match="hidden_size=32"):
+        (hv.VariantBertModel if family == "bert" else hv.VariantGPT2Model)(config)
+    config.num_attention_heads = 4
+    config.num_hidden_layers = 1
+    model = (hv.VariantBertModel if family == "bert" else hv.VariantGPT2Model)(config)
+    assert model.config.attention_rank == 2 and model.config.additive_dim == 8  # head size 8
 
 
 def test_gpt2_is_forward_only():
     with pytest.raises(ValueError, match="lstmn_direction"):
-        tiny_config("gpt2", lstmn_direction="bidirectional")
+        tiny_model("gpt2", "lstmn", lstmn_direction="bidirectional")
+
+
+@pytest.mark.parametrize("variant", ["dense", "lstmn", "band"])
+def test_encoder_config_becomes_a_decoder(variant, tmp_path):
+    """lstmn_direction is derived when a model is built: an encoder config set to is_decoder=True (or loaded
+    with from_pretrained(path, is_decoder=True)) gives a causal model; an explicit bidirectional LSTMN does not.
+    An LSTMN encoder's weights (two half-size cells) cannot load into the decoder (one full cell): transformers'
+    size-mismatch error says so."""
+    encoder = tiny_model("bert", variant)
+    assert encoder.config.lstmn_direction is None
+    encoder.save_pretrained(tmp_path)
+    config = tiny_config("bert", variant)
+    config.is_decoder = True
+    models = [hv.VariantBertModel(config).eval()]
+    if variant == "lstmn":
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+            hv.VariantBertModel.from_pretrained(tmp_path, is_decoder=True)
+    else:
+        models.append(hv.VariantBertModel.from_pretrained(tmp_path, is_decoder=True).eval())
+    for model in models:
+        assert model.config.is_causal and model.config.resolved_lstmn_direction() == "forward"
+        ids = random_batch(2, 10, None, seed=3)[0]
+        changed = ids.clone()
+        changed[:, 6] = (ids[:, 6] % 96) + 1
+        with torch.no_grad():
+            before, after = model(input_ids=ids).last_hidden_state, model(input_ids=changed).last_hidden_state
+        torch.testing.assert_close(before[:, :6], after[:, :6])  # causal: the past ignores the future
+        assert not torch.allclose(before[:, 6:], after[:, 6:])
+    config = tiny_config("bert", "lstmn", lstmn_direction="bidirectional")
+    config.is_decoder = True
+    with pytest.raises(ValueError, match="lstmn_direction='bidirectional'"):
+        hv.VariantBertModel(config)
+
+
+def test_bert_cross_attention_is_refused_by_design():
+    config = tiny_config("bert")
+    config.is_decoder, config.add_cross_attention = True, True
+    with pytest.raises(ValueError, match="add_cross_attention=True.*by design"):
+        hv.VariantBertModel(config)
 
 
 def test_fields_changed_after_construction_are_checked(family):
@@ -188,7 +252,7 @@ def test_too_long_and_bad_mask_inputs(family):
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         model(input_ids=torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
-        model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 1, 5, 5))
+        model(input_ids=torch.ones(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 5, 5))
 
 
 def test_lm_heads_are_tied_to_the_embeddings(tmp_path):

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BASE_CLASS, CASE_IDS, FAMILIES, HEAD_CLASSES, VARIANT_CASES, random_batch, tiny_config, tiny_model
+from conftest import (
+    BASE_CLASS,
+    CASE_IDS,
+    FAMILIES,
+    HEAD_CLASSES,
+    VARIANT_CASES,
+    head_inputs,
+    random_batch,
+    tiny_config,
+    tiny_model,
+)
 from transformers import AttentionInterface, BertConfig, BertModel, Cache, DynamicCache, GPT2Config, GPT2LMHeadModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -321,11 +331,13 @@ def test_unknown_keyword_arguments_are_named(family):
     ids, mask = random_batch(1, 4, None)
     for cls in [BASE_CLASS[family], *HEAD_CLASSES[family]]:
         model = tiny_model(family, "dense", cls=cls)
+        inputs = head_inputs(cls, ids, mask)
         with pytest.raises(TypeError, match="encoder_hidden_states"):
-            model(input_ids=ids, encoder_hidden_states=torch.randn(1, 4, 32))
+            model(input_ids=inputs["input_ids"], encoder_hidden_states=torch.randn(1, 4, 32))
         with pytest.raises(TypeError, match="atention_mask"):
-            model(input_ids=ids, atention_mask=mask)
-        model(input_ids=ids, attention_mask=mask, num_items_in_batch=torch.tensor(4))  # Trainer's loss kwarg
+            model(input_ids=inputs["input_ids"], atention_mask=mask)
+        # the loss kwargs of transformers' loss functions (Trainer, sequence parallelism)
+        model(**inputs, num_items_in_batch=torch.tensor(4), shift_labels=ids, ignore_index=-100)
 
 
 def test_left_padded_row_equals_its_unpadded_self():
