@@ -156,3 +156,31 @@ def test_probe_draws_are_disjoint_and_seeded():
     assert draws[0]["test"] != draws[1]["test"]
     with pytest.raises(ValueError, match="pool"):
         study.probe_draws(10, 8, 5, 1)
+
+
+def test_mix_search_is_greedy_bottom_up_and_counts_every_mix():
+    import hf_attn_variants as hv
+
+    cfg = hv.VariantBertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64)
+    lengths = (16, 64)
+    cost = {v: study.mix_costs(cfg, [v, "dense", "dense"], lengths)["flops_T64"] for v in ("band", "low_rank")}
+    cheap, dear = sorted(cost, key=cost.get)
+    assert cost[cheap] < cost[dear]
+    calls = []
+
+    def quality(name, fields):  # the second-cheapest option passes in layer 0 only
+        calls.append(fields["layer_variants"])
+        ok = fields["layer_variants"] == [dear, "dense", "dense"]
+        return {"probe_mean": 0.8 if ok else 0.6, "probe_lo": 0.7, "probe_hi": 0.9, "diff_mean": 0.0,
+                "diff_lo": -0.1, "diff_hi": 0.1, "drift": 0.1}
+
+    res = study._mix_search(quality, cfg, {"probe_lo": 0.75}, lengths)
+    assert res["order_tried"] == [cheap, dear]  # cheapest first, by FLOPs at the last length
+    assert res["final_layers"] == [dear, "dense", "dense"] and res["final"] == study.mix_name(res["final_layers"])
+    # layer 0: cheap fails, dear passes; layers 1 and 2: both fail (on top of layer 0's choice)
+    assert calls == [[cheap, "dense", "dense"], [dear, "dense", "dense"], [dear, cheap, "dense"],
+                     [dear, dear, "dense"], [dear, "dense", cheap], [dear, "dense", dear]]
+    assert res["evaluated_mixes"] == 6 == len(res["evaluated"])
+    row = res["final_row"]
+    assert row["passed"] and 0 < row["flops_saving_T64"] < 1
