@@ -184,3 +184,13 @@ def test_mix_search_is_greedy_bottom_up_and_counts_every_mix():
     assert res["evaluated_mixes"] == 6 == len(res["evaluated"])
     row = res["final_row"]
     assert row["passed"] and 0 < row["flops_saving_T64"] < 1
+
+
+def test_peek_never_computes_and_reports_stale(tmp_path):
+    cache = Cache(tmp_path / "c")
+    assert cache.peek("x", {"data": "a"}) is None and not (tmp_path / "c" / "x.json").exists()
+    assert cache.get("x", {"data": "a"}, lambda: [1, 2]) == [1, 2]
+    assert cache.peek("x", {"data": "a"}) == [1, 2]
+    assert cache.peek("x", {"data": "b"}) is None and cache.stale == ["x"]
+    with pytest.raises(StaleCacheError):
+        Cache(tmp_path / "c", compute=False).peek("x", {"data": "b"})

@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
             if result is not None:
                 rows.append({"layer": layer, "kind": kind, "value": value, **result})
         write_table(rows, out / "layer_alone.csv")
-        describe = describe or cache.get("describe", key(["texts"], "code_describe"), lambda: None)
+        describe = describe or cache.peek("describe", key(["texts"], "code_describe"))
         if describe:
             corr = _correlations(rows, describe["heads"], model)
             write_table(corr["table"], out / "correlations.csv")

@@ -162,6 +162,17 @@ class Cache:
         _log(f"{name}: {time.time() - t:.0f} s")
         return value
 
+    def peek(self, name: str, key: dict[str, str]) -> Any:
+        """The cached JSON value when its key matches, else None (a stale entry is reported, or refused
+        when not computing); never computes or writes."""
+        path = self.folder / f"{name}.json"
+        if path.exists():
+            entry = json.loads(path.read_text())
+            stored = entry.get("key") if isinstance(entry, dict) and "value" in entry else {"unkeyed": "legacy"}
+            if self._check(name, stored, key):
+                return entry["value"]
+        return None
+
     def get_arrays(self, name: str, key: dict[str, str], fn: Callable[[], dict[str, np.ndarray]]
                    ) -> dict[str, np.ndarray] | None:
         path = self.folder / f"{name}.npz"
