@@ -175,3 +175,13 @@ def encode(examples: list[tuple[list[str], int]], length: int):
         ids[i, :len(row)] = torch.tensor(row)
     labels = torch.tensor([y for _, y in examples], dtype=torch.long)
     return ids, (ids != TOKEN_ID[PAD]).long(), labels
+
+
+def root_operator_baseline(train_ids, train_labels, test_ids, test_labels) -> float:
+    """Accuracy on test of predicting, from the root operator alone (the token after CLS), the label most
+    frequent for that operator on train: a shallow rule that reads one token and no argument."""
+    best = {}
+    for op in set(train_ids[:, 1].tolist()):
+        best[op] = int(train_labels[train_ids[:, 1] == op].bincount(minlength=NUM_CLASSES).argmax())
+    pred = [best.get(op, 0) for op in test_ids[:, 1].tolist()]
+    return sum(int(p == y) for p, y in zip(pred, test_labels.tolist())) / len(pred)

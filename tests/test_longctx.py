@@ -55,7 +55,8 @@ def test_end_to_end_ci_size(tmp_path):
         assert ("guess_baseline" in r) == (r["task"] == "mqar")
         assert r["variant_fields"]["attention_variant"] in longctx.REGISTRY
     md = longctx.table(cfg, longctx.read_records(records))
-    assert "| band+1 global |" in md and "| low_rank |" in md and "guess baseline" in md
+    assert "| band+1 global |" in md and "| low_rank |" in md
+    assert "guessing baseline" in md and "root-operator rule" in md
     assert md.count("| dense |") == 2
 
 

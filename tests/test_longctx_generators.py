@@ -133,3 +133,14 @@ def test_mqar_guess_baseline_exact_on_a_hand_case():
     assert zoology_mqar.guess_baseline(x, y, 20) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="pairs=40"):
         zoology_mqar.Settings(length=64, pairs=40)
+
+
+def test_root_operator_baseline_by_hand():
+    import torch
+
+    ex = [(["[MAX", "3", "9", "]"], 9), (["[MAX", "1", "2", "]"], 2), (["[MAX", "0", "9", "]"], 9),
+          (["[MIN", "3", "4", "]"], 3)]
+    ids, _, labels = listops.encode(ex, 5)
+    # MAX -> 9 (2 of 3), MIN -> 3: on the same four, 3 right
+    assert listops.root_operator_baseline(ids, labels, ids, labels) == 0.75
+    assert listops.root_operator_baseline(ids, labels, ids[:1], torch.tensor([4])) == 0.0
