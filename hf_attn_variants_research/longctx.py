@@ -170,23 +170,43 @@ def mqar_data(cfg: dict, data: dict) -> dict:
 
 # ----------------------------------------------------------------------------- models and training
 
-def build_model(task: str, variant: dict, size: dict, data: dict) -> torch.nn.Module:
+def model_config(task: str, variant: dict, size: dict, data: dict):
+    """The library config of a cell's model (validated by the library: a bad field raises ValueError)."""
     import hf_attn_variants as hv
 
     fields = {k: v for k, v in variant.items() if k != "name"}
     if task == "listops":
-        config = hv.VariantBertConfig(
+        return hv.VariantBertConfig(
             vocab_size=len(listops.VOCAB), hidden_size=size["hidden"], num_hidden_layers=size["layers"],
             num_attention_heads=size["heads"], intermediate_size=size["intermediate"],
             max_position_embeddings=data["max_length"] + 1, num_labels=listops.NUM_CLASSES,
             pad_token_id=listops.TOKEN_ID[listops.PAD], hidden_dropout_prob=size.get("dropout", 0.1),
             attention_probs_dropout_prob=size.get("dropout", 0.1), **fields)
-        return hv.VariantBertForSequenceClassification(config)
-    config = hv.VariantGPT2Config(
+    return hv.VariantGPT2Config(
         vocab_size=data["vocab"], n_embd=size["hidden"], n_layer=size["layers"], n_head=size["heads"],
         n_inner=size.get("intermediate"), n_positions=data["length"], attn_pdrop=0.0, resid_pdrop=0.0,
         embd_pdrop=size.get("dropout", 0.0), **fields)
+
+
+def build_model(task: str, variant: dict, size: dict, data: dict) -> torch.nn.Module:
+    import hf_attn_variants as hv
+
+    config = model_config(task, variant, size, data)
+    if task == "listops":
+        return hv.VariantBertForSequenceClassification(config)
     return hv.VariantGPT2LMHeadModel(config)
+
+
+def cell_parts(cfg: dict, cell: dict) -> tuple[dict, dict, dict, dict]:
+    """(data, model size, train, variant fields) of a cell: the task's, with its setting's overrides."""
+    spec = cfg["tasks"][cell["task"]]
+    setting = next(s for s in spec["settings"] if s["name"] == cell["setting"])
+    data_cfg = {**spec["data"], **setting.get("data", {})}
+    size = {**spec["model"], **setting.get("model", {})}
+    train = {**spec["train"], **setting.get("train", {})}
+    variant = {**next(v for v in spec["variants"] if v["name"] == cell["variant"]),
+               **setting.get("variant_fields", {}).get(cell["variant"], {})}
+    return data_cfg, size, train, variant
 
 
 def lr_factor(train: dict):
@@ -274,13 +294,7 @@ def _peak(device, start: int) -> tuple[float, str]:
 
 
 def run_cell(cfg: dict, cell: dict, device, code: str = "") -> dict:
-    spec = cfg["tasks"][cell["task"]]
-    setting = next(s for s in spec["settings"] if s["name"] == cell["setting"])
-    data_cfg = {**spec["data"], **setting.get("data", {})}
-    size = {**spec["model"], **setting.get("model", {})}
-    train = {**spec["train"], **setting.get("train", {})}
-    variant = {**next(v for v in spec["variants"] if v["name"] == cell["variant"]),
-               **setting.get("variant_fields", {}).get(cell["variant"], {})}
+    data_cfg, size, train, variant = cell_parts(cfg, cell)
     task = cell["task"]
     data = listops_data(cfg, data_cfg) if task == "listops" else mqar_data(cfg, data_cfg)
     torch.manual_seed(cell["seed"])

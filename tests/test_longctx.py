@@ -94,6 +94,16 @@ def test_shipped_configs_order_the_informative_cells_first(name):
         + [("mqar", v, 0) for v in ("dense", "band", "low_rank")]
 
 
+@pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
+def test_shipped_configs_every_cell_has_a_valid_model_config(name):
+    cfg = longctx.load_config(Path(__file__).resolve().parents[1] / "configs" / "longctx" / name)
+    for cell in longctx.cells(cfg):
+        data, size, train, variant = longctx.cell_parts(cfg, cell)
+        config = longctx.model_config(cell["task"], variant, size, data)
+        assert config.attention_variant == variant["attention_variant"]
+        longctx.lr_factor(train)
+
+
 def test_t_interval_by_hand():
     mean, lo, hi = longctx.t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 / 3 ** 0.5)
