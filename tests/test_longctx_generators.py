@@ -144,3 +144,11 @@ def test_root_operator_baseline_by_hand():
     # MAX -> 9 (2 of 3), MIN -> 3: on the same four, 3 right
     assert listops.root_operator_baseline(ids, labels, ids, labels) == 0.75
     assert listops.root_operator_baseline(ids, labels, ids[:1], torch.tensor([4])) == 0.0
+
+
+def test_listops_sharded_splits_are_distinct_and_reproducible():
+    a = listops.splits(4, SMALL, workers=2)
+    assert a == listops.splits(4, SMALL, workers=2)
+    pool = [tuple(t) for k in ("train", "valid", "test") for t, _ in a[k]]
+    assert len(pool) == len(set(pool)) == 400
+    assert all(_parse(list(t))[0] == y for k in a for t, y in a[k])
