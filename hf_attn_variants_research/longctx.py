@@ -4,6 +4,7 @@ Usage:
     python -m hf_attn_variants_research.longctx run CONFIG [--budget-s S] [--records PATH] [--device cpu|cuda]
     python -m hf_attn_variants_research.longctx list CONFIG [--records PATH]     # the cells, done or not
     python -m hf_attn_variants_research.longctx table CONFIG [--records PATH]    # markdown tables (docs)
+    python -m hf_attn_variants_research.longctx figure CONFIG [--records PATH] [--out-dir DIR]  # <task>-<stem>.png
 
 CONFIG is a YAML file under configs/longctx/ (``gpu.yaml``: the papers' settings; ``cpu.yaml``: reduced
 scale). A run is an ordered list of cells (task, variant, setting, seed). ``run`` reads the records file
@@ -421,6 +422,17 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def baselines(cfg: dict, task: str, rows: list[dict]) -> list[tuple[str, float]]:
+    """The task's reference baselines for these records: MQAR the in-context guessing baseline (stored in the
+    record); ListOps the majority class (stored) and the root-operator rule (recomputed from the records' data
+    spec: the training split's most frequent answer per root operator, scored on the test split)."""
+    if task == "mqar":
+        return [("in-context guessing baseline", rows[0]["guess_baseline"])]
+    d = listops_data(cfg, rows[0]["data"])
+    root = listops.root_operator_baseline(d["train"][0], d["train"][2], d["test"][0], d["test"][2])
+    return [("majority class", rows[0]["majority_baseline"]), ("root-operator rule", root)]
+
+
 def table(cfg: dict, records: list[dict]) -> str:
     """One markdown table per (task, setting): accuracy (mean, 95% t interval over seeds), seeds, step-time
     ratio to dense (ratio of the per-variant means measured in these records), peak memory."""
@@ -432,12 +444,7 @@ def table(cfg: dict, records: list[dict]) -> str:
                 continue
             dense = [r["step_time_s"] for r in rows if r["variant_fields"]["attention_variant"] == "dense"]
             dense_t = sum(dense) / len(dense) if dense else float("nan")
-            if task == "mqar":
-                note = f"in-context guessing baseline {rows[0]['guess_baseline']:.3f}"
-            else:
-                d = listops_data(cfg, rows[0]["data"])
-                root = listops.root_operator_baseline(d["train"][0], d["train"][2], d["test"][0], d["test"][2])
-                note = f"majority class {rows[0]['majority_baseline']:.3f}, root-operator rule {root:.3f}"
+            note = ", ".join(f"{label} {value:.3f}" for label, value in baselines(cfg, task, rows))
             lines += [f"**{task} / {setting['name']}** ({rows[0]['scale']}; {note})", "",
                       "| variant | test accuracy (mean) | 95% t interval | seeds | step time / dense | "
                       "peak memory (MiB) | parameters |", "|---|---|---|---|---|---|---|"]
@@ -455,14 +462,90 @@ def table(cfg: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Published, theirs: Long Range Arena (Tay et al., ICLR 2021), Table 1, ListOps test accuracy (%), 2K tokens;
+# the same numbers as docs/longcontext.md's ListOps table (tests/test_longctx.py checks they agree).
+LRA_TABLE1_LISTOPS = {"Transformer": 36.37, "Local Attention": 15.82}
+LRA_LABEL = "LRA Table 1 (Tay et al. 2021), 2K tokens: theirs"
+
+
+def figure(cfg: dict, records: list[dict], out_dir: str | Path, suffix: str = "cpu") -> list[Path]:
+    """One PNG per task, ``<out_dir>/<task>-<suffix>.png``, one panel per setting: per variant the mean test
+    accuracy with its two-sided 95% Student-t interval over seeds as error bars (``t_interval``), each seed as
+    a dot, the task's baselines (``baselines``) as labelled horizontal lines, and for ListOps LRA Table 1's
+    published Transformer and Local Attention accuracies as a marked reference (theirs, at 2K tokens). The
+    y axis starts at 0. Files are written to a temporary name and renamed. Raises ValueError naming the task
+    when a configured task has no records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for task in cfg["tasks"]:
+        if not any(r["task"] == task for r in records):
+            raise ValueError(f"figure: task {task!r} has no records (give a records file that contains it)")
+    written = []
+    for task, spec in cfg["tasks"].items():
+        settings = [s["name"] for s in spec["settings"] if any(r["task"] == task and r["setting"] == s["name"]
+                                                                for r in records)]
+        fig, axes = plt.subplots(1, len(settings), figsize=(8.5 * len(settings), 6.0), squeeze=False)
+        for ax, setting in zip(axes[0], settings):
+            rows = [r for r in records if r["task"] == task and r["setting"] == setting]
+            names = [v["name"] for v in spec["variants"] if any(r["variant"] == v["name"] for r in rows)]
+            top = 0.0
+            for i, name in enumerate(names):
+                accs = [r["test_accuracy"] for r in rows if r["variant"] == name]
+                mean, lo, hi = t_interval(accs)
+                if math.isnan(lo):
+                    ax.bar(i, mean, color="tab:blue", alpha=0.6)
+                else:
+                    ax.bar(i, mean, color="tab:blue", alpha=0.6, yerr=[[mean - lo], [hi - mean]], capsize=6)
+                    top = max(top, hi)
+                ax.scatter([i] * len(accs), accs, color="black", s=14, zorder=3,
+                           label="one seed" if i == 0 else None)
+                top = max(top, *accs)
+            styles = ("--", ":", "-.")
+            for k, (label, value) in enumerate(baselines(cfg, task, rows)):
+                ax.axhline(value, color="tab:red", linestyle=styles[k % 3], label=f"{label} ({value:.3f})")
+                top = max(top, value)
+            if task == "listops":
+                for k, (model, pct) in enumerate(LRA_TABLE1_LISTOPS.items()):
+                    ax.plot([-0.5, len(names) - 0.5], [pct / 100] * 2, color="tab:gray", linewidth=1.4,
+                            linestyle=styles[(k + 1) % 3], marker="Ds^"[k % 3], markevery=[1], markersize=7,
+                            label=f"{LRA_LABEL}, {model} ({pct:.2f}%)")
+                    top = max(top, pct / 100)
+            ax.set_xticks(range(len(names)), names, rotation=15)
+            ax.set_ylim(0, min(1.0, top * 1.15 + 0.02) if top < 0.95 else 1.02)
+            ax.set_ylabel("test accuracy")
+            seeds = sorted({r["seed"] for r in rows})
+            ax.set_title(f"{task}, {setting}; scale: {rows[0]['scale']}\n"
+                         f"bars: mean over {len(seeds)} seeds, error bars: 95% t interval", fontsize=10)
+            ax.set_xlim(-0.6, len(names) - 0.4)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        fig.tight_layout()
+        path = out_dir / f"{task}-{suffix}.png"
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        try:
+            fig.savefig(tmp, format="png", dpi=110)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hf_attn_variants_research.longctx",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "list", "table"))
+    parser.add_argument("command", choices=("run", "list", "table", "figure"))
     parser.add_argument("config")
     parser.add_argument("--records", default=None, help="jsonl of finished cells (default: the config's)")
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out-dir", default=None, help="figure: folder for <task>-<config stem>.png "
+                        "(default: the records file's folder)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args(argv)
     try:
@@ -481,6 +564,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "table":
         print(table(cfg, read_records(records_path)))
+        return 0
+    if args.command == "figure":
+        try:
+            paths = figure(cfg, read_records(records_path), args.out_dir or records_path.parent,
+                           suffix=Path(args.config).stem)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for p in paths:
+            print(p)
         return 0
     device = torch.device(args.device)
     if device.type == "cpu":

@@ -117,3 +117,41 @@ def test_schedules():
     assert cos(0) == 1.0 and cos(10) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="train.schedule='linear'"):
         longctx.lr_factor({"steps": 10, "schedule": "linear"})
+
+
+def _fake_records(cfg: dict, tasks: tuple[str, ...]) -> list[dict]:
+    """Synthetic finished cells (no training): varied accuracies over the configured variants and seeds."""
+    out = []
+    for task in tasks:
+        spec = cfg["tasks"][task]
+        for s in spec["settings"]:
+            for i, v in enumerate(spec["variants"]):
+                for seed in spec["seeds"] + [seed + 10 for seed in spec["seeds"]]:
+                    r = {"task": task, "setting": s["name"], "variant": v["name"], "seed": seed,
+                         "test_accuracy": 0.1 + 0.05 * i + 0.03 * seed % 0.2, "scale": "ci",
+                         "data": {**spec["data"], **s.get("data", {})}}
+                    r.update({"guess_baseline": 0.12} if task == "mqar" else {"majority_baseline": 0.2})
+                    out.append(r)
+    return out
+
+
+def test_figure_writes_one_png_per_task(tmp_path):
+    cfg = _cfg(tmp_path)
+    paths = longctx.figure(cfg, _fake_records(cfg, ("listops", "mqar")), tmp_path / "figs", suffix="ci")
+    assert [p.name for p in paths] == ["listops-ci.png", "mqar-ci.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    assert sorted(f.name for f in (tmp_path / "figs").iterdir()) == ["listops-ci.png", "mqar-ci.png"]  # no temp
+
+
+def test_figure_names_the_task_without_records(tmp_path):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(ValueError, match="'mqar'"):
+        longctx.figure(cfg, _fake_records(cfg, ("listops",)), tmp_path / "figs")
+    assert not (tmp_path / "figs" / "listops-cpu.png").exists()
+
+
+def test_lra_reference_matches_the_docs():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "longcontext.md").read_text()
+    for model, pct in longctx.LRA_TABLE1_LISTOPS.items():
+        assert f"| {model} | {pct:.2f} |" in doc
