@@ -194,10 +194,12 @@ def _check_model_config(cfg: dict, variant: dict) -> None:
     placeholder = {"vocab_size": 128, "pad_token_id": 0}
     if cfg["task"] == "seq2seq":
         sizes = {part: dict(cfg["model"].get(part) or {}) for part in ("encoder", "decoder")}
-        hv.VariantBertConfig(**{**sizes["encoder"], **{k: v for k, v in variant.items()
-                                                        if k != "cross_attention_variant"}, **placeholder})
-        hv.VariantGPT2Config(**{**sizes["decoder"], **variant, **placeholder}, add_cross_attention=True,
-                             is_decoder=True)
+        built = [hv.VariantBertConfig(**{**sizes["encoder"], **{k: v for k, v in variant.items()
+                                                                 if k != "cross_attention_variant"}, **placeholder}),
+                 hv.VariantGPT2Config(**{**sizes["decoder"], **variant, **placeholder}, add_cross_attention=True,
+                                      is_decoder=True)]
+        for config in built:  # the checks a model build runs (head size, layers, causality)
+            config.validate_variant_fields(model=True)
         return
     cls = model_class(cfg)
     if cls is hv.LSTMNFusionForSequenceClassification:
@@ -209,7 +211,7 @@ def _check_model_config(cfg: dict, variant: dict) -> None:
                                                    str(pretrained).count("/") > 1):
             raise FileNotFoundError(f"model.pretrained={str(pretrained)!r}: no such folder")
         return  # the checkpoint's own config is read when the run starts
-    cls.config_class(**{**model_cfg, **variant, **placeholder})
+    cls.config_class(**{**model_cfg, **variant, **placeholder}).validate_variant_fields(model=True)
 
 
 def check_config(cfg: dict) -> dict:
