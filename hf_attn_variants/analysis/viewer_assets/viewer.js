@@ -882,7 +882,7 @@
           var b = 4 * bytes[p];
           d[4 * p] = lut[b]; d[4 * p + 1] = lut[b + 1]; d[4 * p + 2] = lut[b + 2]; d[4 * p + 3] = 255;
         }
-        t.canvas.getContext('2d').putImageData(img, 0, 0);
+        t.canvas.getContext('2d', {willReadFrequently: true}).putImageData(img, 0, 0);
         t.drawn = true;
         t.canvas.dataset.drawn = '1';
       };
