@@ -10,6 +10,7 @@
 
   var ROW = 20;                 // px per token row in the head view
   var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
+  var PREFETCH_LANES = 2;       // background decodes in flight at once after a render
   var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
@@ -39,14 +40,18 @@
     if (typeof DecompressionStream === 'undefined') {
       return Promise.reject(new Error('this browser has no DecompressionStream: write the page without --compress'));
     }
-    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
-    return new Response(stream).arrayBuffer().then(function (b) { return new Uint8Array(b); });
+    // the bytes written straight into the stream (a Blob's stream() takes about twice as long per matrix)
+    var ds = new DecompressionStream('deflate'), w = ds.writable.getWriter();
+    w.write(bytes).catch(function () {});
+    w.close().catch(function () {});
+    return new Response(ds.readable).arrayBuffer().then(function (b) { return new Uint8Array(b); });
   }
   function toFloats(bytes, precision, valueMax) {
-    if (precision === 'uint8') {  // u = round(255 sqrt(w / valueMax))
-      var q = new Float32Array(256), f = new Float32Array(bytes.length);
+    if (precision === 'uint8') {  // u = round(255 sqrt(w / valueMax)); the largest weight comes with the pass
+      var q = new Float32Array(256), f = new Float32Array(bytes.length), top = 0;
       for (var k = 0; k < 256; k++) { q[k] = (k / 255) * (k / 255) * valueMax; }
-      for (var n = 0; n < bytes.length; n++) { f[n] = q[bytes[n]]; }
+      for (var n = 0; n < bytes.length; n++) { var u = bytes[n]; f[n] = q[u]; if (u > top) { top = u; } }
+      f.max = q[top];
       return f;
     }
     if (precision === 'float32') { return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4); }
@@ -142,7 +147,10 @@
   Viewer.prototype.decodeCached = function (key, text, m, vmax) {
     var self = this;
     if (this.cache.has(key)) { return this.cache.get(key); }
-    var p = decode(text, m, {value_max: vmax}).then(function (A) { A.max = maxOf(A); return A; });
+    var p = decode(text, m, {value_max: vmax}).then(function (A) {
+      if (A.max === undefined) { A.max = maxOf(A); }
+      return A;
+    });
     this.cache.set(key, p);
     if (this.cache.size > this.cacheLimit) { this.cache.delete(this.cache.keys().next().value); }
     p.catch(function () { self.cache.delete(key); });
@@ -273,6 +281,7 @@
     work.then(function () {
       self.lastRenderMs = performance.now() - t0;
       self.schedulePrefetch();
+      self.prebuild();
     }, function (err) {
       self.root.dataset.error = String(err && err.message || err);
       if (window.console) { console.error(err); }
@@ -302,12 +311,37 @@
       });
     });
     if (todo.length * 2 > this.cacheLimit) { return; }
+    // 50 ms after the render (the page first shows only what it decoded), two decodes in flight (inflation
+    // runs off the main thread), so that a layer switch soon after finds its matrices decoded or on the way
     var next = function () {
       if (token !== self.prefetchToken || !todo.length) { return; }
       var t = todo.shift();
       self.matrix(t[0], t[1], t[2]).then(function () { setTimeout(next, 0); }, function () {});
     };
-    setTimeout(next, 50);
+    for (var k = 0; k < PREFETCH_LANES; k++) { setTimeout(next, 50); }
+  };
+
+  /** Once, after the first render, when the page is idle: build each panel's model view (its 2 x layers x heads
+      thumbnail canvases in compare mode) and draw its thumbnails, one layer per idle task, so that opening the
+      model view only shows them. What is drawn is the same as drawing them on the first open. */
+  Viewer.prototype.prebuild = function () {
+    if (this.prebuilt) { return; }
+    this.prebuilt = true;
+    var self = this, later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
+    this.panels.forEach(function (p) {
+      todo.push(function () { p.buildModelView(); });
+      p.m.layers.forEach(function (L, l) {
+        todo.push(function () {
+          p.thumbs.forEach(function (t) { if (t.layer === l) { p.drawThumb(t); } });
+        });
+      });
+    });
+    var step = function () {
+      if (!todo.length) { return; }
+      todo.shift()();
+      later(step);
+    };
+    later(step);
   };
 
   /** A promise resolved once every render started so far has finished (for tests and scripts). */
@@ -800,7 +834,9 @@
   };
 
   // ---- model view
-  Panel.prototype.renderModelView = function () {
+  /** The model view's grid of thumbnail canvases (built once: on the first open, or before it when the page is
+      idle, see Viewer.prebuild). */
+  Panel.prototype.buildModelView = function () {
     var v = this.v, m = this.m, box = this.views.model, self = this;
     if (!this.builtModel) {
       var maxH = Math.max.apply(null, m.layers.map(function (L) { return L.heads; }));
@@ -846,7 +882,7 @@
           var b = 4 * bytes[p];
           d[4 * p] = lut[b]; d[4 * p + 1] = lut[b + 1]; d[4 * p + 2] = lut[b + 2]; d[4 * p + 3] = 255;
         }
-        t.canvas.getContext('2d').putImageData(img, 0, 0);
+        t.canvas.getContext('2d', {willReadFrequently: true}).putImageData(img, 0, 0);
         t.drawn = true;
         t.canvas.dataset.drawn = '1';
       };
@@ -861,10 +897,15 @@
         this.thumbs.forEach(draw);
       }
     }
+  };
+
+  Panel.prototype.renderModelView = function () {
+    var v = this.v, box = this.views.model, self = this;
+    this.buildModelView();
     var vw = window.innerWidth, vh = window.innerHeight, gridBox = box.querySelector('.hav-modelgrid');
-    var gr = gridBox.getBoundingClientRect();
-    this.thumbs.forEach(function (t) {
-      if (t.drawn) { return; }
+    var undrawn = this.thumbs.filter(function (t) { return !t.drawn; });  // none once prebuilt: no forced layout
+    var gr = undrawn.length ? gridBox.getBoundingClientRect() : null;
+    undrawn.forEach(function (t) {
       var r = t.canvas.getBoundingClientRect();
       if (r.bottom >= Math.max(0, gr.top) && r.top <= Math.min(vh, gr.bottom) && r.right >= 0 && r.left <= vw) {
         self.drawThumb(t);
