@@ -86,7 +86,7 @@ def test_clicks_on_every_variant(family, variant, fields):
         {"click": ".hav-left .hav-tok", "index": 3},
         {"click": ".hav-right .hav-tok", "index": 1},
         {"click": ".hav-tab-model"},
-        {"click": "canvas.hav-thumb", "index": h0},  # layer 1, head 0
+        {"click": ".hav-thumb", "index": h0},  # layer 1, head 0
     ]
     result = run_steps(html, steps)
     check_no_errors(result)
@@ -272,12 +272,12 @@ def test_tooltip_hidden_after_render_tab_switch_and_leave():
         b.click(".hav-tab-model")
         b.painted()
         assert not tip_shown(b)
-        b.hover("canvas.hav-thumb", 2)
+        b.hover(".hav-thumb", 2)
         assert tip_shown(b)
         bottom = b.evaluate(f"{ROOT_JS}.getBoundingClientRect().bottom")
         b.move(700, min(895, bottom + 20), steps=4)  # out of the viewer, below it
         assert not tip_shown(b)
-        b.hover("canvas.hav-thumb", 3)
+        b.hover(".hav-thumb", 3)
         assert tip_shown(b)
         b.move(5, 5, steps=4)  # onto the bar: still inside the viewer, over no tooltip owner
         assert not tip_shown(b)

@@ -70,8 +70,8 @@ _STEPS_JS = """<script>(function () {
         selectedLeft: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-left .hav-tok.hav-selected')), 'i'),
         selectedRight: ints(Array.prototype.slice.call(p.querySelectorAll('.hav-right .hav-tok.hav-selected')), 'i'),
         lines: (panel.highlight || []).map(function (l) { return [l[0], l[1], l[2], l[3]]; }),
-        thumbs: p.querySelectorAll('canvas.hav-thumb').length,
-        thumbsDrawn: p.querySelectorAll('canvas.hav-thumb[data-drawn="1"]').length,
+        thumbs: p.querySelectorAll('.hav-thumb').length,
+        thumbsDrawn: p.querySelectorAll('.hav-thumb[data-drawn="1"]').length,
         matrixTitle: title && title.offsetParent !== null ? title.textContent : null,
         heatmap: (function (c) { return c ? c.dataset.zoom : null; })(
           p.querySelector('.hav-matrix-view canvas.hav-heatmap')),

@@ -12,6 +12,7 @@
   var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
   var PREFETCH_LANES = 2;       // background decodes in flight at once after a render
   var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
+  var ROW_SLACK = 15;           // head view: token rows kept as elements above and below the rows in view
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
   var LABEL_LEFT = 96, LABEL_TOP = 72;  // matrix view: room for the token labels
@@ -309,20 +310,16 @@
     for (var k = 0; k < PREFETCH_LANES; k++) { setTimeout(next, 50); }
   };
 
-  /** Once, after the first render, when the page is idle: build each panel's model view (its 2 x layers x heads
-      thumbnail canvases in compare mode) and draw its thumbnails, one layer per idle task, so that opening the
-      model view only shows them. What is drawn is the same as drawing them on the first open. */
+  /** Once, after the first render, when the page is idle: build each panel's model view (its grid of cells) and
+      draw its thumbnails onto the grid's canvas, one step per idle task, so that opening the model view only shows
+      them. What is drawn is the same as drawing them on the first open. */
   Viewer.prototype.prebuild = function () {
     if (this.prebuilt) { return; }
     this.prebuilt = true;
-    var self = this, later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
+    var later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
     this.panels.forEach(function (p) {
       todo.push(function () { p.buildModelView(); });
-      p.m.layers.forEach(function (L, l) {
-        todo.push(function () {
-          p.thumbs.forEach(function (t) { if (t.layer === l) { p.drawThumb(t); } });
-        });
-      });
+      todo.push(function () { p.drawThumbs(); });
     });
     var step = function () {
       if (!todo.length) { return; }
@@ -625,27 +622,22 @@
     }
   };
 
-  // ---- head view: token columns (DOM, T rows) and one viewport-sized canvas that draws the rows in view
+  // ---- head view: token columns and one viewport-sized canvas that draws the lines of the rows in view. The
+  // columns are virtual: each is T * ROW px tall, but only the rows in view (and ROW_SLACK on either side) exist
+  // as elements, rebuilt on scroll, so showing the view again or scrolling lays out about a hundred rows, not 2T.
   Panel.prototype.buildHeadView = function () {
-    var v = this.v, m = this.m, self = this, box = this.views.head;
+    var v = this.v, m = this.m, self = this, box = this.views.head, T = m.length;
     var scroll = el('div', 'hav-headview-scroll'), grid = el('div', 'hav-headview');
     this.leftCol = el('div', 'hav-tokcol hav-left');
     this.rightCol = el('div', 'hav-tokcol hav-right');
+    this.leftCol.style.height = this.rightCol.style.height = (T * ROW) + 'px';
     this.lines = el('div', 'hav-lines');
     this.canvas = el('canvas', 'hav-linecanvas');
     this.lines.appendChild(this.canvas);
-    this.leftToks = [];
-    this.rightToks = [];
+    this.rowRange = [0, 0];
+    this.selected = null;   // {side, token}: the row marked selected
+    this.shade = null;      // {side, alpha: Float32Array(T)}: the other side's rows shaded by the selected token
     var p = m.pair_start;
-    m.tokens.forEach(function (tok, i) {
-      ['left', 'right'].forEach(function (side) {
-        var t = el('div', 'hav-tok' + (p && i === p ? ' hav-seg-start' : ''), tok);
-        t.dataset.i = String(i);
-        t.title = i + ': ' + tok;
-        (side === 'left' ? self.leftCol : self.rightCol).appendChild(t);
-        (side === 'left' ? self.leftToks : self.rightToks).push(t);
-      });
-    });
     [[this.leftCol, 'left'], [this.rightCol, 'right']].forEach(function (pair) {  // one listener per column
       pair[0].addEventListener('click', function (ev) {
         var t = ev.target.closest('.hav-tok');
@@ -657,11 +649,15 @@
     this.scroller = scroll;
     var pending = false;
     scroll.addEventListener('scroll', function () {
-      if (pending || !self.drawState) { return; }
+      if (pending) { return; }
       pending = true;
-      requestAnimationFrame(function () { pending = false; if (self.drawState) { self.drawLines(); } });
+      requestAnimationFrame(function () {
+        pending = false;
+        self.fillRows(false);
+        if (self.drawState) { self.drawLines(); }
+      });
     });
-    this.lines.style.height = (m.length * ROW) + 'px';
+    this.lines.style.height = (T * ROW) + 'px';
     grid.appendChild(this.leftCol);
     grid.appendChild(this.lines);
     grid.appendChild(this.rightCol);
@@ -671,6 +667,36 @@
       (p ? ' \u00b7 the line between tokens ' + (p - 1) + ' and ' + p + ' divides the two texts' : '')));
     box.appendChild(scroll);
     this.builtHead = true;
+  };
+
+  /** Make the token rows in view (and ROW_SLACK more on each side) exist, marked with the selection and the
+      shading; force: rebuild them even when the range has not changed (the selection or shading did). */
+  Panel.prototype.fillRows = function (force) {
+    var m = this.m, T = m.length, sc = this.scroller;
+    if (!sc) { return; }
+    var viewH = sc.clientHeight || Math.round(0.78 * (window.innerHeight || 900));
+    var top = sc.scrollTop;
+    var r0 = Math.max(0, Math.floor(top / ROW) - ROW_SLACK), r1 = Math.min(T, Math.ceil((top + viewH) / ROW) + ROW_SLACK);
+    if (!force && r0 === this.rowRange[0] && r1 === this.rowRange[1]) { return; }
+    this.rowRange = [r0, r1];
+    var p = m.pair_start, sel = this.selected, shade = this.shade, self = this;
+    [[this.leftCol, 'left'], [this.rightCol, 'right']].forEach(function (pair) {
+      var col = pair[0], side = pair[1], frag = document.createDocumentFragment();
+      var alpha = shade && shade.side === side ? shade.alpha : null;
+      for (var i = r0; i < r1; i++) {
+        var tok = m.tokens[i], t = el('div', 'hav-tok' + (p && i === p ? ' hav-seg-start' : ''), tok);
+        t.dataset.i = String(i);
+        t.title = i + ': ' + tok;
+        if (sel && sel.side === side && sel.token === i) { t.classList.add('hav-selected'); }
+        else if (alpha && alpha[i] > 0.03) { t.style.background = 'rgba(255, 165, 0, ' + alpha[i].toFixed(3) + ')'; }
+        frag.appendChild(t);
+      }
+      col.style.paddingTop = (r0 * ROW) + 'px';
+      col.textContent = '';
+      col.appendChild(frag);
+    });
+    this.v.root.dataset.tokenRows = r0 + '-' + r1;
+    self.rowsBuilt = (self.rowsBuilt || 0) + 1;
   };
 
   Panel.prototype.scrollToToken = function (t) {
@@ -687,19 +713,22 @@
       return a - b;
     });
     var T = m.length;
+    var token = s.token !== null && s.token < T ? s.token : null;
+    // everything the lines, the selection and the shading depend on (the matrices follow from layer and heads)
+    var key = [layer, heads.join(','), token, token === null ? '' : s.side, !!s.shared].join('|');
     return Promise.all(heads.map(function (h) { return v.matrix(self.mi, layer, h); })).then(function (mats) {
-      var token = s.token !== null && s.token < T ? s.token : null;
-      if (self.shownToken !== undefined && self.shownToken !== null) {
-        var prev = self.shownToken;
-        self.leftToks[prev].classList.remove('hav-selected');
-        self.rightToks[prev].classList.remove('hav-selected');
+      if (self.drawState && self.drawState.key === key) {  // shown again with nothing changed: rows and lines kept
+        self.drawState.mats = mats;
+        self.fillRows(false);
+        self.drawLines();
+        return;
       }
-      if (self.shaded) { self.shaded.forEach(function (t) { t.style.background = ''; }); }
-      self.shaded = [];
-      if (token !== null) { (s.side === 'left' ? self.leftToks : self.rightToks)[token].classList.add('hav-selected'); }
-      self.shownToken = token;
-      self.drawState = {heads: heads, mats: mats, T: T, L: L, token: token, side: s.side, shared: s.shared};
+      self.selected = token === null ? null : {side: s.side, token: token};
+      self.drawState = {heads: heads, mats: mats, T: T, L: L, layer: layer, token: token, side: s.side,
+                        shared: s.shared, key: key};
+      self.shade = null;
       if (token !== null) { self.shadeOthers(); }
+      self.fillRows(true);
       self.drawLines();
     });
   };
@@ -717,11 +746,8 @@
     lines.sort(function (a, b) { return a[3] - b[3]; });
     this.highlight = lines;  // every line of the selected token (the canvas draws those in view)
     this.v.root.dataset.highlighted = String(lines.length);
-    var others = o.side === 'left' ? this.rightToks : this.leftToks, shaded = this.shaded;
-    others.forEach(function (t, x) {
-      var a = Math.min(1, Math.sqrt(shade[x]));
-      if (a > 0.03) { t.style.background = 'rgba(255, 165, 0, ' + a.toFixed(3) + ')'; shaded.push(t); }
-    });
+    for (var x = 0; x < T; x++) { shade[x] = Math.min(1, Math.sqrt(shade[x])); }
+    this.shade = {side: o.side === 'left' ? 'right' : 'left', alpha: shade};
   };
 
   /** Draw the lines that cross the visible part of the head view onto the viewport-sized canvas. */
@@ -733,12 +759,17 @@
     if (c.width !== Math.round(width * dpr) || c.height !== Math.round(viewH * dpr)) {
       c.width = Math.round(width * dpr); c.height = Math.round(viewH * dpr);
       c.style.width = width + 'px'; c.style.height = viewH + 'px';
+      this.drawnKey = null;  // resizing cleared it
     }
+    // the canvas is sticky: its offset inside the (T * ROW)-tall column is how far the list has scrolled
+    var off = Math.max(0, Math.min(T * ROW - viewH, c.getBoundingClientRect().top - this.lines.getBoundingClientRect().top));
+    // what the canvas shows already (the view shown again, a scroll event that did not move it): kept as it is
+    var key = o.key + '|' + width + '|' + viewH + '|' + off + '|' + dpr;
+    if (key === this.drawnKey) { this.redrawsSkipped = (this.redrawsSkipped || 0) + 1; return; }
+    this.drawnKey = key;
     var ctx = c.getContext('2d');
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, viewH);
-    // the canvas is sticky: its offset inside the (T * ROW)-tall column is how far the list has scrolled
-    var off = Math.max(0, Math.min(T * ROW - viewH, c.getBoundingClientRect().top - this.lines.getBoundingClientRect().top));
     var top = off / ROW, bottom = (off + viewH) / ROW;  // visible rows [top, bottom)
     this.visibleRows = [Math.floor(top), Math.min(T, Math.ceil(bottom))];
     this.v.root.dataset.overviewRows = this.visibleRows[0] + '-' + this.visibleRows[1];
@@ -777,19 +808,16 @@
       var A = o.mats[k], scale = scaleOf(A), counts = new Int32Array(8), i, j, base, w;
       var lo = Math.max(0, Math.floor(top - 0.5)), hi = Math.min(T, Math.ceil(bottom - 0.5));
       // pass 1: how many crossing lines fall in each bucket (rows in view: all columns; other rows: the
-      // columns on the far side of the view, the only lines of theirs that cross it)
-      var visit = function (fn) {  // the column range of each row is exactly its lines that cross the view
-        var min = LINE_MIN * scale, inv = 1 / scale;
-        for (i = 0; i < T; i++) {
-          base = i * T;
-          var j0 = i < lo ? lo : 0, j1 = i >= hi ? hi : T;
-          for (j = j0; j < j1; j++) {
-            w = A[base + j];
-            if (w >= min) { w = Math.sqrt(w * inv) * 8; fn(w >= 7 ? 7 : w | 0, i, j); }
-          }
+      // columns on the far side of the view, the only lines of theirs that cross it; so the column range
+      // [j0, j1) of row i is exactly its lines that cross the view)
+      var min = LINE_MIN * scale, inv = 1 / scale, j0, j1, bk;
+      for (i = 0; i < T; i++) {
+        base = i * T; j0 = i < lo ? lo : 0; j1 = i >= hi ? hi : T;
+        for (j = j0; j < j1; j++) {
+          w = A[base + j];
+          if (w >= min) { bk = Math.sqrt(w * inv) * 8; counts[bk >= 7 ? 7 : bk | 0]++; }
         }
-      };
-      visit(function (b) { counts[b]++; });
+      }
       var keepFrom = 8, kept = 0;
       while (keepFrom > 0 && kept + counts[keepFrom - 1] <= budget) { keepFrom--; kept += counts[keepFrom]; }
       // the next bucket down fills the rest of the budget, every stride-th line (a near-uniform head puts
@@ -799,10 +827,20 @@
       for (var b0 = 0; b0 < keepFrom; b0++) { skipped += counts[b0]; }
       var buckets = [];
       for (var b = 0; b < 8; b++) { buckets.push([]); }
-      visit(function (b, i, j) {
-        if (b >= keepFrom) { buckets[b].push(i, j); }
-        else if (b === part && stride && (seen++ % stride === 0)) { buckets[b].push(i, j); skipped--; }
-      });
+      // pass 2: only the buckets kept (weights below the lowest one kept cannot be drawn)
+      var lowest = stride ? part : keepFrom, min2 = Math.max(min, scale * (lowest / 8) * (lowest / 8) * (1 - 1e-9));
+      if (keepFrom < 8 || stride) {
+        for (i = 0; i < T; i++) {
+          base = i * T; j0 = i < lo ? lo : 0; j1 = i >= hi ? hi : T;
+          for (j = j0; j < j1; j++) {
+            w = A[base + j];
+            if (w < min2) { continue; }
+            bk = Math.sqrt(w * inv) * 8; bk = bk >= 7 ? 7 : bk | 0;
+            if (bk >= keepFrom) { buckets[bk].push(i, j); }
+            else if (bk === part && stride && (seen++ % stride === 0)) { buckets[bk].push(i, j); skipped--; }
+          }
+        }
+      }
       ctx.strokeStyle = headColor(h);
       buckets.forEach(function (pairs, b) {
         if (!pairs.length) { return; }
@@ -822,86 +860,96 @@
   };
 
   // ---- model view
-  /** The model view's grid of thumbnail canvases (built once: on the first open, or before it when the page is
-      idle, see Viewer.prebuild). */
+  /** The model view: a layer x head grid (built once: on the first open, or before it when the page is idle, see
+      Viewer.prebuild). Every thumbnail is drawn into ONE canvas per panel that lies under the grid's cells (the
+      cells are transparent boxes, for the pointer, the tooltip and the outline), so opening the view paints one
+      canvas rather than 72 (144 in compare mode) small ones. */
   Panel.prototype.buildModelView = function () {
     var v = this.v, m = this.m, box = this.views.model, self = this;
-    if (!this.builtModel) {
-      var maxH = Math.max.apply(null, m.layers.map(function (L) { return L.heads; }));
-      var grid = el('div', 'hav-modelgrid');
-      var px = v.models.length > 1 ? 42 : 56;  // compare mode: two grids side by side
-      grid.style.gridTemplateColumns = 'max-content repeat(' + maxH + ', ' + (px + 2) + 'px)';
-      grid.appendChild(el('div'));
-      for (var h = 0; h < maxH; h++) { grid.appendChild(el('div', 'hav-collabel', 'h' + h)); }
-      var S = m.thumb_size, lut = new Uint8ClampedArray(256 * 4);
-      for (var x = 0; x < 256; x++) {  // white -> dark blue
-        lut[4 * x] = 255 - x * 0.93; lut[4 * x + 1] = 255 - x * 0.7; lut[4 * x + 2] = 255 - x * 0.3;
-        lut[4 * x + 3] = 255;
+    if (this.builtModel) { return; }
+    var nL = m.layers.length, maxH = Math.max.apply(null, m.layers.map(function (L) { return L.heads; }));
+    var grid = el('div', 'hav-modelgrid');
+    var px = v.models.length > 1 ? 42 : 56, gap = 3;  // compare mode: two grids side by side
+    grid.style.gridTemplateColumns = 'max-content repeat(' + maxH + ', ' + (px + 2) + 'px)';
+    grid.style.gridTemplateRows = 'auto repeat(' + nL + ', ' + px + 'px)';
+    grid.style.gap = gap + 'px';
+    var place = function (node, row, col, rows, cols) {  // explicit places: the canvas shares its cells
+      node.style.gridRow = row + (rows ? ' / span ' + rows : '');
+      node.style.gridColumn = col + (cols ? ' / span ' + cols : '');
+      grid.appendChild(node);
+      return node;
+    };
+    var canvas = el('canvas', 'hav-thumbs');
+    var W = maxH * (px + 2) + (maxH - 1) * gap, H = nL * px + (nL - 1) * gap, dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
+    canvas.style.width = W + 'px'; canvas.style.height = H + 'px';
+    place(canvas, 2, 2, nL, maxH);
+    for (var h = 0; h < maxH; h++) { place(el('div', 'hav-collabel', 'h' + h), 1, h + 2); }
+    this.thumbs = [];
+    m.layers.forEach(function (L, l) {
+      var label = 'L' + l + ' ' + L.variant + (L.window !== null ? ' w=' + L.window : '');
+      place(el('div', 'hav-rowlabel', label), l + 2, 1);
+      for (var h = 0; h < L.heads; h++) {
+        var c = place(el('div', 'hav-thumb'), l + 2, h + 2);
+        c.style.width = c.style.height = px + 'px';
+        c.dataset.layer = String(l);
+        c.dataset.head = String(h);
+        // where its thumbnail goes on the canvas: inside the cell's 1 px border
+        self.thumbs.push({cell: c, layer: l, head: h, x: h * (px + 2 + gap) + 1, y: l * (px + gap) + 1, size: px - 2});
       }
-      this.thumbs = [];
-      m.layers.forEach(function (L, l) {
-        var label = 'L' + l + ' ' + L.variant + (L.window !== null ? ' w=' + L.window : '');
-        grid.appendChild(el('div', 'hav-rowlabel', label));
-        for (var h = 0; h < maxH; h++) {
-          if (h >= L.heads) { grid.appendChild(el('div')); continue; }
-          var c = el('canvas', 'hav-thumb');
-          c.width = S; c.height = S;
-          c.style.width = c.style.height = px + 'px';
-          c.dataset.layer = String(l);
-          c.dataset.head = String(h);
-          self.thumbs.push({canvas: c, layer: l, head: h, drawn: false});
-          (function (l, h) {
-            c.addEventListener('click', function () {
-              v.set({view: 'matrix', layer: l, matrixHead: h, heads: new Set([h])});
-            });
-            v.hoverMetrics(c, self.mi, function () { return l; }, h);
-          })(l, h);
-          grid.appendChild(c);
-        }
-      });
-      box.appendChild(el('div', 'hav-note', 'each thumbnail: one head\u2019s attention (max-pooled to ' + S + 'x' +
-        S + ', scaled to its own maximum); click to open it in the matrix view'));
-      box.appendChild(grid);
-      this.builtModel = true;
-      var draw = function (t) {
-        if (t.drawn) { return; }
-        var bytes = b64bytes(m.layers[t.layer].thumbnails[t.head]), img = new ImageData(S, S);
-        for (var p = 0, d = img.data; p < S * S; p++) {
-          var b = 4 * bytes[p];
-          d[4 * p] = lut[b]; d[4 * p + 1] = lut[b + 1]; d[4 * p + 2] = lut[b + 2]; d[4 * p + 3] = 255;
-        }
-        t.canvas.getContext('2d', {willReadFrequently: true}).putImageData(img, 0, 0);
-        t.drawn = true;
-        t.canvas.dataset.drawn = '1';
-      };
-      this.drawThumb = draw;
-      if (typeof IntersectionObserver !== 'undefined') {
-        var byCanvas = new Map(this.thumbs.map(function (t) { return [t.canvas, t]; }));
-        var io = new IntersectionObserver(function (entries) {
-          entries.forEach(function (e) { if (e.isIntersecting) { draw(byCanvas.get(e.target)); } });
-        });
-        this.thumbs.forEach(function (t) { io.observe(t.canvas); });
-      } else {
-        this.thumbs.forEach(draw);
-      }
+    });
+    // one listener each for the grid (the cell under the pointer says which head)
+    var cellOf = function (ev) { return ev.target.closest ? ev.target.closest('.hav-thumb') : null; };
+    grid.addEventListener('click', function (ev) {
+      var t = cellOf(ev);
+      if (!t) { return; }
+      var l = Number(t.dataset.layer), h = Number(t.dataset.head);
+      v.set({view: 'matrix', layer: l, matrixHead: h, heads: new Set([h])});
+    });
+    grid.addEventListener('mousemove', function (ev) {
+      var t = cellOf(ev);
+      if (t) { v.showTip(ev, v.metricsText(self.mi, Number(t.dataset.layer), Number(t.dataset.head))); }
+    });
+    box.appendChild(el('div', 'hav-note', 'each thumbnail: one head\u2019s attention (max-pooled to ' + m.thumb_size +
+      'x' + m.thumb_size + ', scaled to its own maximum); click to open it in the matrix view'));
+    box.appendChild(grid);
+    this.thumbCanvas = canvas;
+    this.builtModel = true;
+  };
+
+  /** Draw every thumbnail onto the panel's canvas (once): the stored sqrt-scaled bytes, white -> dark blue,
+      scaled up without smoothing. */
+  Panel.prototype.drawThumbs = function () {
+    if (this.thumbsDrawn) { return; }
+    this.buildModelView();
+    var m = this.m, S = m.thumb_size, lut = new Uint8ClampedArray(256 * 4), dpr = window.devicePixelRatio || 1;
+    for (var x = 0; x < 256; x++) {  // white -> dark blue
+      lut[4 * x] = 255 - x * 0.93; lut[4 * x + 1] = 255 - x * 0.7; lut[4 * x + 2] = 255 - x * 0.3;
+      lut[4 * x + 3] = 255;
     }
+    var tile = el('canvas'), tctx = tile.getContext('2d'), img = new ImageData(S, S), d = img.data;
+    tile.width = S; tile.height = S;
+    var ctx = this.thumbCanvas.getContext('2d');
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    this.thumbs.forEach(function (t) {
+      var bytes = b64bytes(m.layers[t.layer].thumbnails[t.head]);
+      for (var p = 0; p < S * S; p++) {
+        var b = 4 * bytes[p];
+        d[4 * p] = lut[b]; d[4 * p + 1] = lut[b + 1]; d[4 * p + 2] = lut[b + 2]; d[4 * p + 3] = 255;
+      }
+      tctx.putImageData(img, 0, 0);
+      ctx.drawImage(tile, 0, 0, S, S, t.x, t.y, t.size, t.size);
+      t.cell.dataset.drawn = '1';
+    });
+    this.thumbsDrawn = true;
   };
 
   Panel.prototype.renderModelView = function () {
-    var v = this.v, box = this.views.model, self = this;
-    this.buildModelView();
-    var vw = window.innerWidth, vh = window.innerHeight, gridBox = box.querySelector('.hav-modelgrid');
-    var undrawn = this.thumbs.filter(function (t) { return !t.drawn; });  // none once prebuilt: no forced layout
-    var gr = undrawn.length ? gridBox.getBoundingClientRect() : null;
-    undrawn.forEach(function (t) {
-      var r = t.canvas.getBoundingClientRect();
-      if (r.bottom >= Math.max(0, gr.top) && r.top <= Math.min(vh, gr.bottom) && r.right >= 0 && r.left <= vw) {
-        self.drawThumb(t);
-      }
-    });
-    var s = v.state;
+    var v = this.v, self = this, s = v.state;
+    this.drawThumbs();
     this.thumbs.forEach(function (t) {
-      t.canvas.classList.toggle('hav-current', t.layer === self.layer() && t.head === s.matrixHead);
+      t.cell.classList.toggle('hav-current', t.layer === self.layer() && t.head === s.matrixHead);
     });
     return Promise.resolve();
   };
