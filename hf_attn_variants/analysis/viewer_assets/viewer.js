@@ -716,7 +716,11 @@
     var token = s.token !== null && s.token < T ? s.token : null;
     // everything the lines, the selection and the shading depend on (the matrices follow from layer and heads)
     var key = [layer, heads.join(','), token, token === null ? '' : s.side, !!s.shared].join('|');
-    return Promise.all(heads.map(function (h) { return v.matrix(self.mi, layer, h); })).then(function (mats) {
+    // the matrices drawn last stay with the panel: shown again after another view decoded enough to push them out
+    // of the cache (24 matrices of 1,024 x 1,024 in compare mode), they are not decoded a second time
+    var kept = {}, last = this.drawState;
+    if (last && last.layer === layer) { last.heads.forEach(function (h, k) { kept[h] = last.mats[k]; }); }
+    return Promise.all(heads.map(function (h) { return kept[h] || v.matrix(self.mi, layer, h); })).then(function (mats) {
       if (self.drawState && self.drawState.key === key) {  // shown again with nothing changed: rows and lines kept
         self.drawState.mats = mats;
         self.fillRows(false);
