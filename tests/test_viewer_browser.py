@@ -442,3 +442,136 @@ def test_attribution_view_rollout_and_importance():
         assert b.evaluate(f"[{ROOT_JS}.dataset.view, {ROOT_JS}.hav.state.layer, {ROOT_JS}.hav.state.matrixHead]") == [
             "matrix", 0, 1]
         assert b.errors() == []
+
+
+# ----------------------------------------------------------------------------- compare page at 512 tokens: what
+# is shown after scrolling and switching views is complete and equals the stored data (rows are virtual, the
+# thumbnails are one canvas, the head view is kept as drawn while nothing changed)
+
+def compare_512_page():
+    tok = TOKENIZERS["bert"]()
+    dense = tiny_model("bert", "dense", vocab_size=len(tok), max_position_embeddings=512)
+    band = tiny_model("bert", "band", vocab_size=len(tok), attention_window=2, max_position_embeddings=512, seed=1)
+    text = " ".join(["the cat sat on the mat and the dog ran in the park"] * 60)
+    html = page(view(dense, tok, text, compare=band, names=("A", "B"), precision="uint8", encoding="zlib+base64"), "t")
+    return html, read_view_data(html)
+
+
+def rows_under_pointer(b, panel: int) -> list[list[int]]:
+    """[row index of the element under the pointer, the row its place says] at a few heights of the left
+    column of a panel (the browser's own hit testing)."""
+    return b.evaluate(f"""(function () {{
+      var p = document.querySelectorAll('.hav-panel')[{panel}], sc = p.querySelector('.hav-headview-scroll');
+      var col = p.querySelector('.hav-left'), box = sc.getBoundingClientRect(), top = col.getBoundingClientRect().top;
+      return [0.1, 0.5, 0.9].map(function (f) {{
+        var y = box.top + f * box.height, x = col.getBoundingClientRect().left + 60;
+        var e = document.elementFromPoint(x, y), t = e && e.closest('.hav-tok');
+        return [t ? Number(t.dataset.i) : -1, Math.floor((y - top) / 20)];
+      }}); }})()""")
+
+
+def test_512_compare_head_view_rows_after_scrolling_and_switching_back():
+    """Only the rows in view exist, and they are the right ones after a wheel scroll; a token clicked deep in
+    the text is selected and its lines are its weights; after the matrix view changed layer and head and the
+    shared scale, the head view shows the current layer, heads and token; shown again unchanged, its canvas is
+    kept as it was."""
+    from hf_attn_variants.analysis.headless import Browser
+    html, data = compare_512_page()
+    T = data["models"][0]["length"]
+    assert T == 512
+    with Browser(html) as b:
+        for k in range(3):  # three wheel turns in panel 0
+            x, y = b.center(".hav-headview-scroll", 0)
+            b.wheel(x, y, 2000)
+        b.painted()
+        n_rows = b.evaluate("document.querySelectorAll('.hav-panel')[0].querySelectorAll('.hav-tok').length")
+        assert 0 < n_rows < 2 * 100  # two columns of the rows in view and some slack, not 2 x 512
+        hits = rows_under_pointer(b, 0)
+        assert hits[0][1] > 100 and all(got == want for got, want in hits), hits
+        # a real click on the row under the pointer in the middle of the view
+        token = hits[1][0]
+        x, y = b.evaluate("""(function () { var p = document.querySelectorAll('.hav-panel')[0];
+          var sc = p.querySelector('.hav-headview-scroll').getBoundingClientRect();
+          var col = p.querySelector('.hav-left').getBoundingClientRect();
+          return [col.left + 60, sc.top + 0.5 * sc.height]; })()""")
+        b.click_at(x, y)
+        b.painted()
+        assert b.evaluate(f"{ROOT_JS}.hav.state.token") == token
+        lines = b.evaluate(f"{ROOT_JS}.hav.panels[0].highlight")
+        check_lines(lines, data["models"][0]["attentions"][0], set(range(4)), token)
+        # matrix view: layer 1 (key), head 2, shared scale; then back to the head view
+        b.click(".hav-tab-matrix")
+        b.key("1")
+        b.click(".hav-head-toggle", 2)
+        b.click("input.hav-shared")
+        b.painted()
+        b.click(".hav-tab-head")
+        b.painted()
+        state = b.evaluate(f"""(function (v) {{ return v.panels.map(function (p) {{ return [p.drawState.layer,
+          p.drawState.heads, p.drawState.shared, p.drawState.token,
+          Array.from(p.el.querySelectorAll('.hav-left .hav-tok.hav-selected')).map(function (e) {{
+            return Number(e.dataset.i); }})]; }}); }})({ROOT_JS}.hav)""")
+        # panel 1 was not scrolled: the token's row is out of its view (and, rows being virtual, not there)
+        assert state == [[1, [0, 1, 2, 3], True, token, [token]], [1, [0, 1, 2, 3], True, token, []]]
+        for p, model in enumerate(data["models"]):
+            lines = b.evaluate(f"{ROOT_JS}.hav.panels[{p}].highlight")
+            check_lines(lines, model["attentions"][1], set(range(4)), token)
+        assert all(got == want for got, want in rows_under_pointer(b, 1))
+        # unchanged: the canvas is kept (no redraw); a change (deselect) redraws it
+        before = b.evaluate("document.querySelector('canvas.hav-linecanvas').toDataURL()")
+        skipped = b.evaluate(f"{ROOT_JS}.hav.panels[0].redrawsSkipped || 0")
+        b.click(".hav-tab-model")
+        b.painted()
+        b.click(".hav-tab-head")
+        b.painted()
+        assert b.evaluate(f"{ROOT_JS}.hav.panels[0].redrawsSkipped") > skipped
+        assert b.evaluate("document.querySelector('canvas.hav-linecanvas').toDataURL()") == before
+        b.click(".hav-left .hav-tok.hav-selected", panel=0)  # deselect: the overview's lines instead
+        b.painted()
+        assert b.evaluate(f"{ROOT_JS}.hav.state.token") is None
+        assert b.evaluate("document.querySelector('canvas.hav-linecanvas').toDataURL()") != before
+        assert b.errors() == []
+
+
+def thumb_rgb(byte: int) -> tuple[int, int, int]:
+    """viewer.js model-view colours: white -> dark blue on the stored byte (Uint8ClampedArray rounding)."""
+    def clamp(v):
+        return int(min(255, max(0, round(v))))
+    return clamp(255 - byte * 0.93), clamp(255 - byte * 0.7), clamp(255 - byte * 0.3)
+
+
+def test_512_compare_model_view_thumbnails_equal_the_stored_ones():
+    """The model view's one canvas per panel shows every stored thumbnail at its cell: pixels of a few cells of
+    both panels against the page's data; a real click on a cell opens that head, hovering shows its metrics."""
+    import base64
+
+    from hf_attn_variants.analysis.headless import Browser
+    html, data = compare_512_page()
+    with Browser(html) as b:
+        b.click(".hav-tab-model")
+        b.painted()
+        for p, model in enumerate(data["models"]):
+            S = model["thumb_size"]
+            cells = b.evaluate(f"""(function (pn) {{ var c = pn.thumbCanvas.getBoundingClientRect();
+              return pn.thumbs.map(function (t) {{ var r = t.cell.getBoundingClientRect();
+                return [t.layer, t.head, t.x, t.y, t.size, r.left - c.left + 1, r.top - c.top + 1]; }}); }})(
+              {ROOT_JS}.hav.panels[{p}])""")
+            assert len(cells) == sum(L["heads"] for L in model["layers"])
+            for layer, head, x, y, size, cx, cy in cells:
+                assert (x, y) == (cx, cy)  # the thumbnail lies inside its cell's border
+            for layer, head, x, y, size, _, _ in [cells[0], cells[5], cells[-1]]:
+                img = base64.b64decode(model["layers"][layer]["thumbnails"][head])
+                for py, px in ((0, 0), (S // 2, S // 3), (S - 1, S - 1), (7, S - 3)):
+                    got = b.evaluate(f"Array.from({ROOT_JS}.hav.panels[{p}].thumbCanvas.getContext('2d')"
+                                     f".getImageData({int(x + (px + 0.5) * size / S)}, {int(y + (py + 0.5) * size / S)},"
+                                     " 1, 1).data)")
+                    want = thumb_rgb(img[py * S + px])
+                    assert all(abs(g - w) <= 1 for g, w in zip(got[:3], want)), (p, layer, head, py, px, got, want)
+        b.hover(".hav-thumb", 6, panel=1)  # layer 1, head 2 of B
+        assert tip_shown(b)
+        assert b.evaluate(f"{ROOT_JS}.querySelector('.hav-tip').textContent").startswith("layer 1 \u00b7 ")
+        b.click(".hav-thumb", 6, panel=1)
+        b.painted()
+        assert b.evaluate(f"[{ROOT_JS}.dataset.view, {ROOT_JS}.hav.state.layer, {ROOT_JS}.hav.state.matrixHead]") == [
+            "matrix", 1, 2]
+        assert b.errors() == []
