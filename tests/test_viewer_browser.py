@@ -480,7 +480,7 @@ def test_512_compare_head_view_rows_after_scrolling_and_switching_back():
     T = data["models"][0]["length"]
     assert T == 512
     with Browser(html) as b:
-        for k in range(3):  # three wheel turns in panel 0
+        for _ in range(3):  # three wheel turns in panel 0
             x, y = b.center(".hav-headview-scroll", 0)
             b.wheel(x, y, 2000)
         b.painted()
@@ -557,14 +557,13 @@ def test_512_compare_model_view_thumbnails_equal_the_stored_ones():
                 return [t.layer, t.head, t.x, t.y, t.size, r.left - c.left + 1, r.top - c.top + 1]; }}); }})(
               {ROOT_JS}.hav.panels[{p}])""")
             assert len(cells) == sum(L["heads"] for L in model["layers"])
-            for layer, head, x, y, size, cx, cy in cells:
-                assert (x, y) == (cx, cy)  # the thumbnail lies inside its cell's border
+            assert all((c[2], c[3]) == (c[5], c[6]) for c in cells)  # each thumbnail inside its cell's border
             for layer, head, x, y, size, _, _ in [cells[0], cells[5], cells[-1]]:
                 img = base64.b64decode(model["layers"][layer]["thumbnails"][head])
                 for py, px in ((0, 0), (S // 2, S // 3), (S - 1, S - 1), (7, S - 3)):
+                    at = f"{int(x + (px + 0.5) * size / S)}, {int(y + (py + 0.5) * size / S)}"
                     got = b.evaluate(f"Array.from({ROOT_JS}.hav.panels[{p}].thumbCanvas.getContext('2d')"
-                                     f".getImageData({int(x + (px + 0.5) * size / S)}, {int(y + (py + 0.5) * size / S)},"
-                                     " 1, 1).data)")
+                                     f".getImageData({at}, 1, 1).data)")
                     want = thumb_rgb(img[py * S + px])
                     assert all(abs(g - w) <= 1 for g, w in zip(got[:3], want)), (p, layer, head, py, px, got, want)
         b.hover(".hav-thumb", 6, panel=1)  # layer 1, head 2 of B
