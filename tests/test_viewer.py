@@ -332,3 +332,72 @@ def test_pair_start_rollout_change_and_importance(tmp_path, tokenizers):
     assert change == attention_change(a["attentions"], b["attentions"], start)
     with pytest.raises(ValueError, match="importance='.*nothing.csv'.*no such file"):
         view(dense, tok, TEXT, importance=str(tmp_path / "nothing.csv"))
+
+
+def naive_block_metrics(w: torch.Tensor, rows: range, cols: range, special: set[int], window: int) -> dict:
+    """One head's (T, T) weights on one block, by loops: each row of the block restricted to its keys and
+    renormalised, the metrics averaged over the rows that give the block any weight (None if none does)."""
+    import math
+    sums = {k: 0.0 for k in ("entropy", "mean_distance", "sink_mass", "prev_token", f"mass_within_{window}")}
+    live = 0
+    for i in rows:
+        row = w[i] / w[i].sum()
+        mass = sum(float(row[j]) for j in cols)
+        if mass <= 1e-12:
+            continue
+        live += 1
+        for j in cols:
+            p = float(row[j]) / mass
+            if p > 0:
+                sums["entropy"] -= p * math.log(p)
+            sums["mean_distance"] += p * abs(i - j)
+            sums["sink_mass"] += p * (j in special)
+            sums["prev_token"] += p * (i - j == 1)
+            sums[f"mass_within_{window}"] += p * (abs(i - j) <= window)
+    return {k: (v / live if live else None) for k, v in sums.items()}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_segment_metrics_against_loops(causal):
+    from hf_attn_variants.analysis.viewer import segment_metrics
+    torch.manual_seed(3)
+    t, start, heads, window = 9, 4, 3, 2
+    scores = torch.randn(2, heads, t, t) * 2
+    if causal:
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    weights = list(scores.softmax(-1))
+    special = torch.zeros(1, t, dtype=torch.bool)
+    special[0, [0, start - 1, t - 1]] = True  # [CLS] a a [SEP] b b b b [SEP]
+    got = segment_metrics(weights, start, special, causal, window)
+    assert set(got) == {"AA", "AB", "BA", "BB"}
+    part = {"A": range(0, start), "B": range(start, t)}
+    for seg, per_layer in got.items():
+        for layer, w in enumerate(weights):
+            for h in range(heads):
+                want = naive_block_metrics(w[h], part[seg[0]], part[seg[1]], {0, start - 1, t - 1}, window)
+                for key, value in want.items():
+                    if value is None:
+                        assert causal and seg == "AB" and per_layer[layer][key][h] is None
+                    else:
+                        assert per_layer[layer][key][h] == pytest.approx(value, abs=2e-5), (seg, layer, h, key)
+    assert segment_metrics(weights, None) == {}
+
+
+def test_compare_page_stores_segment_metrics_for_a_pair(tokenizers):
+    from hf_attn_variants.analysis.viewer import segment_metrics
+    tok = tokenizers["bert"]
+    dense, band = model_for("bert", "dense", {}, tok), model_for("bert", "band", {"attention_window": 1}, tok, seed=1)
+    data = read_view_data(view(dense, tok, TEXT, PAIR, compare=band, precision="float32"))
+    a, b = data["models"]
+    sm = data["compare"]["segment_metrics"]
+    assert len(sm) == 2 and set(sm[0]) == {"AA", "AB", "BA", "BB"}
+    special = torch.tensor([[tk in ("[CLS]", "[SEP]") for tk in a["tokens"]]])
+    for m, stored in zip((a, b), sm):
+        want = segment_metrics(m["attentions"], a["pair_start"], special, False, m["metric_window"])
+        for seg in want:
+            for layer in range(2):
+                for key, vals in want[seg][layer].items():
+                    assert stored[seg][layer][key] == pytest.approx(vals, abs=1e-4)
+    # the AB block differs from the whole text (the deltas would not be the same numbers)
+    assert sm[0]["AB"][0]["mean_distance"] != pytest.approx(a["layers"][0]["metrics"]["mean_distance"], abs=1e-3)
+    assert "segment_metrics" not in (read_view_data(view(dense, tok, TEXT, compare=band))["compare"] or {})

@@ -574,3 +574,53 @@ def test_512_compare_model_view_thumbnails_equal_the_stored_ones():
         assert b.evaluate(f"[{ROOT_JS}.dataset.view, {ROOT_JS}.hav.state.layer, {ROOT_JS}.hav.state.matrixHead]") == [
             "matrix", 1, 2]
         assert b.errors() == []
+
+
+def test_difference_view_metric_deltas_follow_the_segment_filter():
+    """With a text pair, the deltas beside each head are A - B on the selected segment's block (the stored
+    segment metrics, checked against loops in test_viewer), over the whole text for "all"; the cards are ordered
+    by that block's change. The filter is driven with real arrow keys on the focused select (it keeps the focus)."""
+    from hf_attn_variants.analysis.viewer import attention_change
+    html, Browser = pair_page(precision="float32")
+    data = read_view_data(html)
+    a, bm = data["models"]
+    start, sm = a["pair_start"], data["compare"]["segment_metrics"]
+    keys = ["entropy", "mean_distance", "sink_mass", f"mass_within_{a['metric_window']}", "prev_token"]
+    with Browser(html) as b:
+        b.click(".hav-tab-diff")
+        b.painted()
+        for seg in ("all", "AB", "BA", "all"):  # 2 x 4 heads: every head has a card
+            if seg != b.evaluate("document.querySelector('select.hav-segment').value"):
+                b.evaluate("document.querySelector('select.hav-segment').focus()")
+                order = ["all", "AA", "AB", "BA", "BB"]
+                want_index = order.index(seg)
+                now = order.index(b.evaluate("document.querySelector('select.hav-segment').value"))
+                for _ in range(abs(want_index - now)):  # a focused closed <select> steps with the arrow keys
+                    b.key("ArrowDown" if want_index > now else "ArrowUp")
+                b.painted()
+            assert b.evaluate("document.querySelector('select.hav-segment').value") == seg
+            cards = b.evaluate("Array.from(document.querySelectorAll('.hav-diff-card')).map(function (c) {"
+                               " return [Number(c.dataset.layer), Number(c.dataset.head), Number(c.dataset.change),"
+                               " Array.from(c.querySelectorAll('tr')).map(function (r) {"
+                               "  return [r.dataset.key, Number(r.dataset.delta), r.cells[1].textContent]; })]; })")
+            assert len(cards) == 8
+            change = attention_change(a["attentions"], bm["attentions"], start)[seg]
+            want_order = sorted(((change[lay][h], lay, h) for lay in range(2) for h in range(4)), reverse=True)
+            assert [c[2] for c in cards] == pytest.approx([w[0] for w in want_order], abs=1e-6)
+            for layer, head, _, rows in cards:
+                assert [r[0] for r in rows] == keys
+                for key, delta, text in rows:
+                    if seg == "all":
+                        want = a["layers"][layer]["metrics"][key][head] - bm["layers"][layer]["metrics"][key][head]
+                    else:
+                        want = sm[0][seg][layer][key][head] - sm[1][seg][layer][key][head]
+                    assert delta == pytest.approx(want, abs=1e-6), (seg, layer, head, key)
+                    assert float(text) == pytest.approx(want, abs=6e-3)
+            legend = b.evaluate("document.querySelector('.hav-diff-legend').textContent")
+            assert ("whole text" in legend) == (seg == "all")
+        # the AB deltas are not the whole text's: the filter changed the numbers shown
+        ab = [sm[0]["AB"][0]["mean_distance"][h] - sm[1]["AB"][0]["mean_distance"][h] for h in range(4)]
+        whole = [a["layers"][0]["metrics"]["mean_distance"][h] - bm["layers"][0]["metrics"]["mean_distance"][h]
+                 for h in range(4)]
+        assert ab != pytest.approx(whole, abs=1e-3)
+        assert b.errors() == []

@@ -359,7 +359,8 @@ def _limit(model: nn.Module, tokenizer, max_length: int | None) -> int | None:
 def _attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, *, name: str | None = None,
                     windows: tuple[int, ...] = DEFAULT_WINDOWS, metric_window: int | None = None,
                     precision: str = "float16", encoding: str = "base64", max_length: int | None = None,
-                    truncate: bool = True, importance=None) -> tuple[dict, list[Tensor]]:
+                    truncate: bool = True, importance=None) -> tuple[dict, list[Tensor], Tensor | None]:
+    """(the page data of one model, its per-layer (H, T, T) weights, its (1, T) special-token mask or None)."""
     _check_options(precision, encoding)
     config = model.config
     inputs, tokens, special, extra = _encode_inputs(tokenizer, text, text_pair, _limit(model, tokenizer, max_length),
@@ -399,7 +400,7 @@ def _attention_data(model: nn.Module, tokenizer, text: str, text_pair: str | Non
             "pair_start": extra["pair_start"], "truncated": extra["truncated"],
             "rollout": [encode_matrix(r, precision, encoding, 1.0) for r in rolled],
             "importance": read_importance(importance, len(layers), [L["heads"] for L in layers])}
-    return data, attentions
+    return data, attentions, special
 
 
 def _short_name(path: str | os.PathLike | None) -> str:
@@ -465,6 +466,50 @@ def attention_change(a: list[Tensor], b: list[Tensor], pair_start: int | None = 
     for key, (rows, cols) in segment_blocks(t, pair_start).items():
         out[key] = [[round(float(v), 6) for v in (x[:, rows, cols] - y[:, rows, cols]).abs().sum(-1).mean(-1) / 2]
                     for x, y in zip(a, b)]
+    return out
+
+
+DELTA_KEYS = ("entropy", "mean_distance", "sink_mass", "prev_token")  # and mass_within_{w}: the A - B view's deltas
+
+
+def segment_metrics(weights: list[Tensor], pair_start: int | None, special: Tensor | None = None, causal: bool = False,
+                    window: int = DEFAULT_METRIC_WINDOW) -> dict[str, list[dict[str, list[float | None]]]]:
+    """The A - B view's per-head metrics on each segment block of a text pair (A->A, A->B, B->A, B->B).
+
+    weights: per layer (H, T, T). For block (rows, cols) every query row i in rows is restricted to the keys in
+    cols and renormalised to sum to 1 (where the row attends within the segment), then the metrics of
+    ``analysis.metrics.per_query_metrics`` (positions, distances and special tokens of the whole text, so the
+    distance from A to B is counted across A) are averaged over the block's rows that give the block any weight;
+    None where none does (a causal model's A->B). The "all" block equals the page's whole-text metrics.
+    Returns {segment: per layer {key: per head value}} for DELTA_KEYS and mass_within_{window}; {} without a pair.
+    """
+    if not pair_start:
+        return {}
+    from .metrics import per_query_metrics
+
+    keys = (*DELTA_KEYS, f"mass_within_{window}")
+    t = weights[0].shape[-1]
+    out: dict[str, list[dict[str, list[float | None]]]] = {}
+    for seg, (rows, cols) in segment_blocks(t, pair_start).items():
+        if seg == "all":
+            continue
+        per_layer = []
+        for w in weights:
+            w = w.float() / w.float().sum(-1, keepdim=True).clamp_min(1e-30)  # rows to 1, as _metrics does
+            block = torch.zeros_like(w)
+            block[:, rows, cols] = w[:, rows, cols]
+            mass = block.sum(-1)  # (H, T)
+            block = block / mass[..., None].clamp_min(1e-30)
+            per_q = per_query_metrics(block[None], None, windows=(window,), special_positions=special, causal=causal)
+            live = mass[:, rows] > 1e-12  # (H, rows)
+            layer = {}
+            for k in keys:
+                v = per_q[k][0][:, rows]  # (H, rows)
+                n = live.sum(-1)
+                mean = torch.where(live, v, torch.zeros_like(v)).sum(-1) / n.clamp_min(1)
+                layer[k] = [round(float(x), 5) if int(c) else None for x, c in zip(mean, n)]
+            per_layer.append(layer)
+        out[seg] = per_layer
     return out
 
 
@@ -543,8 +588,13 @@ def view(model: nn.Module, tokenizer, text: str, text_pair: str | None = None, c
     models = [b[0] for b in built]
     compare_data = None
     if len(built) == 2 and models[0]["length"] == models[1]["length"]:
-        compare_data = {"change": attention_change(built[0][1], built[1][1], models[0]["pair_start"]),
+        start = models[0]["pair_start"]
+        compare_data = {"change": attention_change(built[0][1], built[1][1], start),
                         "measure": "mean over query rows of 0.5 * sum over keys of |A - B|"}
+        if start:  # a text pair: the deltas of each segment filter's block, per model
+            compare_data["segment_metrics"] = [
+                segment_metrics(w, start, special, m["causal"], m["metric_window"])
+                for m, (_, w, special) in zip(models, built)]
     title = " vs ".join(m["name"] for m in models)
     return render(models, title=title, compare=compare_data)
 

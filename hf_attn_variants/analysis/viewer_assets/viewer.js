@@ -341,6 +341,14 @@
     var L = this.models[mi].layers[layer];
     return L && L.metrics[key] ? L.metrics[key][head] : NaN;
   };
+  /** A head's metric on a segment filter's block of a text pair (the page's compare.segment_metrics), or over the
+      whole text for "all"; NaN where the block has no weight (a causal model's A->B) or the page has none. */
+  Viewer.prototype.segmentMetric = function (mi, layer, head, key, seg) {
+    var sm = this.compare && this.compare.segment_metrics;
+    if (!seg || seg === 'all' || !sm || !sm[mi] || !sm[mi][seg]) { return this.metricValue(mi, layer, head, key); }
+    var L = sm[mi][seg][layer], x = L && L[key] ? L[key][head] : null;
+    return x === null || x === undefined ? NaN : x;
+  };
   /** "mass within w" reads 1 for every head when no pair of tokens is farther apart than w: say so. */
   Viewer.prototype.windowText = function (mi, layer, head) {
     var m = this.models[mi], w = m.metric_window;
@@ -449,6 +457,8 @@
   // ---- A - B (compare mode)
   Viewer.prototype.renderDiff = function () {
     var self = this, s = this.state, box = this.diffBox, a = this.models[0], b = this.models[1];
+    var focused = document.activeElement && box.contains(document.activeElement) &&
+      document.activeElement.classList.contains('hav-segment');  // the new select keeps the keyboard
     box.textContent = '';
     if (a.length !== b.length) {
       box.appendChild(el('div', 'hav-note', 'the two models tokenised the text differently (' + a.length + ' vs ' +
@@ -458,10 +468,12 @@
     var head = el('div', 'hav-diff-bar');
     head.appendChild(el('span', 'hav-diff-legend', 'A = ' + a.name + ', B = ' + b.name + ': per head A \u2212 B ' +
       '(red: A attends more, blue: B more), heads ordered by change = mean over query rows of \u00bd\u2211|A\u2212B| ' +
-      '(total variation, 0 to 1); metric deltas are A \u2212 B over the whole text.'));
+      '(total variation, 0 to 1); metric deltas are A \u2212 B ' + (s.segment === 'all' ? 'over the whole text.' :
+      'on the ' + SEGMENTS[s.segment] + ' block (each query row of it restricted to its keys, renormalised).')));
+    var sel = null;
     if (a.pair_start !== null && a.pair_start !== undefined) {
       var lab = el('label', null, ' segments ');
-      var sel = el('select', 'hav-segment');
+      sel = el('select', 'hav-segment');
       Object.keys(SEGMENTS).forEach(function (k) {
         var o = el('option', null, SEGMENTS[k]);
         o.value = k;
@@ -473,6 +485,7 @@
       head.appendChild(lab);
     }
     box.appendChild(head);
+    if (focused && sel) { sel.focus(); }
     var change = this.compare.change[s.segment] || this.compare.change.all, order = [];
     change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
     order.sort(function (x, y) { return y[0] - x[0]; });
@@ -513,13 +526,15 @@
     c.style.width = (nr >= nc ? Math.round(px * nc / nr) : px) + 'px';
     c.style.height = (nr >= nc ? px : Math.round(px * nr / nc)) + 'px';
     body.appendChild(c);
-    var tbl = el('table', 'hav-metrics hav-deltas'), w = this.models[0].metric_window;
+    var tbl = el('table', 'hav-metrics hav-deltas'), w = this.models[0].metric_window, seg = this.state.segment;
     [['entropy', 'entropy', 3], ['mean distance', 'mean_distance', 2], ['sink mass', 'sink_mass', 3],
      ['mass within ' + w, 'mass_within_' + w, 3], ['previous token', 'prev_token', 3]].forEach(function (r) {
       var tr = el('tr');
       tr.appendChild(el('td', null, '\u0394 ' + r[0]));
-      tr.appendChild(el('td', null, signed(self.metricValue(0, layer, head, r[1]) -
-        self.metricValue(1, layer, head, r[1]), r[2])));
+      var d = self.segmentMetric(0, layer, head, r[1], seg) - self.segmentMetric(1, layer, head, r[1], seg);
+      tr.dataset.key = r[1];
+      tr.dataset.delta = String(d);
+      tr.appendChild(el('td', null, signed(d, r[2])));
       tbl.appendChild(tr);
     });
     body.appendChild(tbl);
