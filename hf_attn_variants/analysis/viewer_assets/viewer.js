@@ -12,6 +12,8 @@
   var LINE_MIN = 0.01;          // overview lines below this weight (on the head's scale) are not drawn
   var PREFETCH_LANES = 2;       // background decodes in flight at once after a render
   var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
+  var DIFF_FIRST = 6;           // A - B view: cards drawn before it shows (the rest as they scroll into view)
+  var DIFF_KEEP = 24;           // A - B maps kept (their images and the two matrices each)
   var ROW_SLACK = 15;           // head view: token rows kept as elements above and below the rows in view
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
@@ -317,10 +319,22 @@
     if (this.prebuilt) { return; }
     this.prebuilt = true;
     var later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
+    var self = this;
     this.panels.forEach(function (p) {
       todo.push(function () { p.buildModelView(); });
       todo.push(function () { p.drawThumbs(); });
     });
+    // compare mode: the A - B view's first maps (the 12 heads that changed most, whole text, own scale), so that
+    // opening it only puts them on its canvases (at most a third of the decoded-matrix cache)
+    var change = this.compare && this.compare.change && this.compare.change.all, order = [];
+    if (change && this.models[0].length === this.models[1].length) {
+      change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
+      order.sort(function (x, y) { return y[0] - x[0]; });
+      var T = this.models[0].length;
+      order.slice(0, Math.min(12, Math.floor(this.cacheLimit / 6))).forEach(function (o) {
+        todo.push(function () { self.diffImage(o[1], o[2], [0, T], [0, T], false).catch(function () {}); });
+      });
+    }
     var step = function () {
       if (!todo.length) { return; }
       todo.shift()();
@@ -489,7 +503,7 @@
     var change = this.compare.change[s.segment] || this.compare.change.all, order = [];
     change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
     order.sort(function (x, y) { return y[0] - x[0]; });
-    var shown = s.diffAll ? order : order.slice(0, 12), first = 6;
+    var shown = s.diffAll ? order : order.slice(0, 12), first = DIFF_FIRST;
     var grid = el('div', 'hav-diff-grid');
     box.appendChild(grid);
     if (!s.diffAll && order.length > shown.length) {
@@ -546,16 +560,9 @@
     var T = this.models[0].length;
     var draw = function () {
       if (c.dataset.drawn) { return Promise.resolve(); }
-      return Promise.all([self.matrix(0, layer, head), self.matrix(1, layer, head)]).then(function (ab) {
-        var A = ab[0], B = ab[1], img = new ImageData(nc, nr), d = img.data, big = 0;
-        for (var i = rows[0]; i < rows[1]; i++) {
-          for (var j = cols[0]; j < cols[1]; j++) { var x = Math.abs(A[i * T + j] - B[i * T + j]); if (x > big) { big = x; } }
-        }
-        var scale = self.state.shared ? 1 : (big || 1), p = 0;
-        for (var i2 = rows[0]; i2 < rows[1]; i2++) {
-          for (var j2 = cols[0]; j2 < cols[1]; j2++, p += 4) { diffColor((A[i2 * T + j2] - B[i2 * T + j2]) / scale, d, p); }
-        }
-        c.getContext('2d').putImageData(img, 0, 0);
+      return self.diffImage(layer, head, rows, cols, !!self.state.shared).then(function (D) {
+        var A = D.A, B = D.B, big = D.big;
+        c.getContext('2d').putImageData(D.img, 0, 0);
         c.dataset.drawn = '1';
         c.title = 'largest |A \u2212 B| ' + fmt(big, 4) + (self.state.shared ? ' (shared scale: \u00b11)' : ' (colour scale)');
         c.addEventListener('mousemove', function (ev) {
@@ -568,6 +575,31 @@
       });
     };
     return {canvas: c, draw: draw};
+  };
+
+  /** One head's A - B map on a block (rows x cols), coloured (red +, blue -) on its largest |A - B| or, shared, on
+      +-1: {img, big, A, B}. Kept (the last DIFF_KEEP) so that the A - B view shown again, or after the page made
+      its first maps while idle (Viewer.prebuild), only puts them on its canvases. */
+  Viewer.prototype.diffImage = function (layer, head, rows, cols, shared) {
+    var self = this, key = [layer, head, rows[0], rows[1], cols[0], cols[1], shared].join(':');
+    if (!this.diffImages) { this.diffImages = new Map(); }
+    if (this.diffImages.has(key)) { return this.diffImages.get(key); }
+    var T = this.models[0].length, nr = rows[1] - rows[0], nc = cols[1] - cols[0];
+    var p = Promise.all([this.matrix(0, layer, head), this.matrix(1, layer, head)]).then(function (ab) {
+      var A = ab[0], B = ab[1], img = new ImageData(nc, nr), d = img.data, big = 0, i, j, x;
+      for (i = rows[0]; i < rows[1]; i++) {
+        for (j = cols[0]; j < cols[1]; j++) { x = A[i * T + j] - B[i * T + j]; if (x > big) { big = x; } else if (-x > big) { big = -x; } }
+      }
+      var inv = 1 / (shared ? 1 : (big || 1)), q = 0;
+      for (i = rows[0]; i < rows[1]; i++) {
+        for (j = cols[0]; j < cols[1]; j++, q += 4) { diffColor((A[i * T + j] - B[i * T + j]) * inv, d, q); }
+      }
+      return {img: img, big: big, A: A, B: B};
+    });
+    this.diffImages.set(key, p);
+    if (this.diffImages.size > DIFF_KEEP) { this.diffImages.delete(this.diffImages.keys().next().value); }
+    p.catch(function () { self.diffImages.delete(key); });
+    return p;
   };
 
   // ------------------------------------------------------------------ one model's panel
@@ -808,7 +840,8 @@
         if (!cross(l[1], l[2])) { continue; }
         ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * Math.sqrt(Math.min(1, w)));
         ctx.strokeStyle = headColor(l[0]);
-        ctx.lineWidth = 1 + 3 * Math.min(1, w);
+        var lw = 1 + 3 * Math.min(1, w);
+        ctx.lineWidth = lw < 1.25 ? 1 : lw;  // the many faint lines as hairlines (fast), the strong ones wider
         ctx.beginPath(); ctx.moveTo(0, y(l[1])); ctx.lineTo(width, y(l[2])); ctx.stroke();
         drawn++;
       }
@@ -821,7 +854,7 @@
     // LINE_BUDGET lines in all, the strongest buckets first (a diffuse head at 512 tokens has 10^5 pairs above
     // 1% of its largest weight: drawing them all takes seconds and shows nothing)
     var alphaScale = o.heads.length > 1 ? 0.6 : 0.9, total = 0, budget = Math.max(100, LINE_BUDGET / o.heads.length);
-    ctx.lineWidth = 1.2;
+    ctx.lineWidth = 1;  // 1 px: Skia's hairline path, 3-6x faster to rasterise than 1.2 px strokes (same look)
     var skipped = 0;
     o.heads.forEach(function (h, k) {
       var A = o.mats[k], scale = scaleOf(A), counts = new Int32Array(8), i, j, base, w;
