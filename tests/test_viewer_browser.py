@@ -624,3 +624,44 @@ def test_difference_view_metric_deltas_follow_the_segment_filter():
                  for h in range(4)]
         assert ab != pytest.approx(whole, abs=1e-3)
         assert b.errors() == []
+
+
+def diff_rgb(x: float) -> tuple[int, int, int]:
+    """viewer.js diffColor: red for A > B, blue for B > A, on sqrt(|x|) (Uint8ClampedArray rounding)."""
+    a = min(1.0, abs(x)) ** 0.5
+
+    def clamp(v):
+        return int(min(255, max(0, round(v))))
+    if x >= 0:
+        return clamp(255 - 40 * a), clamp(255 - 215 * a), clamp(255 - 215 * a)
+    return clamp(255 - 215 * a), clamp(255 - 150 * a), clamp(255 - 40 * a)
+
+
+def test_512_compare_difference_view_cards_in_view_are_complete_and_pooled():
+    """Opening the A - B view of a 512-token pair of models: every card in the window is drawn by the time the
+    view is painted (the maps were made while the page was idle), each map is pooled to 256 x 256 pixels, and a
+    pixel is the colour of the largest-magnitude difference of its 2 x 2 cells on the head's scale."""
+    from hf_attn_variants.analysis.headless import Browser
+    html, data = compare_512_page()
+    a, bm = data["models"]
+    with Browser(html) as b:
+        b.evaluate("new Promise(function (r) { setTimeout(r, 1500); })")  # idle: the first maps are made
+        b.click(".hav-tab-diff")
+        b.painted()
+        cards = b.evaluate("Array.from(document.querySelectorAll('.hav-diff-card canvas')).map(function (c) {"
+                           " return [c.getBoundingClientRect().top < window.innerHeight, c.dataset.drawn === '1',"
+                           " c.width, c.height, Number(c.dataset.pool)]; })")
+        assert len(cards) == 8 and any(c[0] for c in cards)  # 2 layers x 4 heads
+        assert all(c[1] for c in cards if c[0])  # nothing in view is left blank
+        assert all(c[2:] == [256, 256, 2] for c in cards)
+        lay, h = b.evaluate("(function (c) { return [Number(c.dataset.layer), Number(c.dataset.head)]; })("
+                            "document.querySelector('.hav-diff-card'))")
+        diff = a["attentions"][lay][h] - bm["attentions"][lay][h]
+        big = float(diff.abs().max())
+        for py, px in ((0, 0), (10, 200), (128, 128), (255, 3), (77, 77)):
+            block = diff[2 * py:2 * py + 2, 2 * px:2 * px + 2].flatten()
+            x = float(block[block.abs().argmax()])
+            got = b.evaluate(f"Array.from(document.querySelector('.hav-diff-card canvas').getContext('2d')"
+                             f".getImageData({px}, {py}, 1, 1).data)")
+            assert all(abs(g - w) <= 1 for g, w in zip(got[:3], diff_rgb(x / big))), (py, px, got, x / big)
+        assert b.errors() == []

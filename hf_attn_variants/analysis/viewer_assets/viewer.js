@@ -13,7 +13,7 @@
   var PREFETCH_LANES = 2;       // background decodes in flight at once after a render
   var LINE_BUDGET = 1500;       // the most overview lines drawn at once (the strongest first)
   var DIFF_FIRST = 6;           // A - B view: cards drawn before it shows (the rest as they scroll into view)
-  var DIFF_KEEP = 24;           // A - B maps kept (their images and the two matrices each)
+  var DIFF_KEEP = 12;           // A - B maps kept (pooled images, and the two matrices each for the tooltip)
   var ROW_SLACK = 15;           // head view: token rows kept as elements above and below the rows in view
   var COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                 '#bcbd22', '#17becf', '#393b79', '#637939', '#8c6d31', '#843c39', '#7b4173', '#3182bd'];
@@ -101,6 +101,10 @@
     else { out[o] = 255 - 215 * a; out[o + 1] = 255 - 150 * a; out[o + 2] = 255 - 40 * a; }
     out[o + 3] = 255;
   }
+
+  var DIFF_PIXELS = 256;
+  /** The pooling factor of an A - B map of nr x nc cells: 1 up to DIFF_PIXELS a side. */
+  function diffPool(nr, nc) { return Math.max(1, Math.ceil(Math.max(nr, nc) / DIFF_PIXELS)); }
 
   function segmentRange(m, seg, axis) {  // axis 0: rows (queries), 1: columns (keys) -> [lo, hi)
     var T = m.length, p = m.pair_start;
@@ -325,13 +329,13 @@
       todo.push(function () { p.drawThumbs(); });
     });
     // compare mode: the A - B view's first maps (the 12 heads that changed most, whole text, own scale), so that
-    // opening it only puts them on its canvases (at most a third of the decoded-matrix cache)
+    // opening it only puts them on its canvases
     var change = this.compare && this.compare.change && this.compare.change.all, order = [];
     if (change && this.models[0].length === this.models[1].length) {
       change.forEach(function (row, l) { row.forEach(function (c, h) { order.push([c, l, h]); }); });
       order.sort(function (x, y) { return y[0] - x[0]; });
       var T = this.models[0].length;
-      order.slice(0, Math.min(12, Math.floor(this.cacheLimit / 6))).forEach(function (o) {
+      order.slice(0, DIFF_KEEP).forEach(function (o) {
         todo.push(function () { self.diffImage(o[1], o[2], [0, T], [0, T], false).catch(function () {}); });
       });
     }
@@ -514,7 +518,11 @@
     }
     var rows = segmentRange(a, s.segment, 0), cols = segmentRange(a, s.segment, 1);
     var cards = shown.map(function (o, rank) { return self.diffCard(grid, o[1], o[2], o[0], rank, rows, cols); });
-    // decode and draw the cards on screen first; the rest as they scroll into view
+    // the cards in the window (at least DIFF_FIRST) are drawn before the view counts as shown; the rest as they
+    // scroll into view
+    var vh = window.innerHeight || 900;
+    while (first < cards.length && cards[first].canvas.getBoundingClientRect().top < vh) { first++; }
+    this.root.dataset.diffFirst = String(first);
     return Promise.all(cards.slice(0, first).map(function (c) { return c.draw(); })).then(function () {
       if (cards.length > first && typeof IntersectionObserver !== 'undefined') {
         var io = new IntersectionObserver(function (es) {
@@ -535,7 +543,9 @@
     card.appendChild(el('div', 'hav-diff-title', '#' + (rank + 1) + ' layer ' + layer + ' \u00b7 ' +
       L.head_names[head] + ' \u00b7 change ' + fmt(change, 3)));
     var body = el('div', 'hav-diff-body'), c = el('canvas', 'hav-diffmap'), nr = rows[1] - rows[0], nc = cols[1] - cols[0];
-    c.width = nc; c.height = nr;
+    var f = diffPool(nr, nc);  // a long text's map is pooled to at most DIFF_PIXELS a side (shown 150 px wide)
+    c.width = Math.ceil(nc / f); c.height = Math.ceil(nr / f);
+    c.dataset.pool = String(f);
     var px = 150;
     c.style.width = (nr >= nc ? Math.round(px * nc / nr) : px) + 'px';
     c.style.height = (nr >= nc ? px : Math.round(px * nr / nc)) + 'px';
@@ -586,14 +596,20 @@
     if (this.diffImages.has(key)) { return this.diffImages.get(key); }
     var T = this.models[0].length, nr = rows[1] - rows[0], nc = cols[1] - cols[0];
     var p = Promise.all([this.matrix(0, layer, head), this.matrix(1, layer, head)]).then(function (ab) {
-      var A = ab[0], B = ab[1], img = new ImageData(nc, nr), d = img.data, big = 0, i, j, x;
+      // each pixel: the pooled f x f cells' difference of largest magnitude (sign kept), as the thumbnails max-pool
+      var f = diffPool(nr, nc), W = Math.ceil(nc / f), H = Math.ceil(nr / f), pooled = new Float32Array(W * H);
+      var A = ab[0], B = ab[1], big = 0, i, j, x, o;
       for (i = rows[0]; i < rows[1]; i++) {
-        for (j = cols[0]; j < cols[1]; j++) { x = A[i * T + j] - B[i * T + j]; if (x > big) { big = x; } else if (-x > big) { big = -x; } }
+        var po = ((i - rows[0]) / f | 0) * W;
+        for (j = cols[0]; j < cols[1]; j++) {
+          x = A[i * T + j] - B[i * T + j];
+          o = po + ((j - cols[0]) / f | 0);
+          if (x > big) { big = x; } else if (-x > big) { big = -x; }
+          if (x * x > pooled[o] * pooled[o]) { pooled[o] = x; }
+        }
       }
-      var inv = 1 / (shared ? 1 : (big || 1)), q = 0;
-      for (i = rows[0]; i < rows[1]; i++) {
-        for (j = cols[0]; j < cols[1]; j++, q += 4) { diffColor((A[i * T + j] - B[i * T + j]) * inv, d, q); }
-      }
+      var inv = 1 / (shared ? 1 : (big || 1)), img = new ImageData(W, H), d = img.data;
+      for (o = 0; o < W * H; o++) { diffColor(pooled[o] * inv, d, 4 * o); }
       return {img: img, big: big, A: A, B: B};
     });
     this.diffImages.set(key, p);
