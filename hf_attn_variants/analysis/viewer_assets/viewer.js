@@ -336,13 +336,12 @@
       order.sort(function (x, y) { return y[0] - x[0]; });
       var T = this.models[0].length;
       order.slice(0, DIFF_KEEP).forEach(function (o) {
-        todo.push(function () { self.diffImage(o[1], o[2], [0, T], [0, T], false).catch(function () {}); });
+        todo.push(function () { return self.diffImage(o[1], o[2], [0, T], [0, T], false).catch(function () {}); });
       });
     }
-    var step = function () {
+    var step = function () {  // one step per idle period; a step that returns a promise is waited for
       if (!todo.length) { return; }
-      todo.shift()();
-      later(step);
+      Promise.resolve(todo.shift()()).then(function () { later(step); });
     };
     later(step);
   };
