@@ -2,7 +2,8 @@
    Self-contained (no network). HAV.mount(root) reads the JSON in root's <script class="hav-data">.
    Matrices are decoded lazily (one (layer, head) at a time, cached), thumbnails are precomputed.
    Only what is on screen is drawn: the head view's canvas is the size of its viewport (lines of the
-   rows in view), the matrix view draws the zoomed window of a T x T image onto a fixed-size canvas. */
+   rows in view) and its token rows are virtual (only those in view exist), the matrix view draws the
+   zoomed window of a T x T image onto a fixed-size canvas, the model view is one canvas per model. */
 (function () {
   'use strict';
   var HAV = window.HAV = window.HAV || {};
@@ -322,8 +323,7 @@
   Viewer.prototype.prebuild = function () {
     if (this.prebuilt) { return; }
     this.prebuilt = true;
-    var later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
-    var self = this;
+    var self = this, later = window.requestIdleCallback || function (f) { return setTimeout(f, 50); }, todo = [];
     this.panels.forEach(function (p) {
       todo.push(function () { p.buildModelView(); });
       todo.push(function () { p.drawThumbs(); });
@@ -741,7 +741,7 @@
     var r0 = Math.max(0, Math.floor(top / ROW) - ROW_SLACK), r1 = Math.min(T, Math.ceil((top + viewH) / ROW) + ROW_SLACK);
     if (!force && r0 === this.rowRange[0] && r1 === this.rowRange[1]) { return; }
     this.rowRange = [r0, r1];
-    var p = m.pair_start, sel = this.selected, shade = this.shade, self = this;
+    var p = m.pair_start, sel = this.selected, shade = this.shade;
     [[this.leftCol, 'left'], [this.rightCol, 'right']].forEach(function (pair) {
       var col = pair[0], side = pair[1], frag = document.createDocumentFragment();
       var alpha = shade && shade.side === side ? shade.alpha : null;
@@ -758,7 +758,6 @@
       col.appendChild(frag);
     });
     this.v.root.dataset.tokenRows = r0 + '-' + r1;
-    self.rowsBuilt = (self.rowsBuilt || 0) + 1;
   };
 
   Panel.prototype.scrollToToken = function (t) {
