@@ -530,6 +530,19 @@ def test_512_compare_head_view_rows_after_scrolling_and_switching_back():
         b.painted()
         assert b.evaluate(f"{ROOT_JS}.hav.state.token") is None
         assert b.evaluate("document.querySelector('canvas.hav-linecanvas').toDataURL()") != before
+        # the arrow keys walk the selection below the rows in view: the view follows and the row exists, in view
+        for _ in range(46):
+            b.key("ArrowDown")  # the first selects token 0 (and scrolls to it)
+        b.painted()
+        assert b.evaluate(f"{ROOT_JS}.hav.state.token") == 45
+        for p in range(2):
+            box = b.evaluate("(function (p) { var t = p.querySelector('.hav-left .hav-tok.hav-selected');"
+                             " var sc = p.querySelector('.hav-headview-scroll').getBoundingClientRect();"
+                             " if (!t) { return null; } var r = t.getBoundingClientRect();"
+                             " return [Number(t.dataset.i), r.top >= sc.top - 1 && r.bottom <= sc.bottom + 1]; })("
+                             f"document.querySelectorAll('.hav-panel')[{p}])")
+            assert box == [45, True], p
+            assert all(got == want for got, want in rows_under_pointer(b, p))
         assert b.errors() == []
 
 
