@@ -49,7 +49,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .commands import user_mode
-from .metrics import DEFAULT_WINDOWS, per_head_metrics
+from .metrics import DEFAULT_WINDOWS, per_head_metrics, per_query_metrics
 from .rollout import rollout
 
 Tensor = torch.Tensor
@@ -480,13 +480,12 @@ def segment_metrics(weights: list[Tensor], pair_start: int | None, special: Tens
     cols and renormalised to sum to 1 (where the row attends within the segment), then the metrics of
     ``analysis.metrics.per_query_metrics`` (positions, distances and special tokens of the whole text, so the
     distance from A to B is counted across A) are averaged over the block's rows that give the block any weight;
-    None where none does (a causal model's A->B). The "all" block equals the page's whole-text metrics.
+    None where none does (a causal model's A->B). "all" is not returned: the page's whole-text metrics are the
+    same definition on the whole matrix.
     Returns {segment: per layer {key: per head value}} for DELTA_KEYS and mass_within_{window}; {} without a pair.
     """
     if not pair_start:
         return {}
-    from .metrics import per_query_metrics
-
     keys = (*DELTA_KEYS, f"mass_within_{window}")
     t = weights[0].shape[-1]
     out: dict[str, list[dict[str, list[float | None]]]] = {}
