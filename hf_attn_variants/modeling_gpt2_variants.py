@@ -41,7 +41,6 @@ from .hfav_cross_attention import GPT2CrossAttention, init_cross_attention
 from .hfav_masks import (
     check_attn_implementation,
     check_length,
-    check_not_packed,
     config_default,
     custom_attention_mask,
     dense_attention_mask,
@@ -49,6 +48,7 @@ from .hfav_masks import (
     reject_unknown_kwargs,
     wrap_output,
 )
+from .hfav_packing import packing_of
 
 Tensor = torch.Tensor
 
@@ -81,10 +81,11 @@ class VariantGPT2Block(GradientCheckpointingLayer):
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
     def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared",
-                encoder_hidden_states=None, encoder_key_mask=None):
-        """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention))."""
+                encoder_hidden_states=None, encoder_key_mask=None, packing=None):
+        """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention)).
+        packing: the sequences of padding-free packed rows (``hfav_masks.Packing``), for the self-attention."""
         attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache,
-                                         attention_mask=attention_mask)
+                                         attention_mask=attention_mask, packing=packing)
         hidden_states = hidden_states + attn_output
         cross_weights = None
         if hasattr(self, "crossattention"):
@@ -243,9 +244,11 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if cache is not None and not isinstance(cache, VariantCache):
             raise ValueError(f"cache of type {type(cache).__name__}: variant models need a VariantCache "
                              "(pass use_cache=True and reuse the returned cache)")
+        given_cache, asked_cache = cache, use_cache  # (packed rows refuse a cache given or asked for)
         use_cache = config_default(use_cache, self.config, "use_cache")
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # as stock: the checkpointed blocks cannot fill a cache
+            given_cache, asked_cache = None, None
         if use_cache and cache is None:
             cache = VariantCache(config=self.config)
         batch, length = inputs_embeds.shape[:2]
@@ -253,16 +256,21 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         check_length(past + length, self.config.max_position_embeddings)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
         custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
-        if custom:
+        packing = None
+        if custom:  # (a custom 4-D mask states the sequences itself)
             key_mask = None
             dense_mask = custom_attention_mask(self.config, attention_mask, (batch, length, past + length))
         else:
             key_mask = key_padding_mask(attention_mask, (batch, past + length))
-            dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
+            # padding-free packing (position_ids restarting inside a row): each sequence attends as its own row
+            packing = packing_of(position_ids, key_mask, cache=given_cache, use_cache=asked_cache)
+            if packing is not None:
+                use_cache, cache = False, None
+                dense_mask = dense_attention_mask(self.config, packing.gather(inputs_embeds), packing.key_mask)
+            else:
+                dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
-        if not custom:
-            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
@@ -274,7 +282,8 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         for i, block in enumerate(self.h):  # hooks record each block's input and outputs (_can_record_outputs)
             layer_cache = cache.layers[i] if cache is not None else None
             hidden = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
-                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)[0]
+                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask,
+                           packing=packing)[0]
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden),
                                                          cache=cache if use_cache else None)
 
