@@ -96,7 +96,7 @@ class VariantAttention(nn.Module):
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
         layer in a ``VariantCache`` (extended in place; it holds what its rule keeps and says which
         positions it handed back), attention_mask: what dense layers hand to transformers' attention
-        interface, packing: the sequences of padding-free packed rows (``hfav_masks.Packing``: each is
+        interface, packing: the sequences of padding-free packed rows (``hfav_packing.Packing``: each is
         attended as its own row; no cache) -> ((B, T, H·D), weights or None)."""
         if packing is not None:
             return packing.run(self, self._attend, hidden_states, need_weights, None, attention_mask)

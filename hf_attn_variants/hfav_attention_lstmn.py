@@ -83,7 +83,7 @@ class LSTMNAttention(nn.Module):
                 layer_cache: LSTMNLayer | None = None, packing: Packing | None = None,
                 **kwargs) -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T) bool; packing: the sequences of padding-free packed
-        rows (``hfav_masks.Packing``), each run as its own row (its own tapes; no cache)."""
+        rows (``hfav_packing.Packing``), each run as its own row (its own tapes; no cache)."""
         if packing is not None:
             return packing.run(self, self._recur, hidden_states, need_weights, None)
         return self._recur(hidden_states, key_mask, need_weights, layer_cache)

@@ -119,7 +119,7 @@ class VariantBertLayer(GradientCheckpointingLayer):
         self.output = VariantBertOutput(config)
 
     def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared", packing=None):
-        """packing: the sequences of padding-free packed rows (``hfav_masks.Packing``), for the self-attention."""
+        """packing: the sequences of padding-free packed rows (``hfav_packing.Packing``), for the self-attention."""
         attention_output, weights = self.attention(hidden_states, key_mask, need_weights, attention_mask=attention_mask,
                                                    packing=packing)
         return self.output(self.intermediate(attention_output), attention_output), weights

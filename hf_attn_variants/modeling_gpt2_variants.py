@@ -83,7 +83,7 @@ class VariantGPT2Block(GradientCheckpointingLayer):
     def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared",
                 encoder_hidden_states=None, encoder_key_mask=None, packing=None):
         """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention)).
-        packing: the sequences of padding-free packed rows (``hfav_masks.Packing``), for the self-attention."""
+        packing: the sequences of padding-free packed rows (``hfav_packing.Packing``), for the self-attention."""
         attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache,
                                          attention_mask=attention_mask, packing=packing)
         hidden_states = hidden_states + attn_output
