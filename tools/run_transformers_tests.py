@@ -101,7 +101,12 @@ if CLASSES == "ours":
             ours = getattr(hv, name)
             stock_name = name.removeprefix("Variant")
             config = swaps["GPT2Config" if "GPT2" in name else "BertConfig"]
-            swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__}})
+            # _supports_attention_backend gates transformers' padding-free packing tests (generation/test_utils.py:
+            # "can't infer if new attn mask API is supported"); variant models pack by position_ids
+            # (hf_attn_variants/hfav_packing.py), so the adapter turns the gate on. The package itself leaves the
+            # flag off: it also tells vLLM/TGI that the model runs on their attention backends, which ours do not.
+            swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__,
+                                                           "_supports_attention_backend": True}})
     # the Auto classes map the run's configs to the swapped models, as the package maps its own
     for base, models in hv.AUTO_CLASSES.items():
         config = swaps["GPT2Config" if base is hv.VariantGPT2Config else "BertConfig"]
