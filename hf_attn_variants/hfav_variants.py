@@ -292,6 +292,12 @@ def cache_rules(config) -> list[CacheRule]:
     return [spec_of(config.variant_for_layer(i)).cache(config) for i in range(config.num_hidden_layers)]
 
 
+def compiles_fullgraph(config) -> bool:
+    """Whether a model's decoding step compiles with ``torch.compile(fullgraph=True)`` over a static cache: every
+    layer's spec declares a compileable cache rule (transformers' ``_can_compile_fullgraph``)."""
+    return all(rule.compileable for rule in cache_rules(config))
+
+
 def projection_flops(config, seq_len: int, shapes: dict[str, tuple[int, int]]) -> int:
     """2·T·d·(outputs) for the query/key pair(s) and the values, biases aside."""
     qk_out = sum(2 * heads * dim for heads, dim in shapes.values())

@@ -50,6 +50,7 @@ from .hfav_masks import (
     wrap_output,
 )
 from .hfav_packing import packing_of
+from .hfav_variants import compiles_fullgraph
 
 Tensor = torch.Tensor
 
@@ -361,7 +362,11 @@ def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs
 
 
 class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
-    """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``."""
+    """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``.
+
+    ``_can_compile_fullgraph`` is per model (the class cannot know its variants): True when every layer's
+    variant decodes compiled over a static cache (``variants.compiles_fullgraph``: dense, low_rank); then
+    ``generate(cache_implementation="static")`` compiles the decoding forward, as for stock GPT-2."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
@@ -369,6 +374,7 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.loss_type = "ForCausalLM"  # the class name matches no entry of transformers' LOSS_MAPPING
         self.transformer = VariantGPT2Model(config)
+        self._can_compile_fullgraph = compiles_fullgraph(config)  # (after the model validated the config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -526,6 +532,7 @@ class VariantGPT2DoubleHeadsModel(VariantGPT2PreTrainedModel, GenerationMixin):
         super().__init__(config)
         config.num_labels = 1  # as stock: the summary projects each choice to one score
         self.transformer = VariantGPT2Model(config)
+        self._can_compile_fullgraph = compiles_fullgraph(config)  # as the LM head
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.multiple_choice_head = GPT2SequenceSummary(config)
         self.post_init()
