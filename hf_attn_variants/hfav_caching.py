@@ -406,15 +406,13 @@ class VariantStaticLayer(VariantLayer):
     transformers' ``StaticLayer``) and into the scratch slot, and hands the attention the whole buffers
     (B, H, max_cache_len + 1, ·) with ``step_key_mask``: the past slots and the scratch slot, where the
     kernels place the query (the last key position: it reads itself there, never an unwritten slot).
-    Shapes and addresses stay fixed, so decoding steps reuse one graph. The Python count ``seen``
-    follows the tensor (read back lazily after compiled steps).
+    Shapes and addresses stay fixed, so decoding steps reuse one graph. ``seen`` reads the tensor count.
     """
 
     def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
                  **kwargs):
         # the count of positions written, as a tensor (compiled steps update it in place) and a Python int
         self.cumulative_length = torch.tensor(0, dtype=torch.long)
-        self._seen, self._stale = 0, False
         super().__init__(sliding_window, rule=rule)
         if self.rule.recurrent:
             raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
@@ -426,14 +424,17 @@ class VariantStaticLayer(VariantLayer):
 
     @property
     def seen(self) -> int:
-        if self._stale:  # compiled steps moved the tensor count: read it back once
-            self._seen, self._stale = int(self.cumulative_length), False
-        return self._seen
+        """Positions written: for a compileable layer the tensor count (compiled steps move only that), else the
+        Python int the ``VariantLayer`` code keeps."""
+        return int(self.cumulative_length) if self.is_compileable else self._seen
 
-    @seen.setter
-    def seen(self, value: int) -> None:
-        self._seen, self._stale = int(value), False
-        self.cumulative_length.fill_(self._seen)
+    def __setattr__(self, name: str, value) -> None:
+        """``seen = n`` (as the ``VariantLayer`` code writes it) sets the Python int and the tensor count."""
+        if name == "seen":
+            super().__setattr__("_seen", int(value))
+            self.cumulative_length.fill_(int(value))
+            return
+        super().__setattr__(name, value)
 
     def step_key_mask(self) -> Tensor:
         """bool (max_cache_len + 1,): what a compiled step's query reads: the slots written before it and the
@@ -457,7 +458,6 @@ class VariantStaticLayer(VariantLayer):
             buffer.index_copy_(2, position, t)
             buffer.narrow(2, self.max_cache_len, 1).copy_(t)  # the scratch slot, where the query sits
         self.cumulative_length.add_(n)
-        self._stale = True
         return self.keys, self.values, {name: self.states[name] for name in states or {}}
 
     def _allocate(self, new: dict[str, Tensor], states: dict[str, Tensor] | None) -> None:
