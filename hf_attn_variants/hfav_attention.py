@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .hfav_attention_lstmn import GPT2LSTMNAttention, LSTMNAttention, LSTMNCell, lstmn_continue
 from .hfav_caching import VariantLayer
+from .hfav_packing import Packing
 from .hfav_variants import BAND_COMBINE, STOCK, VARIANTS, Context, Projected, Result, spec_of
 
 Tensor = torch.Tensor
@@ -90,12 +91,19 @@ class VariantAttention(nn.Module):
         return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)  # (B, T, h·d) -> (B, h, T, d)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: VariantLayer | None = None,
-                attention_mask: object = "unprepared") -> tuple[Tensor, Tensor | None]:
+                layer_cache: VariantLayer | None = None, attention_mask: object = "unprepared",
+                packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
         """hidden_states (B, T, hidden), key_mask (B, T_past + T) bool, layer_cache: this layer's
         layer in a ``VariantCache`` (extended in place; it holds what its rule keeps and says which
         positions it handed back), attention_mask: what dense layers hand to transformers' attention
-        interface -> ((B, T, H·D), weights or None)."""
+        interface, packing: the sequences of padding-free packed rows (``hfav_packing.Packing``: each is
+        attended as its own row; no cache) -> ((B, T, H·D), weights or None)."""
+        if packing is not None:
+            return packing.run(self, self._attend, hidden_states, need_weights, None, attention_mask)
+        return self._attend(hidden_states, key_mask, need_weights, layer_cache, attention_mask)
+
+    def _attend(self, hidden_states: Tensor, key_mask: Tensor | None, need_weights: bool,
+                layer_cache: VariantLayer | None, attention_mask: object) -> tuple[Tensor, Tensor | None]:
         proj = self._project(hidden_states)
         heads = [self.qk_heads, self.qk_heads, self.num_heads, self.low_rank_heads, self.low_rank_heads]
         p = Projected(*(self.split_heads(t, h) for t, h in zip(proj, heads)))

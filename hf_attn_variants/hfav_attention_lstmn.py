@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .hfav_caching import LSTMNLayer
 from .hfav_kernels_lstmn import lstmn_reference, lstmn_scan, lstmn_start
+from .hfav_packing import Packing
 
 Tensor = torch.Tensor
 
@@ -79,7 +80,16 @@ class LSTMNAttention(nn.Module):
         return lstmn_scan(cell, x, key_mask)
 
     def forward(self, hidden_states: Tensor, key_mask: Tensor | None = None, need_weights: bool = False,
-                layer_cache: LSTMNLayer | None = None, **kwargs) -> tuple[Tensor, Tensor | None]:
+                layer_cache: LSTMNLayer | None = None, packing: Packing | None = None,
+                **kwargs) -> tuple[Tensor, Tensor | None]:
+        """hidden_states (B, T, hidden), key_mask (B, T) bool; packing: the sequences of padding-free packed
+        rows (``hfav_packing.Packing``), each run as its own row (its own tapes; no cache)."""
+        if packing is not None:
+            return packing.run(self, self._recur, hidden_states, need_weights, None)
+        return self._recur(hidden_states, key_mask, need_weights, layer_cache)
+
+    def _recur(self, hidden_states: Tensor, key_mask: Tensor | None, need_weights: bool,
+               layer_cache: LSTMNLayer | None) -> tuple[Tensor, Tensor | None]:
         need_weights = need_weights or self.capture
         if layer_cache is not None:
             if self.bidirectional:

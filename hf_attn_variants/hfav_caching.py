@@ -55,13 +55,17 @@ class CacheRule:
 
     ``window``: the last w positions (None: every position); ``global_tokens``: the first g
     positions, held besides; ``windowed``: which tensors follow the window (the others hold every
-    position); ``recurrent``: the layer carries a recurrence's tapes (LSTMN) instead of keys.
+    position); ``recurrent``: the layer carries a recurrence's tapes (LSTMN) instead of keys;
+    ``compileable``: the variant's decoding step compiles with ``torch.compile(fullgraph=True)``
+    over a static layer (no data-dependent Python control flow in its kernels), so its static
+    layer says ``is_compileable`` and ``generate`` compiles the decoding forward.
     """
 
     window: int | None = None
     global_tokens: int = 0
     windowed: tuple[str, ...] = ("keys", "values")
     recurrent: bool = False
+    compileable: bool = False
 
 
 class VariantLayer(DynamicLayer):
@@ -394,17 +398,81 @@ class VariantStaticLayer(VariantLayer):
     The memory is fixed before decoding starts; the window rule, ``held_view`` and the layout are
     the ``VariantLayer``'s. Not recordable: a windowed layer that has moved past its window cannot
     undo a crop (ValueError, as ``crop_error`` says), as transformers' static sliding layers.
-    Compiled decoding with fixed shapes is not claimed: the attention reads ``buffer[:, :, :seen]``.
-    """
+    Eager: the attention reads the filled part ``buffer[:, :, :seen]``.
 
-    is_compileable = False
+    Compiled decoding (``is_compileable``: a rule without a window whose variant declares
+    ``compileable``): the buffers have one slot more, a scratch slot at the end. Under
+    ``torch.compile`` ``extend`` writes the new token in place at the tensor ``cumulative_length`` (as
+    transformers' ``StaticLayer``) and into the scratch slot, and hands the attention the whole buffers
+    (B, H, max_cache_len + 1, ·) with ``step_key_mask``: the past slots and the scratch slot, where the
+    kernels place the query (the last key position: it reads itself there, never an unwritten slot).
+    Shapes and addresses stay fixed, so decoding steps reuse one graph. ``seen`` reads the tensor count.
+    """
 
     def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
                  **kwargs):
+        # the count of positions written, as a tensor (compiled steps update it in place) and a Python int
+        self.cumulative_length = torch.tensor(0, dtype=torch.long)
         super().__init__(sliding_window, rule=rule)
         if self.rule.recurrent:
             raise ValueError("a static cache layer cannot hold a recurrence's tapes (lstmn)")
         self.max_cache_len = int(max_cache_len)
+
+    @property
+    def is_compileable(self) -> bool:
+        return self.rule.compileable and self.rule.window is None and not self.rule.recurrent
+
+    @property
+    def seen(self) -> int:
+        """Positions written: for a compileable layer the tensor count (compiled steps move only that), else the
+        Python int the ``VariantLayer`` code keeps."""
+        return int(self.cumulative_length) if self.is_compileable else self._seen
+
+    def __setattr__(self, name: str, value) -> None:
+        """``seen = n`` (as the ``VariantLayer`` code writes it) sets the Python int and the tensor count."""
+        if name == "seen":
+            super().__setattr__("_seen", int(value))
+            self.cumulative_length.fill_(int(value))
+            return
+        super().__setattr__(name, value)
+
+    def step_key_mask(self) -> Tensor:
+        """bool (max_cache_len + 1,): what a compiled step's query reads: the slots written before it and the
+        scratch slot (itself). A tensor compare, no Python int: the same graph at every step."""
+        slots = torch.arange(self.max_cache_len + 1, device=self.cumulative_length.device)
+        return (slots < self.cumulative_length) | (slots == self.max_cache_len)
+
+    def _extend_in_place(self, key_states: Tensor, value_states: Tensor,
+                         states: dict[str, Tensor] | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The compiled step: write the n new positions at ``cumulative_length`` in place and hand back the
+        whole buffers (B, H, max_cache_len, ·); the unwritten slots are masked by the model."""
+        new = {"keys": key_states, "values": value_states, **(states or {})}
+        if not self.is_initialized:
+            self._allocate(new, states)
+        n = key_states.shape[2]
+        if n != 1:
+            raise ValueError(f"a compiled step over a static cache layer takes one new token (got {n})")
+        position = self.cumulative_length + torch.arange(n, device=key_states.device)
+        for name, t in new.items():
+            buffer = self._buffer(name)
+            buffer.index_copy_(2, position, t)
+            buffer.narrow(2, self.max_cache_len, 1).copy_(t)  # the scratch slot, where the query sits
+        self.cumulative_length.add_(n)
+        return self.keys, self.values, {name: self.states[name] for name in states or {}}
+
+    def _allocate(self, new: dict[str, Tensor], states: dict[str, Tensor] | None) -> None:
+        self.device = new["keys"].device
+        for name, t in new.items():
+            size = min(self.max_cache_len, self.rule.global_tokens + self.rule.window) if self.windows(name) \
+                else self.max_cache_len + int(self.is_compileable)  # (the scratch slot of compiled steps)
+            buffer = t.new_zeros(*t.shape[:2], size, t.shape[3])
+            if name in ("keys", "values"):
+                setattr(self, name, buffer)
+            else:
+                self.states[name] = buffer
+        self.time_states.update(states or {})
+        self.cumulative_length = self.cumulative_length.to(self.device)
+        self.is_initialized = True
 
     record_hint = ("a static windowed layer holds g + w positions in place and cannot record its past: use the "
                    "dynamic VariantCache (cache_implementation=None)")
@@ -435,23 +503,15 @@ class VariantStaticLayer(VariantLayer):
 
     def extend(self, key_states: Tensor, value_states: Tensor,
                states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if torch.compiler.is_compiling() and self.is_compileable:
+            return self._extend_in_place(key_states, value_states, states)
         new = {"keys": key_states, "values": value_states, **(states or {})}
         n = key_states.shape[2]
         if self.seen + n > self.max_cache_len:
             raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} positions: cannot add {n} "
                              f"after {self.seen}; pass a larger max_cache_len or max_new_tokens")
         if not self.is_initialized:
-            self.device = key_states.device
-            for name, t in new.items():
-                size = min(self.max_cache_len, self.rule.global_tokens + self.rule.window) if self.windows(name) \
-                    else self.max_cache_len
-                buffer = t.new_zeros(*t.shape[:2], size, t.shape[3])
-                if name in ("keys", "values"):
-                    setattr(self, name, buffer)
-                else:
-                    self.states[name] = buffer
-            self.time_states.update(states or {})
-            self.is_initialized = True
+            self._allocate(new, states)
         full, head, start, seen = {}, *self._target(self.seen + n), self.seen + n
         for name, t in new.items():
             if self.windows(name):  # held + new, then the window of that is written back
@@ -471,6 +531,11 @@ class VariantStaticLayer(VariantLayer):
             if self.windows(name):
                 self._set(name, self._select(t, head, start, seen, 2).clone())
         self.head, self.start, self.seen = head, start, seen
+
+    def to(self, device, non_blocking: bool = False) -> VariantStaticLayer:
+        super().to(device, non_blocking)
+        self.cumulative_length = self.cumulative_length.to(device)
+        return self
 
     def reset(self) -> None:
         for t in self._tensors().values():
@@ -517,6 +582,14 @@ class VariantCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
+
+    def compiled_slots(self) -> int | None:
+        """max_cache_len when every layer is a compileable static layer (``VariantStaticLayer.is_compileable``:
+        decoding steps run compiled over whole buffers, that many slots and a scratch slot), else None."""
+        if self.layers and all(isinstance(layer, VariantStaticLayer) and layer.is_compileable
+                               for layer in self.layers):
+            return self.layers[0].max_cache_len
+        return None
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         """(kv_length, kv_offset) of a layer that keeps every key (dense): what masks are built for."""

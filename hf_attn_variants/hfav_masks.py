@@ -80,23 +80,6 @@ def custom_attention_mask(config, attention_mask: Tensor, shape: tuple[int, int,
     return CustomMask(attention_mask != 0)
 
 
-def check_not_packed(position_ids: Tensor | None, key_mask: Tensor | None) -> None:
-    """Refuse padding-free packing (several sequences in one row, ``position_ids`` restarting at each): the
-    variant kernels read a row as one sequence (the pairs rule, band windows and global tokens, LSTMN tapes
-    have no sequence boundaries), so a packed row would attend across its sequences. Positions that fall
-    between real tokens only count (left padding's positions are not a restart)."""
-    if position_ids is None or position_ids.shape[-1] < 2 or torch.compiler.is_compiling():
-        return
-    down = position_ids[..., 1:] < position_ids[..., :-1]  # (B, T - 1): a position lower than the previous one
-    if key_mask is not None:
-        real = key_mask[..., -position_ids.shape[-1]:]
-        down = down & real[..., 1:] & real[..., :-1]
-    if bool(down.any()):
-        raise ValueError("position_ids restart within a row (padding-free packing of several sequences): variant "
-                         "models read each row as one sequence, so packed sequences would attend to each other; "
-                         "pad the batch and pass attention_mask instead.")
-
-
 def check_length(seq_length: int, max_positions: int) -> None:
     """Raise a clear error for inputs longer than the position table."""
     if seq_length > max_positions:

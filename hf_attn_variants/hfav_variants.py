@@ -281,9 +281,21 @@ def _cache_everything(config) -> CacheRule:
     return CacheRule()
 
 
+def _cache_everything_compiled(config) -> CacheRule:
+    """Every position, and the decoding step compiles fullgraph over a static layer (dense, low_rank: SDPA with a
+    key mask, no data-dependent Python control flow; tests/test_compile_generate.py)."""
+    return CacheRule(compileable=True)
+
+
 def cache_rules(config) -> list[CacheRule]:
     """The cache rule of every layer of a model, as its variants' specs declare them."""
     return [spec_of(config.variant_for_layer(i)).cache(config) for i in range(config.num_hidden_layers)]
+
+
+def compiles_fullgraph(config) -> bool:
+    """Whether a model's decoding step compiles with ``torch.compile(fullgraph=True)`` over a static cache: every
+    layer's spec declares a compileable cache rule (transformers' ``_can_compile_fullgraph``)."""
+    return all(rule.compileable for rule in cache_rules(config))
 
 
 def projection_flops(config, seq_len: int, shapes: dict[str, tuple[int, int]]) -> int:
@@ -351,6 +363,7 @@ class Dense(ScoringSpec):
     summary = "stock scaled dot-product attention (numerically the stock model)"
     paper = "vaswani2017"
     forward = _dense
+    cache = _cache_everything_compiled
     kernels = ((dense_attention, dense_attention_reference),)
     projections = _full_size
     flops = _dense_flops
@@ -391,6 +404,7 @@ class LowRank(ScoringSpec):
     paper = "guo2019"
     settings = ("attention_rank",)
     forward = _low_rank
+    cache = _cache_everything_compiled
     kernels = ((low_rank_attention, low_rank_attention_reference),)
     projections = _low_rank_shapes
     flops = _low_rank_flops

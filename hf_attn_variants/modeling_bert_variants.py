@@ -35,7 +35,6 @@ from .hfav_masks import (
     LOSS_KWARGS,
     check_attn_implementation,
     check_length,
-    check_not_packed,
     config_default,
     custom_attention_mask,
     dense_attention_mask,
@@ -43,6 +42,7 @@ from .hfav_masks import (
     reject_unknown_kwargs,
     wrap_output,
 )
+from .hfav_packing import packing_of
 
 Tensor = torch.Tensor
 
@@ -89,8 +89,9 @@ class VariantBertAttention(nn.Module):
         self.self = attention_class("bert", config.variant_for_layer(layer_idx))(config, layer_idx)
         self.output = VariantBertSelfOutput(config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared"):
-        context, weights = self.self(hidden_states, key_mask, need_weights, attention_mask=attention_mask)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared", packing=None):
+        context, weights = self.self(hidden_states, key_mask, need_weights, attention_mask=attention_mask,
+                                     packing=packing)
         return self.output(context, hidden_states), weights
 
 
@@ -117,8 +118,10 @@ class VariantBertLayer(GradientCheckpointingLayer):
         self.intermediate = VariantBertIntermediate(config)
         self.output = VariantBertOutput(config)
 
-    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared"):
-        attention_output, weights = self.attention(hidden_states, key_mask, need_weights, attention_mask=attention_mask)
+    def forward(self, hidden_states, key_mask=None, need_weights=False, attention_mask="unprepared", packing=None):
+        """packing: the sequences of padding-free packed rows (``hfav_packing.Packing``), for the self-attention."""
+        attention_output, weights = self.attention(hidden_states, key_mask, need_weights, attention_mask=attention_mask,
+                                                   packing=packing)
         return self.output(self.intermediate(attention_output), attention_output), weights
 
 
@@ -226,17 +229,20 @@ class VariantBertModel(VariantBertPreTrainedModel):
         check_length(shape[1], self.config.max_position_embeddings)
         custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
         key_mask = None if custom else key_padding_mask(attention_mask, shape)
-        if not custom:
-            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
+        # padding-free packing (position_ids restarting inside a row): each sequence attends as its own row
+        # (a custom 4-D mask states the sequences itself)
+        packing = None if custom else packing_of(position_ids, key_mask)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         if custom:
             dense_mask = custom_attention_mask(self.config, attention_mask, (shape[0], shape[1], shape[1]))
+        elif packing is not None:
+            dense_mask = dense_attention_mask(self.config, packing.gather(hidden), packing.key_mask)
         else:
             dense_mask = dense_attention_mask(self.config, hidden, key_mask)
         for layer in self.encoder.layer:  # hooks record each layer's input and outputs (_can_record_outputs)
-            hidden = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask)[0]
+            hidden = layer(hidden, key_mask, output_attentions, attention_mask=dense_mask, packing=packing)[0]
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden, pooler_output=self.pooler(hidden) if self.pooler is not None else None)
 

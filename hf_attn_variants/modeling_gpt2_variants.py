@@ -39,9 +39,9 @@ from .hfav_attention import GPT2LSTMNAttention, GPT2VariantAttention, attention_
 from .hfav_caching import VariantCache
 from .hfav_cross_attention import GPT2CrossAttention, init_cross_attention
 from .hfav_masks import (
+    OWN_IMPLEMENTATIONS,
     check_attn_implementation,
     check_length,
-    check_not_packed,
     config_default,
     custom_attention_mask,
     dense_attention_mask,
@@ -49,6 +49,8 @@ from .hfav_masks import (
     reject_unknown_kwargs,
     wrap_output,
 )
+from .hfav_packing import packing_of
+from .hfav_variants import compiles_fullgraph
 
 Tensor = torch.Tensor
 
@@ -81,10 +83,11 @@ class VariantGPT2Block(GradientCheckpointingLayer):
         self.mlp = VariantGPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden, config)
 
     def forward(self, hidden_states, key_mask=None, need_weights=False, cache=None, attention_mask="unprepared",
-                encoder_hidden_states=None, encoder_key_mask=None):
-        """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention))."""
+                encoder_hidden_states=None, encoder_key_mask=None, packing=None):
+        """-> (hidden_states, self-attention weights, cross-attention weights (None without cross-attention)).
+        packing: the sequences of padding-free packed rows (``hfav_packing.Packing``), for the self-attention."""
         attn_output, weights = self.attn(self.ln_1(hidden_states), key_mask, need_weights, cache,
-                                         attention_mask=attention_mask)
+                                         attention_mask=attention_mask, packing=packing)
         hidden_states = hidden_states + attn_output
         cross_weights = None
         if hasattr(self, "crossattention"):
@@ -142,6 +145,15 @@ class VariantGPT2PreTrainedModel(PreTrainedModel):
         model_kwargs["cache"] = VariantCache(config=self.config, max_cache_len=static_length)
         if generation_config.is_assistant or generation_mode == GenerationMode.ASSISTED_GENERATION:
             model_kwargs["cache"].activate_past_recording()
+
+    def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, cache=None, **kwargs):
+        """What ``generate`` hands the forward as ``attention_mask`` when its cache is compileable (transformers
+        builds a 4-D mask there): the 2-D padding mask, padded with zeros to the static cache's max_cache_len, so
+        that compiled decoding steps see one shape (``static_step_inputs``); the mask as given otherwise."""
+        slots = cache.compiled_slots() if isinstance(cache, VariantCache) else None
+        if slots is None or attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[-1] > slots:
+            return attention_mask
+        return nn.functional.pad(attention_mask, (0, slots - attention_mask.shape[-1]))
 
     def init_continuous_batching(self, *args, **kwargs):
         """Continuous batching (``generate_batch``, ``generate(cache_implementation="paged")``) is refused:
@@ -243,26 +255,41 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         if cache is not None and not isinstance(cache, VariantCache):
             raise ValueError(f"cache of type {type(cache).__name__}: variant models need a VariantCache "
                              "(pass use_cache=True and reuse the returned cache)")
+        given_cache, asked_cache = cache, use_cache  # (packed rows refuse a cache given or asked for)
         use_cache = config_default(use_cache, self.config, "use_cache")
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # as stock: the checkpointed blocks cannot fill a cache
+            given_cache, asked_cache = None, None
         if use_cache and cache is None:
             cache = VariantCache(config=self.config)
         batch, length = inputs_embeds.shape[:2]
-        past = cache.get_seq_length() if cache is not None else 0
-        check_length(past + length, self.config.max_position_embeddings)
         output_attentions = config_default(output_attentions, self.config, "output_attentions")
-        custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
-        if custom:
-            key_mask = None
-            dense_mask = custom_attention_mask(self.config, attention_mask, (batch, length, past + length))
+        slots = cache.compiled_slots() if cache is not None else None  # a static cache that decodes compiled
+        packing, dense_mask = None, "unprepared"
+        if slots is not None and torch.compiler.is_compiling():  # one graph for every decoding step
+            key_mask, position_ids = static_step_inputs(self.config, cache, attention_mask, position_ids,
+                                                        (batch, length), slots)
         else:
-            key_mask = key_padding_mask(attention_mask, (batch, past + length))
-            dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
-        if position_ids is None:
-            position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
-        if not custom:
-            check_not_packed(position_ids, key_mask)  # (a custom 4-D mask states the sequences itself)
+            past = cache.get_seq_length() if cache is not None else 0
+            check_length(past + length, self.config.max_position_embeddings)
+            if slots is not None and attention_mask is not None and attention_mask.dim() == 2 \
+                    and attention_mask.shape[-1] == slots:  # generate's mask over the slots (create_masks_for_generate)
+                attention_mask = attention_mask[:, :past + length]
+            custom = attention_mask is not None and attention_mask.dim() == 4  # dense layers apply it as given
+            if custom:  # (a custom 4-D mask states the sequences itself)
+                key_mask = None
+                dense_mask = custom_attention_mask(self.config, attention_mask, (batch, length, past + length))
+            else:
+                key_mask = key_padding_mask(attention_mask, (batch, past + length))
+                # padding-free packing (position_ids restarting inside a row): each sequence attends as its own row
+                packing = packing_of(position_ids, key_mask, cache=given_cache, use_cache=asked_cache)
+                if packing is not None:
+                    use_cache, cache = False, None
+                    dense_mask = dense_attention_mask(self.config, packing.gather(inputs_embeds), packing.key_mask)
+                else:
+                    dense_mask = dense_attention_mask(self.config, inputs_embeds, key_mask, cache)
+            if position_ids is None:
+                position_ids = positions_from_mask(key_mask, (batch, past + length), inputs_embeds.device)[:, -length:]
 
         hidden = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
@@ -274,9 +301,42 @@ class VariantGPT2Model(VariantGPT2PreTrainedModel):
         for i, block in enumerate(self.h):  # hooks record each block's input and outputs (_can_record_outputs)
             layer_cache = cache.layers[i] if cache is not None else None
             hidden = block(hidden, key_mask, output_attentions, cache=layer_cache, attention_mask=dense_mask,
-                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask)[0]
+                           encoder_hidden_states=encoder_hidden_states, encoder_key_mask=encoder_key_mask,
+                           packing=packing)[0]
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden),
                                                          cache=cache if use_cache else None)
+
+
+def static_step_inputs(config, cache: VariantCache, attention_mask: Tensor | None, position_ids: Tensor | None,
+                       shape: tuple[int, int], slots: int) -> tuple[Tensor, Tensor]:
+    """A decoding step compiled over a compileable static cache (``VariantCache.compiled_slots``): the layers hand
+    the attention whole buffers, the ``slots`` positions and a scratch slot holding the new token, where the
+    kernels place the query (``VariantStaticLayer.step_key_mask``). The key mask is generate's attention mask
+    padded to ``slots`` (``create_masks_for_generate``) over the slots written before, and the scratch slot: tensor
+    compares, no Python int, so every step runs the same graph. One new token per step.
+    -> key_mask (B, slots + 1) bool, position_ids (B, 1)."""
+    batch, length = shape
+    if length != 1:
+        raise ValueError(f"a compiled forward over a static VariantCache takes one new token per step (got {length}): "
+                         "run the prompt uncompiled (generate() does)")
+    if config._attn_implementation not in OWN_IMPLEMENTATIONS:
+        raise ValueError(f"a compiled decoding step runs the variant kernels ('sdpa' or 'eager'), not "
+                         f"attn_implementation={config._attn_implementation!r}")
+    layer = cache.layers[0]
+    step = layer.step_key_mask()[None]  # (1, slots + 1)
+    if attention_mask is None:
+        padding = torch.ones(batch, slots, dtype=torch.bool, device=step.device)
+    elif attention_mask.dim() == 2 and attention_mask.shape[-1] == slots:
+        padding = attention_mask.bool()
+    else:
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)}: a compiled decoding step over a "
+                         f"static cache takes the 2-D mask padded to max_cache_len={slots} (generate() passes it, "
+                         "create_masks_for_generate), so that its shape does not change from step to step")
+    key_mask = torch.cat([padding, padding.new_ones(batch, 1)], dim=-1) & step
+    if position_ids is None:  # the new token's place among the real tokens of its row
+        index = layer.cumulative_length.expand(batch, 1)
+        position_ids = (padding.long().cumsum(-1) - 1).clamp(min=0).gather(1, index)
+    return key_mask, position_ids
 
 
 def recording_flags(output_attentions, output_hidden_states) -> dict:
@@ -302,7 +362,11 @@ def _base_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs
 
 
 class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
-    """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``."""
+    """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``.
+
+    ``_can_compile_fullgraph`` is per model (the class cannot know its variants): True when every layer's
+    variant decodes compiled over a static cache (``variants.compiles_fullgraph``: dense, low_rank); then
+    ``generate(cache_implementation="static")`` compiles the decoding forward, as for stock GPT-2."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
@@ -310,6 +374,7 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.loss_type = "ForCausalLM"  # the class name matches no entry of transformers' LOSS_MAPPING
         self.transformer = VariantGPT2Model(config)
+        self._can_compile_fullgraph = compiles_fullgraph(config)  # (after the model validated the config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -467,6 +532,7 @@ class VariantGPT2DoubleHeadsModel(VariantGPT2PreTrainedModel, GenerationMixin):
         super().__init__(config)
         config.num_labels = 1  # as stock: the summary projects each choice to one score
         self.transformer = VariantGPT2Model(config)
+        self._can_compile_fullgraph = compiles_fullgraph(config)  # as the LM head
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.multiple_choice_head = GPT2SequenceSummary(config)
         self.post_init()

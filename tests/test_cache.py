@@ -296,9 +296,10 @@ def test_generate_with_static_cache(variant, fields, g):
     layer, rule = static.cache.layers[0], spec_of(variant).cache(model.config)
     length = layer.get_max_length()
     assert isinstance(layer, VariantStaticLayer) and static.cache.get_seq_length() == 15 and length >= 15
-    windowed = length if rule.window is None else min(length, rule.global_tokens + rule.window)
+    scratch = int(layer.is_compileable)  # compiled decoding's scratch slot (dense, low_rank: VariantStaticLayer)
+    windowed = length + scratch if rule.window is None else min(length, rule.global_tokens + rule.window)
     assert layer.keys.shape[2] == windowed
-    assert layer.values.shape[2] == (windowed if layer.windows("values") else length)
+    assert layer.values.shape[2] == (windowed if layer.windows("values") else length + scratch)
 
 
 def test_static_layer_writes_in_place_and_crops_within_its_window():
@@ -328,7 +329,7 @@ def test_cache_rules_for_both_families(family):
                         **extra).config
     cache = VariantCache(config=config)
     assert [layer.rule for layer in cache.layers] == [
-        CacheRule(window=3, global_tokens=1, windowed=("keys",)), CacheRule()]
+        CacheRule(window=3, global_tokens=1, windowed=("keys",)), CacheRule(compileable=True)]
     static = VariantCache(config=config, max_cache_len=7)
     assert all(isinstance(layer, VariantStaticLayer) and layer.get_max_length() == 7 for layer in static.layers)
 

@@ -96,12 +96,23 @@ if CLASSES == "ours":
     # the configs keep our names (Auto classes look configs up by name); the models take the stock names
     swaps = {{"GPT2Config": config_class(hv.VariantGPT2Config, "VariantGPT2Config"),
              "BertConfig": config_class(hv.VariantBertConfig, "VariantBertConfig")}}
+    # _can_compile_fullgraph is per model in the package (the variants decide); the stock tests read the class: the
+    # run's variant decides it for the swapped GPT-2 classes (stock BERT does not set it)
+    from hf_attn_variants.hfav_variants import compiles_fullgraph
+
+    gpt2_compiles = compiles_fullgraph(swaps["GPT2Config"]())
     for name in dir(hv):
         if name.startswith(("VariantGPT2", "VariantBert")) and not name.endswith(("Config", "PreTrainedModel")):
             ours = getattr(hv, name)
             stock_name = name.removeprefix("Variant")
             config = swaps["GPT2Config" if "GPT2" in name else "BertConfig"]
-            swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__}})
+            # _supports_attention_backend gates transformers' padding-free packing tests (generation/test_utils.py:
+            # "can't infer if new attn mask API is supported"); variant models pack by position_ids
+            # (hf_attn_variants/hfav_packing.py), so the adapter turns the gate on. The package itself leaves the
+            # flag off: it also tells vLLM/TGI that the model runs on their attention backends, which ours do not.
+            swaps[stock_name] = type(stock_name, (ours,), {{"config_class": config, "__module__": ours.__module__,
+                                                           "_supports_attention_backend": True,
+                                                           "_can_compile_fullgraph": "GPT2" in name and gpt2_compiles}})
     # the Auto classes map the run's configs to the swapped models, as the package maps its own
     for base, models in hv.AUTO_CLASSES.items():
         config = swaps["GPT2Config" if base is hv.VariantGPT2Config else "BertConfig"]
