@@ -220,7 +220,8 @@ def chosen_jobs(grid: dict, jobs: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 # the research files a record's numbers depend on (with every file of the library), hashed into its code version
-RESULT_FILES = ("experiments.py", "exp_models.py", "probes.py", "corpora.py", "tasks.py", "dates.py")
+RESULT_FILES = ("experiments.py", "exp_models.py", "probes.py", "corpora.py", "tasks.py", "dates.py",
+                "dates_length.py")
 
 
 def code_version() -> dict:
