@@ -9,7 +9,10 @@ registry (a ``CrossScoring`` class per rule; the self-attention specs of ``hfav_
 |---|---|
 | ``dense`` | (W_q y_i) · (W_k h_j) / √D, stock GPT-2 cross-attention |
 | ``additive`` | v_hᵀ tanh(W_q^h y_i + W_k^h h_j + b_h), Bahdanau et al.'s alignment model, size ``additive_dim`` |
-| ``mean`` | 0: no attention. Every decoder position reads the same fixed vector, the mean of W_v h_j over the real encoder tokens (their RNNenc baseline: the decoder sees only a fixed-length summary of the source) |
+| ``mean`` | 0: no attention; every query reads the mean of W_v h_j over the real encoder tokens (RNNenc) |
+
+``mean`` is the fixed-length-summary baseline Bahdanau et al. compare with (their RNNenc): the decoder sees
+one vector per source, the same at every step.
 
 then α_ij = softmax_j(e_ij) over the real encoder tokens and c_i = Σ_j α_ij W_v h_j.
 

@@ -110,8 +110,9 @@ class Chars:
 
 
 def build_model(cross: str, vocab: int, settings: dict, max_source: int, max_target: int):
-    import hf_attn_variants as hv
     from transformers import EncoderDecoderModel
+
+    import hf_attn_variants as hv
 
     s = settings
     encoder = hv.VariantBertModel(hv.VariantBertConfig(
@@ -167,7 +168,8 @@ def run_one(cross: str, seed: int, settings: dict, splits: dict) -> dict:
     steps, bs = settings["train_steps"], settings["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     warm = max(1, int(settings["warmup"] * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min((i + 1) / warm, max(0.0, (steps - i) / (steps - warm))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
+        opt, lambda i: min((i + 1) / warm, max(0.0, (steps - i) / (steps - warm))))
     order = np.random.default_rng(seed).permutation(len(splits["train"]["source"]))  # the seed's data order
     train = splits["train"]
     losses, val_curve, start = [], [], time.time()
