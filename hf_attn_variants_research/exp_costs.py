@@ -61,7 +61,7 @@ def build(job: dict, grid: dict):
         loss(0)
         seq_len = widths[0]
         flops = 0.0
-        if job["model"] in experiments.VARIANTS:
+        if job["model"] in experiments.variant_names():
             size = job["size"]
             config = hv.VariantBertConfig(hidden_size=size["hidden"], num_hidden_layers=size["layers"],
                                           num_attention_heads=size["heads"], intermediate_size=size["intermediate"],

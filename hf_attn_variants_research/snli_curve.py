@@ -1,14 +1,18 @@
 """SNLI learning curves of the fusion runs: is the gap to Cheng et al. 2016 budget or model?
 
 Usage:
-    hf-attn-variants train configs/snli_fusion/curve_deep.yaml
-    hf-attn-variants train configs/snli_fusion/curve_dense.yaml
-    python -m hf_attn_variants_research.snli_curve outputs/snli_fusion/curve_deep outputs/snli_fusion/curve_dense
+    hf-attn-variants train configs/snli_fusion/curve_deep.yaml          # seed 42 (the config's)
+    hf-attn-variants train configs/snli_fusion/curve_deep.yaml training.seed=1 \
+        training.output_dir=outputs/snli_fusion/curve_deep-seed1       # more seeds: -seed<N> folders
+    ... the same for curve_dense.yaml ...
+    python -m hf_attn_variants_research.snli_curve outputs/snli_fusion/curve_*
 
 Reads each run's ``log_history.json`` (Trainer's evaluations by step, written by ``train``) and
 ``model/eval_results.json`` (test metrics), and writes ``results/snli_fusion/curve.json`` (the curves: committed,
-so the table and figure regenerate with ``--from-json``), ``curve.md`` and ``curve.png``. One seed per model:
-the curve shows where a run is going, not a difference between models.
+so the table and figure regenerate with ``--from-json``), ``curve.md`` and ``curve.png``. A folder
+``curve_<model>-seed<N>`` is seed N of that model (the same 50,000 pairs: ``data.sample_seed`` is fixed; the
+seed sets initialisation and batch order); the table and figure give the mean over seeds with a Student t
+95 % interval over seeds.
 """
 
 from __future__ import annotations
@@ -30,22 +34,41 @@ def read_run(folder: Path) -> dict:
             raise FileNotFoundError(f"{path} is missing: train the run first (see the usage of this module)")
     history = json.loads(history_path.read_text())
     evals = [h for h in history if "eval_accuracy" in h]
-    return {"name": folder.name.removeprefix("curve_"),
+    name, _, seed = folder.name.removeprefix("curve_").partition("-seed")
+    return {"name": name, "seed": int(seed) if seed else 42,
             "pairs": [int(h["step"]) * BATCH_PAIRS for h in evals],
             "val": [float(h["eval_accuracy"]) for h in evals],
             "loss": [[int(h["step"]), float(h["loss"])] for h in history if "loss" in h],
             "test": json.loads(test_path.read_text())}
 
 
+def by_model(runs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        out.setdefault(run["name"], []).append(run)
+    return out
+
+
+def interval(values: list[float]) -> str:
+    from .exp_report import t_interval
+
+    lo, hi = t_interval(values)
+    mean = sum(values) / len(values)
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if len(values) > 1 else f"{mean:.3f} (one seed)"
+
+
 def table(runs: list[dict]) -> str:
-    lines = ["| model | validation accuracy at 25 % / 50 % / 75 % / 100 % of the pairs | gain over the last quarter | "
-             "test accuracy | test macro-F1 |", "|---|---|---:|---:|---:|"]
-    for run in runs:
-        n = len(run["val"])
-        marks = [run["val"][max(0, round(n * f) - 1)] for f in (0.25, 0.5, 0.75, 1.0)]
-        test = run["test"]
-        lines.append(f"| {run['name']} | " + " / ".join(f"{v:.3f}" for v in marks)
-                     + f" | {marks[3] - marks[2]:+.3f} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} |")
+    lines = ["| model | seeds | validation accuracy at 25 % / 50 % / 75 % / 100 % of the pairs (mean over seeds) | "
+             "gain over the last quarter [t interval] | test accuracy [t interval] | test macro-F1 [t interval] |",
+             "|---|---:|---|---|---|---|"]
+    for name, group in by_model(runs).items():
+        n = min(len(r["val"]) for r in group)
+        idx = [max(0, round(n * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)]
+        marks = [sum(r["val"][i] for r in group) / len(group) for i in idx]
+        gain = [r["val"][idx[3]] - r["val"][idx[2]] for r in group]
+        lines.append(f"| {name} | {len(group)} | " + " / ".join(f"{v:.3f}" for v in marks)
+                     + f" | {interval(gain)} | {interval([r['test']['accuracy'] for r in group])} | "
+                     f"{interval([r['test']['macro_f1'] for r in group])} |")
     return "\n".join(lines)
 
 
@@ -56,14 +79,23 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for run in runs:
-        ax.plot([p / 1000 for p in run["pairs"]], run["val"], marker=".", label=f"{run['name']} (one seed)")
+    from .exp_report import t_interval
+
+    for name, group in by_model(runs).items():
+        n = min(len(r["val"]) for r in group)
+        x = [p / 1000 for p in group[0]["pairs"][:n]]
+        mean = [sum(r["val"][i] for r in group) / len(group) for i in range(n)]
+        ax.plot(x, mean, marker=".", label=f"{name} ({len(group)} seed{'s' if len(group) > 1 else ''})")
+        if len(group) > 1:
+            bands = [t_interval([r["val"][i] for r in group]) for i in range(n)]
+            ax.fill_between(x, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
     ax.axhline(PAPER, color="grey", ls="--", lw=0.8)
     ax.text(0.5, PAPER - 0.035, "Cheng et al. 2016 deep fusion: 0.863 (550k pairs)", fontsize=7, color="grey")
     ax.axhline(1 / 3, color="grey", ls=":", lw=0.8)
     ax.text(0.5, 1 / 3 + 0.01, "chance (3 classes)", fontsize=7, color="grey")
     ax.set_xlabel("training pairs seen (thousands)")
     ax.set_ylabel("validation accuracy (500 pairs)")
+    ax.set_title("SNLI learning curves (bands: 95 % t interval over seeds)", fontsize=9)
     ax.set_ylim(0.3, 0.9)
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()

@@ -83,9 +83,14 @@ def test_snli_curve_reads_a_run_folder(tmp_path):
     (run / "log_history.json").write_text(json.dumps(history))
     (run / "model" / "eval_results.json").write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.45}))
     read = snli_curve.read_run(run)
-    assert read["name"] == "deep" and read["pairs"][0] == 49 * 64 and read["val"][-1] == pytest.approx(0.47)
+    assert read["name"] == "deep" and read["seed"] == 42 and read["pairs"][0] == 49 * 64
+    assert read["val"][-1] == pytest.approx(0.47)
     text = snli_curve.write([read], tmp_path / "out")
-    assert "| deep | 0.410 / 0.430 / 0.450 / 0.470 | +0.020 | 0.5000 | 0.4500 |" in text
+    one = "| deep | 1 | 0.410 / 0.430 / 0.450 / 0.470 | 0.020 (one seed) | 0.500 (one seed) | 0.450 (one seed) |"
+    assert one in text
+    other = {**read, "seed": 1, "val": [v + 0.02 for v in read["val"]], "test": {"accuracy": 0.6, "macro_f1": 0.5}}
+    text = snli_curve.write([read, other], tmp_path / "out")
+    assert "| deep | 2 | 0.420 / 0.440 / 0.460 / 0.480 | 0.020 [" in text and "| 0.550 [" in text
     assert (tmp_path / "out" / "curve.png").stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="log_history.json"):
         snli_curve.read_run(tmp_path / "nothing")
