@@ -97,7 +97,7 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.set_ylabel("validation accuracy (500 pairs)")
     ax.set_title("SNLI learning curves (bands: 95 % t interval over seeds)", fontsize=9)
     ax.set_ylim(0.3, 0.9)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=130)
