@@ -69,6 +69,14 @@ def table(runs: list[dict]) -> str:
         lines.append(f"| {name} | {len(group)} | " + " / ".join(f"{v:.3f}" for v in marks)
                      + f" | {interval(gain)} | {interval([r['test']['accuracy'] for r in group])} | "
                      f"{interval([r['test']['macro_f1'] for r in group])} |")
+    groups = by_model(runs)
+    names = list(groups)
+    for other in names[1:]:  # paired by seed with the first model: same seed, same data, same test pairs
+        first = {r["seed"]: r["test"]["accuracy"] for r in groups[names[0]]}
+        diffs = [r["test"]["accuracy"] - first[r["seed"]] for r in groups[other] if r["seed"] in first]
+        if len(diffs) > 1:
+            lines += ["", f"Paired by seed (same seed, same training pairs, same test pairs): {other} − {names[0]} "
+                      f"test accuracy {interval(diffs)} (Student t 95 % over {len(diffs)} seeds)."]
     return "\n".join(lines)
 
 
