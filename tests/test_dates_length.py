@@ -91,6 +91,10 @@ def test_snli_curve_reads_a_run_folder(tmp_path):
     other = {**read, "seed": 1, "val": [v + 0.02 for v in read["val"]], "test": {"accuracy": 0.6, "macro_f1": 0.5}}
     text = snli_curve.write([read, other], tmp_path / "out")
     assert "| deep | 2 | 0.420 / 0.440 / 0.460 / 0.480 | 0.020 [" in text and "| 0.550 [" in text
+    dense = [{**read, "name": "dense", "test": {"accuracy": 0.6, "macro_f1": 0.5}},
+             {**other, "name": "dense", "test": {"accuracy": 0.75, "macro_f1": 0.5}}]
+    text = snli_curve.write([read, other, *dense], tmp_path / "out")  # paired by seed: 0.1 and 0.15
+    assert "dense − deep test accuracy 0.125 [" in text
     assert (tmp_path / "out" / "curve.png").stat().st_size > 0
     with pytest.raises(FileNotFoundError, match="log_history.json"):
         snli_curve.read_run(tmp_path / "nothing")
