@@ -67,8 +67,9 @@ class VariantFields:
     additive_dim:      a, hidden size of the additive scorer per head (default head size).
     lstmn_direction:   forward or bidirectional; None (default): derived when a model is built,
                        bidirectional for an encoder, forward for a decoder (GPT-2: forward only).
-    cross_attention_variant: dense or additive, the scoring of the cross-attention a GPT-2 decoder
-                       builds with add_cross_attention=True (additive uses additive_dim).
+    cross_attention_variant: dense, additive or mean, the scoring of the cross-attention a GPT-2 decoder
+                       builds with add_cross_attention=True (additive uses additive_dim; mean: no attention,
+                       a fixed summary of the encoder, the RNNenc baseline).
     attention_compile: bool, use the ``torch.compile``d kernels: additive's fused tiles (CPU and CUDA)
                        and band's flex_attention path on CPU for no-grad forwards (on CUDA the band
                        always runs compiled flex_attention). The first call of each compiles.

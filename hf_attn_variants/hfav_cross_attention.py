@@ -9,6 +9,10 @@ registry (a ``CrossScoring`` class per rule; the self-attention specs of ``hfav_
 |---|---|
 | ``dense`` | (W_q y_i) · (W_k h_j) / √D, stock GPT-2 cross-attention |
 | ``additive`` | v_hᵀ tanh(W_q^h y_i + W_k^h h_j + b_h), Bahdanau et al.'s alignment model, size ``additive_dim`` |
+| ``mean`` | 0: no attention; every query reads the mean of W_v h_j over the real encoder tokens (RNNenc) |
+
+``mean`` is the fixed-length-summary baseline Bahdanau et al. compare with (their RNNenc): the decoder sees
+one vector per source, the same at every step.
 
 then α_ij = softmax_j(e_ij) over the real encoder tokens and c_i = Σ_j α_ij W_v h_j.
 
@@ -116,6 +120,24 @@ def _additive_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_m
     return out
 
 
+def _mean_scores(q: Tensor, k: Tensor, score_vector: Tensor | None, scale: float) -> Tensor:
+    return q.new_zeros(*q.shape[:-1], k.shape[-2])  # e_ij = 0: uniform weights over the real encoder tokens
+
+
+def _mean_fast(m: GPT2CrossAttention, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None,
+               dropout_p: float) -> Tensor:
+    """c_i = mean_j W_v h_j over the real encoder tokens, the same for every query i: (B, H, Tq, Dv).
+    Dropout on the (uniform) weights goes through the reference."""
+    if dropout_p > 0:
+        return cross_attention_reference(q, k, v, scoring="mean", key_mask=key_mask, dropout_p=dropout_p)[0]
+    if key_mask is None:
+        summary = v.mean(-2, keepdim=True)  # (B, H, 1, Dv)
+    else:
+        real = key_mask[:, None, :, None].to(v.dtype)  # (B, 1, S, 1)
+        summary = (v * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True).clamp(min=1)  # a row with none: 0
+    return summary.expand(*q.shape[:-1], v.shape[-1]).contiguous()
+
+
 def _head_dim(config) -> int:
     return config.hidden_size // config.num_attention_heads
 
@@ -160,6 +182,16 @@ class AdditiveCross(CrossScoring):
     scores = _additive_scores
     fast = _additive_fast
     score_vector = True
+
+
+class MeanCross(CrossScoring):
+    """No attention (the RNNenc baseline of Bahdanau et al. 2015): the decoder reads a fixed summary of the
+    encoder. Its query and key projections exist (one layout for every rule) and get no gradient."""
+
+    name = "mean"
+    qk_dim = _head_dim
+    scores = _mean_scores
+    fast = _mean_fast
 
 
 def cross_scoring(name: str) -> type[CrossScoring]:

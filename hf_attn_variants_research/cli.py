@@ -1,6 +1,6 @@
 """The ``hf-attn-variants`` command line: one entry point for the library's tools (``analyze``,
-``convert``, ``view``, ``costs``) and the research code (``train``, ``experiments``, ``study``,
-``plot-alignment``).
+``convert``, ``view``, ``costs``) and the research code (``train``, ``experiments``, ``study``, ``dates-length``,
+``plot-alignment``, ``results``).
 
 Each command is a ``module:function`` taking argv, imported only after the command name is read,
 so ``--help`` and ``--version`` never import torch or transformers. Errors a user can fix (a bad
@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the all-MiniLM-L6-v2 study: what attention does in a pretrained BERT, what converting costs"),
     "plot-alignment": ("hf_attn_variants_research.plot_alignment:main",
                        "cross-attention alignment pictures of trained date-normalisation models"),
+    "dates-length": ("hf_attn_variants_research.dates_length:main",
+                     "Bahdanau et al.'s length test: attention vs a fixed summary on k = 1..5 dates per source"),
+    "results": ("hf_attn_variants_research.results:main",
+                "regenerate every results table and figure from the committed records"),
 }
 # errors a user can fix from the message alone: shown as one line unless --debug
 # (OSError covers missing files and folders, and transformers' "not a valid model identifier")

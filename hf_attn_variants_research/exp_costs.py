@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def build(job: dict, grid: dict):
         loss(0)
         seq_len = widths[0]
         flops = 0.0
-        if job["model"] in experiments.VARIANTS:
+        if job["model"] in experiments.variant_names():
             size = job["size"]
             config = hv.VariantBertConfig(hidden_size=size["hidden"], num_hidden_layers=size["layers"],
                                           num_attention_heads=size["heads"], intermediate_size=size["intermediate"],
@@ -126,12 +127,14 @@ def measure(grid: dict, suite: str, rounds: int, steps: int) -> dict:
         for c, cell in enumerate(cells):
             times[r, c] = run(cell, 2 + r * steps, steps)
     dense = next(i for i, c in enumerate(cells) if c["job"]["model"] == "dense")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     out = {"_note": (f"Measured by `python -m hf_attn_variants_research.exp_costs {grid.get('path', 'GRID')} "
                      f"--only {suite} --rounds {rounds} --steps {steps}` on a shared 2-core CPU, one torch thread: "
                      f"{rounds} rounds of {steps} training steps per cell, in turn, on the same batches; ratio = the "
                      "cell's round time over dense's in that round, median [quartiles] over rounds. FLOPs: attention "
                      "sublayers' forward (`hf_attn_variants.costs`, padding-free) at the typical sequence length; "
-                     "memory: tensors saved for backward in one training step.")}
+                     f"memory: tensors saved for backward in one training step. Load average at the end: {load} "
+                     "(1 / 5 / 15 min).")}
     from . import exp_report
 
     for c, cell in enumerate(cells):

@@ -778,7 +778,10 @@ def suite_text(name: str, suite: dict, rows: list[dict], command: str, records: 
     lr_seeds = suite.get("lr_seeds") or suite["seeds"]
     text = [f"# {name}", "", suite.get("description", "").strip(), "",
             f"Made by `{command}` from `{records}`. {code_note}", "",
-            f"{ran} of {planned} planned runs ran. Learning rate chosen per cell on the mean validation metric "
+            (f"{ran} of {planned} planned runs ran. " if ran <= planned else
+             f"{ran} runs are recorded for {planned} planned: the surplus ran at a rate that a later, wider sweep "
+             "did not choose (kept in the records, not used in the tables). ")
+            + f"Learning rate chosen per cell on the mean validation metric "
             f"of seeds {lr_seeds} (every rate of the sweep ran on them; \"(edge)\" marks a chosen rate at the end of "
             "its sweep); test statistics at that rate over every seed that ran it. 95% CI: Student's t over seeds "
             "(mean ± t(0.975, n-1)·sd/√n; coverage sound at any n ≥ 2 for normal seed means). A \"1 seed\" cell "

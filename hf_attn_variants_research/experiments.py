@@ -219,6 +219,11 @@ def chosen_jobs(grid: dict, jobs: list[dict]) -> tuple[list[dict], list[dict]]:
     return run, deferred
 
 
+# the research files a record's numbers depend on (with every file of the library), hashed into its code version
+RESULT_FILES = ("experiments.py", "exp_models.py", "probes.py", "corpora.py", "tasks.py", "dates.py",
+                "dates_length.py")
+
+
 def code_version() -> dict:
     """What code made a record: a hash of the files a job's result depends on (the package, the
     models, probes, data loading and this runner), and the git commit (``dirty`` when the hashed
@@ -228,11 +233,13 @@ def code_version() -> dict:
 
     root = Path(__file__).resolve().parent.parent
     files = sorted((root / "hf_attn_variants").glob("*.py")) + [
-        root / "training" / f for f in ("experiments.py", "exp_models.py", "probes.py", "corpora.py", "tasks.py")]
+        root / "hf_attn_variants_research" / f for f in RESULT_FILES]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:  # a renamed file must not silently drop out of the hash
+        raise FileNotFoundError(f"code_version: files a result depends on are missing: {missing}")
     digest = hashlib.sha256()
     for f in files:
-        if f.exists():
-            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()

@@ -719,10 +719,12 @@ def _finetune(path: str, quick: bool, models: list[str], seeds: tuple[int, ...])
 
 def _finetune_summary(rows: list[dict], models: list[str]) -> list[dict]:
     """Per model: test accuracy mean and Student-t 95% interval over seeds, and the paired difference
-    to dense on the same seeds (same data sample and training seed) with its t interval."""
+    to dense on the same seeds (same data sample and training seed) with its t interval and its Bonferroni
+    interval for the k models compared with dense."""
     from .study_stats import t_interval
 
     acc = {(r["seed"], r["run"]): r["accuracy"] for r in rows if "accuracy" in r}
+    k = len([m for m in models if m != "dense" and any(run == m for _, run in acc)])  # comparisons with dense
     out = []
     for name in models:
         seeds = sorted(s for s, m in acc if m == name)
@@ -733,8 +735,10 @@ def _finetune_summary(rows: list[dict], models: list[str]) -> list[dict]:
                "accuracy_hi": ci["hi"], "per_seed": " ".join(f"{acc[s, name]:.3f}" for s in seeds)}
         paired = [s for s in seeds if (s, "dense") in acc]
         if name != "dense" and paired:
-            d = t_interval([acc[s, name] - acc[s, "dense"] for s in paired])
-            row.update(diff_to_dense=d["mean"], diff_lo=d["lo"], diff_hi=d["hi"], paired_seeds=len(paired))
+            diffs = [acc[s, name] - acc[s, "dense"] for s in paired]
+            d, b = t_interval(diffs), t_interval(diffs, comparisons=max(1, k))
+            row.update(diff_to_dense=d["mean"], diff_lo=d["lo"], diff_hi=d["hi"], paired_seeds=len(paired),
+                       bonferroni_k=k, bonferroni_lo=b["lo"], bonferroni_hi=b["hi"])
         out.append(row)
     return out
 

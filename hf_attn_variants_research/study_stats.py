@@ -73,15 +73,16 @@ def pearson_test(x, y, n_perm: int = 10000, n_boot: int = 2000, seed: int = 0) -
     return _test(x, y, lambda v: v, n_perm, n_boot, seed)
 
 
-def t_interval(values) -> dict:
-    """Mean and two-sided 95% Student-t interval over independent runs (n >= 2)."""
+def t_interval(values, comparisons: int = 1) -> dict:
+    """Mean and two-sided 95% Student-t interval over independent runs (n >= 2); with ``comparisons`` = k > 1,
+    the Bonferroni interval (level 1 - 0.05/k) for one of k comparisons."""
     from scipy.stats import t
 
     v = np.asarray(values, dtype=float)
     n = len(v)
     if n < 2:
         return {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "n": n}
-    half = t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    half = t.ppf(1 - 0.025 / comparisons, n - 1) * v.std(ddof=1) / math.sqrt(n)
     return {"mean": float(v.mean()), "lo": float(v.mean() - half), "hi": float(v.mean() + half), "n": n}
 
 

@@ -452,10 +452,19 @@ def run(cfg: dict, name: str, variant: dict, run_dir: Path, data, tokenizer, lab
             folder = save_plain_folder(final, tokenizer, run_dir / "model", card["metrics"])
         if cfg["training"].get("push_to_hub"):
             push(cfg, final, tokenizer, card)
+        write_log_history(trainer.state.log_history, run_dir / "log_history.json")  # the curves (losses, evals)
         print(f"[{name}] test metrics: {json.dumps(card['metrics'])}  ({elapsed:.0f} s)")
         print(f"[{name}] Hub-ready folder: {folder}")
     trainer.accelerator.wait_for_everyone()
     return {**metrics, "seconds": elapsed, "folder": str(run_dir / "model")}
+
+
+def write_log_history(history: list[dict], path: Path) -> None:
+    """Trainer's log history (training loss and every evaluation, by step), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(history, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def save_plain_folder(model, tokenizer, folder: Path, metrics: dict) -> Path:

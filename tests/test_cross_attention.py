@@ -79,7 +79,8 @@ def test_fast_path_matches_reference_forward_and_gradients(variant, seed, direct
     for need_weights in (False, True):
         out, weights = module(x, enc, key_mask, need_weights=need_weights)
         loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
-        grads = torch.autograd.grad(loss, [x, enc, *module.parameters()])
+        grads = torch.autograd.grad(loss, [x, enc, *module.parameters()], allow_unused=True,
+                                    materialize_grads=True)  # mean: no gradient to queries/keys
         results.append((out, grads, weights))
     (fast, fast_grads, none), (ref, ref_grads, weights) = results
     assert none is None and weights.shape == (batch, 3, tq, tk)
@@ -125,6 +126,27 @@ def test_reference_is_bahdanau_alignment_model():
                 e = module.score_vector[head] @ torch.tanh(y[0, i] @ w_q[:, cols] + b_q[cols]
                                                            + h[0, j] @ w_k[:, cols] + b_k[cols])
                 torch.testing.assert_close(scores[0, head, i, j], e)
+
+
+def test_mean_reads_a_fixed_summary_of_the_encoder():
+    """``mean`` (the RNNenc baseline): every decoder position reads the same vector, the average of the
+    value projections of the real encoder tokens, written here as a plain loop; the queries do not matter."""
+    module = cross_module("mean")
+    g = torch.Generator().manual_seed(6)
+    x, enc = torch.randn(2, 4, 24, generator=g, dtype=torch.float64), torch.randn(2, 6, 24, generator=g,
+                                                                                 dtype=torch.float64)
+    key_mask = torch.tensor([[True] * 6, [True] * 2 + [False] * 4])
+    out, weights = module(x, enc, key_mask, need_weights=True)
+    again = module(torch.randn(2, 4, 24, generator=g, dtype=torch.float64), enc, key_mask)[0]
+    torch.testing.assert_close(out, again, rtol=0, atol=1e-12)  # the same for any decoder input
+    torch.testing.assert_close(out[:, 0], out[:, 3], rtol=0, atol=1e-12)  # and at every position
+    k, v = module.encoder_keys_values(enc, None)  # v (B, H, S, D)
+    for b, n in ((0, 6), (1, 2)):
+        mean = sum(v[b, :, j] for j in range(n)) / n  # (H, D)
+        expected = module.c_proj(mean.reshape(1, -1))[0]
+        torch.testing.assert_close(out[b, 2], expected)
+        torch.testing.assert_close(weights[b, :, :, :n], torch.full_like(weights[b, :, :, :n], 1 / n))
+    assert float(out.abs().max()) > 1e-3
 
 
 # ----------------------------------------------------------------------------- the model

@@ -473,6 +473,14 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     assert len(records) == 6 + 12 + 6 + 2
     lm = json.loads(next((tmp_path / "out-quick" / "records" / "lm").glob("band*.json")).read_text())
     assert len(lm["test_loss_by_position"]) == 16 and lm["metric"] == "loss"
+    # the cost measurement over the same grid: every cell of the suite, dense's ratio 1, FLOPs for attention only
+    from hf_attn_variants_research import exp_costs
+
+    assert exp_costs.main([str(path), "--quick", "--only", "mr", "--rounds", "2", "--steps", "1"]) == 0
+    costs = json.loads((res / "costs.json").read_text())["mr"]
+    cells = {k: v for k, v in costs.items() if k != "_note"}
+    assert set(cells) == {"dense", "bag_of_embeddings", "bilstm"} and cells["dense"]["step_ratio"] == 1.0
+    assert cells["dense"]["attention_gflops"] > 0 and cells["bilstm"]["attention_gflops"] == 0
     probe = json.loads(next((tmp_path / "out-quick" / "records" / "lr").glob("band*.json")).read_text())
     assert len(probe["test_correct"]) == 16 and np.mean(probe["test_correct"]) == pytest.approx(probe["test"])
     per_block = np.array(lm["test_loss_by_block_position"])
