@@ -266,6 +266,8 @@ def fmt_interval(mean: float, lo: float, hi: float) -> str:
 
 
 def report(records: list[dict]) -> str:
+    from .exp_report import t_interval
+
     s = summary(records)
     first = records[0]["settings"]
     ks = sorted(next(iter(s["models"].values()))["k"])
@@ -274,6 +276,11 @@ def report(records: list[dict]) -> str:
     for m, row in s["models"].items():
         lines.append(f"| {m} | {row['parameters']:,} | {len(row['seeds'])} | {fmt_interval(*row['all'][:3])} | "
                      + " | ".join(fmt_interval(*row["k"][j][:3]) for j in ks) + " |")
+    right = ["| cross-attention | " + " | ".join(f"k = {j}" for j in ks) + " |", "|---|" + "---|" * len(ks)]
+    for m in s["models"]:
+        rs = sorted((r for r in records if r["model"] == m), key=lambda r: r["seed"])
+        right.append(f"| {m} | " + " | ".join(fmt_interval(float(np.mean(v)), *t_interval(v)) for v in
+                                                ([by_k(r, "dates_right")[j] for r in rs] for j in ks)) + " |")
     diff = ["| vs additive | " + " | ".join(f"k = {j}" for j in ks) + " |", "|---|" + "---|" * len(ks)]
     for m, per in s["diffs"].items():
         diff.append(f"| {m} − additive | " + " | ".join(
@@ -283,8 +290,10 @@ def report(records: list[dict]) -> str:
         "Exact match on the test set (2,000 examples, greedy decoding), by number of dates k in the source: mean over "
         "seeds [95 % Student t interval over seeds]. An example counts only if its whole output is right.", "",
         *lines, "",
-        f"Paired differences to additive (same seed, same test examples), mean [Bonferroni 95 % t interval over "
-        f"seeds, k = {s['comparisons']} comparisons]:", "", *diff, "",
+        "Fraction of the k dates right (the i-th generated ISO date equals the i-th target date), mean over seeds "
+        "[95 % t interval over seeds]:", "", *right, "",
+        f"Paired differences in exact match to additive (same seed, same test examples), mean [Bonferroni 95 % t "
+        f"interval over seeds, k = {s['comparisons']} comparisons]:", "", *diff, "",
         f"Settings: {first['train_steps']} steps of batch {first['batch_size']} (each example seen once), AdamW lr "
         f"{first['lr']}, hidden {first['hidden']}, {first['layers']} layers, {first['heads']} heads, dropout "
         f"{first['dropout']}. Code version(s): {', '.join(codes)}. Mean training seconds per run: "
@@ -293,26 +302,33 @@ def report(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
+    """Exact match and the fraction of dates right against k, mean over seeds with t-interval bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summary(records)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for m, row in s["models"].items():
-        ks = sorted(row["k"])
-        mean = [row["k"][j][0] for j in ks]
-        lo = [row["k"][j][1] for j in ks]
-        hi = [row["k"][j][2] for j in ks]
-        ax.plot(ks, mean, marker="o", label=f"{m} ({len(row['seeds'])} seeds)")
-        ax.fill_between(ks, lo, hi, alpha=0.2)
-    ax.set_xlabel("dates in the source (k)")
-    ax.set_ylabel("test exact match")
-    ax.set_ylim(0, 1.02)
-    ax.set_xticks(ks)
-    ax.set_title("Fixed summary vs attention as inputs grow\n(bands: 95 % t interval over seeds)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    from .exp_report import t_interval
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, field, ylabel in ((axes[0], "exact", "test exact match (all k dates)"),
+                              (axes[1], "dates_right", "fraction of the k dates right")):
+        for m in MODELS:
+            rs = [r for r in records if r["model"] == m]
+            if not rs:
+                continue
+            ks = sorted(by_k(rs[0]))
+            per = [[by_k(r, field)[j] for r in rs] for j in ks]
+            bands = [t_interval(v) for v in per]
+            ax.plot(ks, [float(np.mean(v)) for v in per], marker="o", label=f"{m} ({len(rs)} seeds)")
+            ax.fill_between(ks, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
+        ax.set_xlabel("dates in the source (k)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.set_xticks(ks)
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle("Attention (additive) against a fixed summary (mean) as inputs grow; bands: 95 % t interval "
+                 "over seeds", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=130)
