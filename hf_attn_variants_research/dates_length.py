@@ -203,18 +203,25 @@ def run_one(cross: str, seed: int, settings: dict, splits: dict) -> dict:
     }
 
 
-def record_path(cross: str, seed: int) -> Path:
-    return OUT / "records" / f"{cross}__seed={seed}.json"
+def record_path(cross: str, seed: int, tag: str = "") -> Path:
+    return OUT / ("records" + (f"-{tag}" if tag else "")) / f"{cross}__seed={seed}.json"
 
 
-def pack(paths: list[Path]) -> None:
+def results_name(stem: str, tag: str = "") -> Path:
+    """results/dates/<stem>[-<tag>]<suffixes>: length-records.jsonl.gz, length-table.md, length.png."""
+    name, dot, suffix = stem.partition(".")
+    return RESULTS / (name + (f"-{tag}" if tag else "") + dot + suffix)
+
+
+def pack(paths: list[Path], tag: str = "") -> None:
     """The records as one gzip JSON-lines file, written to a temp path and renamed (mtime 0: reproducible)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RECORDS.with_name(RECORDS.name + ".tmp")
+    target = results_name("length-records.jsonl.gz", tag)
+    tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
         for p in sorted(paths):
             f.write((json.dumps(json.loads(p.read_text()), sort_keys=True) + "\n").encode())
-    tmp.replace(RECORDS)
+    tmp.replace(target)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -336,13 +343,14 @@ def plot(records: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_report() -> None:
-    records = load_records()
-    plot(records, RESULTS / "length.png")
+def write_report(tag: str = "") -> None:
+    records = load_records(results_name("length-records.jsonl.gz", tag))
+    plot(records, results_name("length.png", tag))
     text = report(records)
-    tmp = RESULTS / "length-table.md.tmp"
+    target = results_name("length-table.md", tag)
+    tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text + "\n")
-    tmp.replace(RESULTS / "length-table.md")
+    tmp.replace(target)
     print(text)
 
 
@@ -352,19 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes, records under runs/ only")
+    parser.add_argument("--steps", type=int, default=0, help="training steps (default: SETTINGS['train_steps'])")
+    parser.add_argument("--tag", default="", help="a name for a run with other settings (--steps): its records and "
+                        "results files get the suffix -<tag>, kept apart from the main run's")
     args = parser.parse_args(argv)
+    if args.steps and not args.tag:
+        parser.error("--steps needs a --tag: records of another budget must not mix with the main run's")
     if args.command == "report":
-        write_report()
+        write_report(args.tag)
         return 0
     import torch
 
     torch.set_num_threads(1)
-    settings = {**SETTINGS, **(QUICK if args.quick else {})}
+    settings = {**SETTINGS, **(QUICK if args.quick else {}),
+                **({"train_steps": args.steps, "eval_every": max(1, args.steps // 6)} if args.steps else {})}
     splits = build_splits(settings)
     done = []
     for seed in (int(x) for x in args.seeds.split(",")):
         for cross in args.models.split(","):
-            path = record_path(cross, seed) if not args.quick else OUT / "quick" / f"{cross}__seed={seed}.json"
+            quick = OUT / "quick" / f"{cross}__seed={seed}.json"
+            path = quick if args.quick else record_path(cross, seed, args.tag)
             if path.exists() and json.loads(path.read_text())["settings"] == settings:
                 done.append(path)
                 continue  # resumable: a record with these settings exists
@@ -376,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             done.append(path)
             print(f"{cross} seed {seed}: test exact {record['test_exact']:.3f}, {record['seconds']:.0f} s", flush=True)
     if not args.quick:
-        pack(list((OUT / "records").glob("*.json")))
-        write_report()
+        pack(list(record_path("x", 0, args.tag).parent.glob("*.json")), args.tag)
+        write_report(args.tag)
     return 0
 
 
