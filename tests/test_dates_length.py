@@ -108,3 +108,12 @@ def test_results_steps_read_committed_files():
         assert (root / reads).exists(), f"{what}: {reads} is not committed"
         module, func = target.split(":")
         assert callable(getattr(__import__(module, fromlist=[func]), func))
+
+
+def test_another_budget_is_kept_apart():
+    assert dates_length.results_name("length-records.jsonl.gz", "steps6000").name == \
+        "length-steps6000-records.jsonl.gz"
+    assert dates_length.results_name("length.png").name == "length.png"
+    assert dates_length.record_path("mean", 1, "steps6000").parent.name == "records-steps6000"
+    with pytest.raises(SystemExit):  # --steps without --tag: refused by the parser
+        dates_length.main(["run", "--steps", "10"])
