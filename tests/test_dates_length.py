@@ -112,7 +112,7 @@ def test_results_steps_read_committed_files():
 
 def test_another_budget_is_kept_apart():
     assert dates_length.results_name("length-records.jsonl.gz", "steps6000").name == \
-        "length-steps6000-records.jsonl.gz"
+        "length-records-steps6000.jsonl.gz"
     assert dates_length.results_name("length.png").name == "length.png"
     assert dates_length.record_path("mean", 1, "steps6000").parent.name == "records-steps6000"
     with pytest.raises(SystemExit):  # --steps without --tag: refused by the parser
