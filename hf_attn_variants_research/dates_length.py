@@ -261,8 +261,10 @@ def summary(records: list[dict]) -> dict:
     others = [m for m in models if m != BASELINE]
     ks = sorted(by_k(next(iter(base.values())))) if base else []
     n_comp = len(others) * len(ks)
-    for m in others:
+    for m in others if base else []:  # no additive records (a partial run): no paired differences
         pairs = [(r, base[r["seed"]]) for r in records if r["model"] == m and r["seed"] in base]
+        if not pairs:
+            continue
         out["diffs"][m] = {j: seed_difference([by_k(a)[j] - by_k(b)[j] for a, b in pairs], k=n_comp) for j in ks}
     out["comparisons"] = n_comp
     return out
@@ -300,8 +302,9 @@ def report(records: list[dict]) -> str:
         *lines, "",
         "Fraction of the k dates right (the i-th generated ISO date equals the i-th target date), mean over seeds "
         "[95 % t interval over seeds]:", "", *right, "",
-        f"Paired differences in exact match to additive (same seed, same test examples), mean [Bonferroni 95 % t "
-        f"interval over seeds, k = {s['comparisons']} comparisons]:", "", *diff, "",
+        *([f"Paired differences in exact match to additive (same seed, same test examples), mean [Bonferroni 95 % t "
+           f"interval over seeds, k = {s['comparisons']} comparisons]:", "", *diff, ""] if s["diffs"] else
+          ["No additive records: no paired differences.", ""]),
         f"Settings: {first['train_steps']} steps of batch {first['batch_size']} (each example seen once), AdamW lr "
         f"{first['lr']}, hidden {first['hidden']}, {first['layers']} layers, {first['heads']} heads, dropout "
         f"{first['dropout']}. Code version(s): {', '.join(codes)}. Mean training seconds per run: "
@@ -328,7 +331,8 @@ def plot(records: list[dict], path: Path) -> None:
             ks = sorted(by_k(rs[0]))
             per = [[by_k(r, field)[j] for r in rs] for j in ks]
             bands = [t_interval(v) for v in per]
-            ax.plot(ks, [float(np.mean(v)) for v in per], marker="o", label=f"{m} ({len(rs)} seeds)")
+            ax.plot(ks, [float(np.mean(v)) for v in per], marker="o",
+                    label=f"{m} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
             ax.fill_between(ks, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
         ax.set_xlabel("dates in the source (k)")
         ax.set_ylabel(ylabel)
