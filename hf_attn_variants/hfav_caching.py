@@ -231,6 +231,16 @@ class VariantLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return -1
 
+    def _checked_crop(self, tokens_to_remove: int) -> int:
+        """The number n of tokens a ``crop(tokens_to_remove)`` removes; ValueError, before anything changes,
+        for a positive argument or a crop this layer cannot undo (``crop_error``)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
+        error = self.crop_error(-tokens_to_remove)
+        if error:
+            raise ValueError(error)
+        return -tokens_to_remove
+
     def crop_error(self, n: int) -> str | None:
         """Why the last ``n`` tokens cannot be removed exactly, or None if they can (an empty layer,
         as one transformers' Cache replicates lazily, crops to nothing: a no-op, as stock)."""
@@ -250,12 +260,7 @@ class VariantLayer(DynamicLayer):
         """Remove the last ``-tokens_to_remove`` tokens (a negative int, as for ``DynamicLayer``), then
         cut the windowed tensors back to the window (``crop(0)`` only does that). ValueError, with
         nothing changed, when the positions needed afterwards are no longer held."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
-        n = -tokens_to_remove
-        error = self.crop_error(n)
-        if error:
-            raise ValueError(error)
+        n = self._checked_crop(tokens_to_remove)
         if self.is_initialized:
             self._hold(*self._target(self.seen - n), self.seen - n)
 
@@ -364,12 +369,7 @@ class LSTMNLayer(VariantLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last n tokens of the tapes (and of the summaries, whose last entry becomes h̃)."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"crop({tokens_to_remove}): pass a negative number of tokens to remove")
-        n = -tokens_to_remove
-        error = self.crop_error(n)
-        if error:
-            raise ValueError(error)
+        n = self._checked_crop(tokens_to_remove)
         if not n or not self.states:
             return
         for name in (*TAPES, "summaries", "pending_x", "pending_mask"):
