@@ -34,7 +34,9 @@ class LSTMNCell(nn.Module):
         self.w_tape = nn.Linear(hidden_size, hidden_size, bias=False)
         self.w_input = nn.Linear(input_size, hidden_size, bias=False)
         self.w_summary = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.score = nn.Parameter(torch.empty(hidden_size))
+        # zeros, not torch.empty: a cell built on its own never holds uninitialised memory (it was NaN at
+        # times); inside a model the lstmn spec's init draws v, and zeros consume no random numbers
+        self.score = nn.Parameter(torch.zeros(hidden_size))
         self.gates = nn.Linear(hidden_size + input_size, 4 * hidden_size)
 
     def forward(self, fn: Callable, x: Tensor, *args):

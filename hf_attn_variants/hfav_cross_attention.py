@@ -226,7 +226,7 @@ class GPT2CrossAttention(nn.Module):
         self.q_attn = Conv1D(qk, hidden)
         self.c_attn = Conv1D(qk + hidden, hidden)  # [keys | values]
         if self.scoring.score_vector:
-            self.score_vector = nn.Parameter(torch.empty(self.num_heads, self.qk_dim))  # v_h, (H, a)
+            self.score_vector = nn.Parameter(torch.zeros(self.num_heads, self.qk_dim))  # v_h, (H, a): drawn by init
         self.direct_budget = DIRECT_BUDGET
         self.c_proj = Conv1D(hidden, hidden)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)

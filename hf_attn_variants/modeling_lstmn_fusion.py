@@ -53,7 +53,7 @@ class InterAttention(nn.Module):
         self.w_source = nn.Linear(hidden_size, hidden_size, bias=False)
         self.w_input = nn.Linear(input_size, hidden_size, bias=False)
         self.w_summary = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.score = nn.Parameter(torch.empty(hidden_size))
+        self.score = nn.Parameter(torch.zeros(hidden_size))  # drawn by _init_weights; never uninitialised
         if deep:
             self.fuse = nn.Linear(hidden_size + input_size, hidden_size)
 

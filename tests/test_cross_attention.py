@@ -207,6 +207,12 @@ def test_generate_with_cache_equals_without(cross):
     assert beams.shape[0] == 3
 
 
+def test_a_fresh_decoder_draws_the_additive_score_vector():
+    decoder = encoder_decoder("additive").decoder
+    vectors = [p for n, p in decoder.named_parameters() if n.endswith("score_vector")]
+    assert len(vectors) == 2 and all(bool(p.ne(0).all()) for p in vectors)  # one v_h per layer, drawn at init
+
+
 def test_config_checks_name_field_and_value():
     with pytest.raises(ValueError, match="cross_attention_variant='band'"):
         hv.VariantGPT2Config(n_embd=16, n_head=2, add_cross_attention=True, cross_attention_variant="band")

@@ -102,8 +102,10 @@ def _cell(d_in=6, d=5, seed=0, scale=None):
 
     torch.manual_seed(seed)
     cell = LSTMNCell(d_in, d).double()  # float64: the comparisons below are exact up to rounding
-    if scale is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if scale is None:
+            cell.score.normal_()  # the Linear layers keep their default init; v is drawn, never left at 0
+        else:
             for p in cell.parameters():
                 p.normal_(0, scale)
     return cell

@@ -160,6 +160,17 @@ def test_model_ignores_padding_and_returns_its_attentions(fusion):
     assert float(out.logits.std()) > 0
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_fresh_model_draws_every_score_vector(fusion):
+    """v of both intra-attention cells and u of the inter-attention are drawn at init (never left at
+    their constructors' zeros, or, before, uninitialised memory)."""
+    torch.manual_seed(0)
+    model = hv.LSTMNFusionForSequenceClassification(hv.LSTMNFusionConfig(fusion=fusion, hidden_size=8))
+    scores = [p for n, p in model.named_parameters() if n.endswith("score")]
+    assert len(scores) == 3  # v of the premise and hypothesis cells, u of the inter-attention
+    assert all(bool(torch.isfinite(p).all()) and bool(p.ne(0).all()) for p in scores)
+
+
 def test_config_checks_name_field_and_value():
     with pytest.raises(ValueError, match="fusion='wide'"):
         hv.LSTMNFusionConfig(fusion="wide")

@@ -39,6 +39,20 @@ def test_forward_backward_every_head(family, case):
         assert all(module.variant == variant for module in attention_modules(model))
 
 
+def test_a_fresh_model_holds_no_uninitialised_parameter(family, case):
+    """Every parameter of a newly built model is finite, and every attention parameter is drawn by the
+    spec's init (none left at its constructor's placeholder: zeros, or uninitialised memory before)."""
+    variant, fields = case
+    model = tiny_model(family, variant, **fields)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    for module in attention_modules(model):
+        spec = getattr(module, "spec", None)
+        zeros = {n for n, (_, kind) in spec.parameters(module).items() if kind == "zeros"} if spec else set()
+        for name, p in module.named_parameters():
+            if not name.endswith("bias") and name not in zeros:  # biases and zeros-declared ones start at 0
+                assert bool(p.ne(0).any()), f"{name} was never initialised"
+
+
 def test_every_attention_parameter_learns(family, case):
     """Every parameter of every attention module (those the variant adds included) gets a gradient."""
     variant, fields = case
