@@ -710,7 +710,7 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
     file alone: tables (one markdown file per suite), the plots the suites ask for, validation curves,
     quality against cost (when ``<results>/costs.json`` exists), a JSON summary and an index
     (``README.md``: what ran, on which code, how long it took, how to regenerate it)."""
-    from . import experiments
+    from . import exp_verify, experiments
 
     folder = Path(grid["results"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -720,6 +720,7 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
     costs_path = folder / "costs.json"
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else {}
     here = experiments.code_version()["hash"]
+    verifications = exp_verify.load_verifications(grid)
     command = f"hf-attn-variants experiments aggregate {grid.get('path', 'GRID')}" + (" --quick" if grid.get(
         "quick") else "")
     summary, index, versions = {}, [], set()
@@ -737,10 +738,14 @@ def write_results(grid: dict, jobs: list[dict]) -> dict:
                      f"{len(suite['models'])} | 0 of {planned} (not run) | 0 | — |")
         if not kept:
             continue
+        checked = exp_verify.summary(verifications, name, code, here)
         code_note = (f"Records: {len(kept)} runs made by code version `{code}` (commit "
-                     f"{kept[0].get('code', {}).get('commit', '?')[:10]}); the current checkout's code version is "
-                     f"`{here}`" + (" (the same)." if here == code else ": it differs (the numbers are those of "
-                                    "the recorded version; rerun to refresh).")
+                     f"{kept[0].get('code', {}).get('commit', '?')[:10]}). This page was made on code version "
+                     f"`{here}`" + (" (the same)." if here == code else
+                                    (f", which differs; {checked}" if checked else
+                                     ", which differs and was not checked: the numbers are those of the recorded "
+                                     "version (`hf-attn-variants experiments verify` reruns some of its jobs on "
+                                     "the current code and compares)."))
                      + (f" {len(other)} records of other code versions are left out: "
                         + ", ".join(sorted({r['job']['id'] for r in other})[:5]) + "." if other else ""))
         text = suite_text(name, suite, rows, command, records_file(grid), ran, planned, minutes, code_note)

@@ -6,6 +6,8 @@ Usage:
                                    [--only SUITE,...] [--limit N]
     hf-attn-variants experiments aggregate configs/experiments/full.yaml [--quick]
     hf-attn-variants experiments list configs/experiments/full.yaml [--quick]     # the jobs, done or not
+    hf-attn-variants experiments verify configs/experiments/full.yaml [--only SUITE] [--per-model N]
+                                   [--ids SUITE/ID,...] [--max-seconds S]   # rerun records on this code (exp_verify)
 
 A grid file (``configs/experiments/*.yaml``) names where job records go (``out``), where tables and plots go
 (``results``) and optionally where the tokenised datasets go (``data``, default ``<out>/data``; grids that
@@ -645,7 +647,7 @@ def aggregate(grid: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "aggregate", "list"))
+    parser.add_argument("command", choices=("run", "aggregate", "list", "verify"))
     parser.add_argument("grid")
     parser.add_argument("--quick", action="store_true", help="each suite's quick settings: a smoke test")
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
@@ -653,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated suite names")
     parser.add_argument("--limit", type=int, default=0, help="run at most N pending jobs")
     parser.add_argument("--aggregate-every", type=int, default=0, help="rewrite the results every N jobs")
+    parser.add_argument("--ids", default="", help="verify: comma-separated suite/job ids to rerun")
+    parser.add_argument("--per-model", type=int, default=1, help="verify: records of each model to rerun")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="verify: draw only among records that took at most this long")
+    parser.add_argument("--seed", type=int, default=0, help="verify: the draw of the records to rerun")
     args = parser.parse_args(argv)
     grid = load_grid(args.grid, args.quick)
     jobs = expand(grid, [s for s in args.only.split(",") if s] or None)
@@ -660,6 +667,15 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(("done " if is_done(grid["out"], job) else "todo ") + f"{job['suite']}/{job['id']}")
         return 0
+    if args.command == "verify":
+        from . import exp_verify
+
+        if args.per_model < 1:
+            raise ValueError(f"--per-model must be at least 1 (got {args.per_model})")
+        outcomes = exp_verify.verify(grid, jobs, [i for i in args.ids.split(",") if i], args.per_model,
+                                     args.max_seconds, args.seed, args.device)
+        aggregate(grid)
+        return 0 if all(o["identical"] for o in outcomes) else 1
     if args.command == "run":
         selected = pending(grid, jobs)[:args.limit] if args.limit else jobs
         failures = run_grid(grid, selected, args.jobs, args.device, args.aggregate_every)

@@ -491,3 +491,47 @@ def test_quick_end_to_end_on_a_tiny_grid(tmp_path):
     index = (res / "README.md").read_text()
     assert "| [mr](mr.md) | classification | 3 | 6 of 6 |" in index and "torch" in index
     assert experiments.main(["run", str(path), "--quick"]) == 0  # resumed: nothing left to do
+    _verify_reruns_and_the_page_cites_them(path, res, tmp_path / "out-quick" / "records" / "mr")
+
+
+def _verify_reruns_and_the_page_cites_them(path, res, mr_records):
+    """``experiments verify`` reruns recorded jobs on the current code: identical here (one machine, one
+    thread), cited on the page once the code version changed; a record that does not reproduce is named."""
+    from hf_attn_variants_research import exp_verify
+
+    assert experiments.main(["verify", str(path), "--quick", "--only", "mr"]) == 0  # one job per model
+    lines = [json.loads(x) for x in (res / "verifications.jsonl").read_text().splitlines()]
+    assert sorted(v["model"] for v in lines) == ["bag_of_embeddings", "bilstm", "dense"]
+    assert all(v["identical"] and v["differing"] == [] and v["test_examples_changed"] == 0 for v in lines)
+    here = experiments.code_version()
+    with pytest.MonkeyPatch.context() as mp:  # the library changed since the records were made
+        mp.setattr(experiments, "code_version", lambda: {**here, "hash": "later0000000000"})
+        assert experiments.main(["verify", str(path), "--quick", "--ids", "mr/dense__lr=0.001__seed=1"]) == 0
+        assert experiments.main(["aggregate", str(path), "--quick"]) == 0
+        page = (res / "mr.md").read_text()
+        assert "made on code version `later0000000000`, which differs; 1 of its jobs (dense) were rerun" in page
+        assert "1 of 1 reproduced every recorded number and per-example result exactly" in page
+        # a record that the code no longer reproduces (here: its test metric edited) is reported, and fails
+        record_file = mr_records / "bilstm__lr=0.001__seed=0.json"
+        record = json.loads(record_file.read_text())
+        record_file.write_text(json.dumps({**record, "test": record["test"] + 0.25}))
+        assert experiments.main(["aggregate", str(path), "--quick"]) == 0  # packs the edited record
+        assert experiments.main(["verify", str(path), "--quick", "--ids", "mr/bilstm__lr=0.001__seed=0"]) == 1
+        page = (res / "mr.md").read_text()
+        assert "1 of 2 reproduced" in page and "1 differ (bilstm__lr=0.001__seed=0; largest difference 0.25)" in page
+    last = exp_verify.load_verifications({"results": str(res)})[-1]
+    assert last["differing"] == ["test"] and last["max_abs_diff"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"no current record for \['mr/dense__lr=9'\]"):
+        experiments.main(["verify", str(path), "--quick", "--ids", "mr/dense__lr=9"])
+
+
+def test_verify_compare_names_fields_and_counts_changed_examples():
+    from hf_attn_variants_research.exp_verify import compare
+
+    recorded = {"val": 0.5, "test": 0.25, "val_curve": [[1, 0.1], [2, 0.2]], "test_correct": "0110"}
+    assert compare(recorded, dict(recorded)) == {"identical": True, "differing": [], "max_abs_diff": 0.0,
+                                                 "test_examples_changed": 0}
+    out = compare(recorded, {**recorded, "val_curve": [[1, 0.1], [2, 0.35]], "test_correct": "1111"})
+    assert out["differing"] == ["val_curve", "test_correct"] and out["test_examples_changed"] == 2
+    assert out["max_abs_diff"] == pytest.approx(0.15) and not out["identical"]
+    assert compare(recorded, {**recorded, "test_baseline": 0.1})["max_abs_diff"] == float("inf")  # a new field
