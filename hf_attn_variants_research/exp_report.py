@@ -810,8 +810,11 @@ def index_text(command: str, grid: dict, index: list[str], versions: set) -> str
         "learning rate), `code` (hash of the files a result depends on, git commit), `val`, `test`, `parameters`, "
         "`steps`, `seconds`, `val_curve`, `train_loss_curve`, `test_correct` (per test example or scored query, a "
         "0/1 string) and for MQAR `test_baseline`. Side-by-side costs: `costs.json` "
-        "(`python -m hf_attn_variants_research.exp_costs " + f"{grid.get('path', 'GRID')}`). Written findings: "
-        "`docs/findings-experiments.md`.", "",
+        "(`python -m hf_attn_variants_research.exp_costs " + f"{grid.get('path', 'GRID')}`). Whether later code "
+        "still gives the recorded numbers: `hf-attn-variants experiments verify " + f"{grid.get('path', 'GRID')}` "
+        "reruns some jobs exactly as recorded and compares every recorded number and per-example result "
+        "(`verifications.jsonl`, one line per rerun; each suite page cites the reruns on the code it was made "
+        "with). Written findings: `docs/findings-experiments.md`.", "",
         *([str(grid["notes"]).strip(), ""] if grid.get("notes") else []),
         "| suite | kind | models | runs | compute (min, wall time of single-thread jobs) | code version |",
         "|---|---|---|---|---|---|", *index, "",
