@@ -30,7 +30,8 @@ longer holds raises a ValueError before anything changes. The attention reads th
 mask of the positions it was handed with ``held_view``.
 
 ``cache_implementation="static"``: ``VariantStaticLayer``, the same rule in preallocated tensors
-(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); lstmn layers refuse it.
+(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); band's ``VariantRingLayer``
+(g + w + 1 slots, a ring: its decoding steps compile); lstmn layers refuse it.
 
 Hub code: imports only torch and transformers.
 """
@@ -545,6 +546,127 @@ class VariantStaticLayer(VariantLayer):
 
 
 
+class VariantRingLayer(VariantStaticLayer):
+    """The static layer of a window rule whose variant decodes compiled (band): the first g positions in
+    slots [0, g) and the last w + 1 in a ring of w + 1 slots after them (position q >= g at slot
+    g + (q - g) mod (w + 1)), g + w + 1 slots in all, written in place.
+
+    Compiled decoding step (one new token at position p): its keys and values go to p's slot at a
+    tensor index, and the attention reads all g + w + 1 slots with ``held_view``'s key mask (slots
+    written, not padding). The kernels place the query after the last slot, so the band rule reads every
+    slot: the globals, and from slot g on the w + 1 slots within w of it. The ring holds exactly what p
+    may read (the globals, positions p - w .. p), and a softmax over a set of keys does not depend on
+    their order: the positions are in the keys (learned absolute position embeddings). No shape, Python
+    int or data-dependent branch changes between steps: one graph for every step.
+
+    Eager steps (the prompt, uncompiled decoding) hand the attention the held positions in order (a
+    gather of their slots) and the new ones, as ``VariantStaticLayer``; ``head`` and ``start`` follow
+    from ``seen`` (compiled steps move only the tensor count). Keys and values only (band): a rule
+    that windows some tensors and not others (low_rank_band) keeps ``VariantStaticLayer``.
+    """
+
+    def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
+                 **kwargs):
+        super().__init__(max_cache_len, sliding_window, rule=rule)
+        if self.rule.window is None or set(self.rule.windowed) != {"keys", "values"} or not self.rule.compileable:
+            raise ValueError(f"a ring layer holds a compileable window over keys and values, not {self.rule}")
+        self.ring = self.rule.window + 1
+        self.slots = self.rule.global_tokens + self.ring
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    # the window's bounds follow from the count of positions written (compiled steps move only that)
+    @property
+    def head(self) -> int:
+        return min(self.rule.global_tokens, self.seen)
+
+    @property
+    def start(self) -> int:
+        return max(self.head, self.seen - self.rule.window)
+
+    def __setattr__(self, name: str, value) -> None:
+        """``head`` and ``start`` follow from ``seen``: the ``VariantLayer`` code's assignments to them are moot."""
+        if name not in ("head", "start"):
+            super().__setattr__(name, value)
+
+    def slot_of(self, positions: Tensor) -> Tensor:
+        """The slot of each position (a global's own slot, or its place in the ring)."""
+        g = self.rule.global_tokens
+        return torch.where(positions < g, positions, g + (positions - g) % self.ring)
+
+    def _allocate(self, new: dict[str, Tensor], states: dict[str, Tensor] | None) -> None:
+        self.device = new["keys"].device
+        self.keys, self.values = (t.new_zeros(*t.shape[:2], self.slots, t.shape[3])
+                                  for t in (new["keys"], new["values"]))
+        self.cumulative_length = self.cumulative_length.to(self.device)
+        self.is_initialized = True
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"keys": self.keys, "values": self.values} if self.is_initialized else {}
+
+    def extend(self, key_states: Tensor, value_states: Tensor,
+               states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if states:
+            raise ValueError(f"a ring cache layer holds keys and values only, not {sorted(states)}")
+        if not self.is_initialized:
+            self._allocate({"keys": key_states, "values": value_states}, None)
+        if torch.compiler.is_compiling():
+            return self._step(key_states, value_states)
+        n, seen = key_states.shape[2], self.seen
+        if seen + n > self.max_cache_len:
+            raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} positions: cannot add {n} "
+                             f"after {seen}; pass a larger max_cache_len or max_new_tokens")
+        held = self.slot_of(torch.tensor(self.positions, dtype=torch.long, device=self.device))
+        full = [torch.cat([buffer.index_select(2, held), new], dim=2)  # held positions in order, then the new
+                for buffer, new in ((self.keys, key_states), (self.values, value_states))]
+        self._handed = (self.head, self.start)
+        g, end = self.rule.global_tokens, seen + n
+        kept = list(range(seen, min(end, g))) + list(range(max(seen, g, end - self.ring), end))  # what the next
+        if kept:                                                                                   # steps read
+            index = torch.tensor(kept, dtype=torch.long, device=self.device)
+            for buffer, new in ((self.keys, key_states), (self.values, value_states)):
+                buffer.index_copy_(2, self.slot_of(index), new.index_select(2, index - seen))
+        self.seen = end
+        return full[0], full[1], {}
+
+    def _step(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The compiled step: the new token into its slot, the whole slots handed to the attention."""
+        n = key_states.shape[2]
+        if n != 1:
+            raise ValueError(f"a compiled step over a static cache layer takes one new token (got {n})")
+        slot = self.slot_of(self.cumulative_length).view(1)
+        self.keys.index_copy_(2, slot, key_states)
+        self.values.index_copy_(2, slot, value_states)
+        self.cumulative_length.add_(1)
+        return self.keys, self.values, {}
+
+    def held_view(self, t: Tensor | None, dim: int = 1) -> Tensor | None:
+        """Eager: as ``VariantLayer``. Compiled step: the key mask (B, g + w + 1) of the slots, from the step's
+        mask t (B, max_cache_len + 1) over positions and the scratch column (``static_step_inputs``): a slot
+        counts when it holds a position written so far and that position is not padding."""
+        if t is None or not torch.compiler.is_compiling():
+            return super().held_view(t, dim)
+        if dim != 1:
+            raise ValueError("a compiled ring layer hands its own values; held_view takes the key mask (dim=1)")
+        p = self.cumulative_length - 1  # the new token's position
+        g, s = self.rule.global_tokens, torch.arange(self.slots, device=t.device)
+        held = torch.where(s < g, s, p - (p - s) % self.ring)  # the latest position written to each slot
+        written = torch.where(s < g, s <= p, held >= g)
+        column = torch.where(held == p, t.shape[1] - 1, held.clamp(min=0))  # the new token: the scratch column
+        return t.index_select(1, column) & written
+
+    def _hold(self, head: int, start: int, seen: int) -> None:
+        self.seen = seen  # a crop within the window: the slots stay; the positions follow from seen
+
+    def reset(self) -> None:
+        for t in self._tensors().values():
+            t.zero_()
+        self.seen = 0
+        self._handed = (0, 0)
+
+
 STATIC_REFUSED = ("lstmn layers cannot use a static cache: the LSTMN decodes by a step-by-step recurrence whose "
                   "tapes it builds from the prefill's inputs on the first decoding step, which a preallocated "
                   "key/value cache cannot hold; use cache_implementation=None (the VariantCache)")
@@ -555,7 +677,8 @@ def layer_for(rule: CacheRule, max_cache_len: int | None = None) -> VariantLayer
     if max_cache_len is not None:
         if rule.recurrent:
             raise ValueError(STATIC_REFUSED)
-        return VariantStaticLayer(max_cache_len, rule=rule)
+        ring = rule.compileable and rule.window is not None and set(rule.windowed) == {"keys", "values"}
+        return (VariantRingLayer if ring else VariantStaticLayer)(max_cache_len, rule=rule)
     return LSTMNLayer(rule=rule) if rule.recurrent else VariantLayer(rule=rule)
 
 

@@ -145,8 +145,7 @@ class _AdditiveTiled(torch.autograd.Function):
         B, H, tq_all, a = q.shape
         tk_all, dv = k.shape[2], v.shape[3]
         offset = tk_all - tq_all
-        exp_trick = (q.dtype in (torch.float32, torch.float64) and bool(q.abs().max() <= EXP_TANH_BOUND)
-                     and bool(k.abs().max() <= EXP_TANH_BOUND))
+        exp_trick = _exp_trick(q, k)
         compiled = compiled and exp_trick
         qe, ke, vf, w3 = _AdditiveTiled._flatten(q, k, v, w, exp_trick)
         out = q.new_empty(B * H, tq_all, dv)
@@ -228,6 +227,15 @@ class _AdditiveTiled(torch.autograd.Function):
         dk.mul_(w3.transpose(1, 2))
         return (dq.view_as(q), dk.view_as(k), dvv.view_as(v), dw.view(B, H, a).sum(0),
                 None, None, None, None, None, None, None)
+
+
+def _exp_trick(q: Tensor, k: Tensor) -> bool:
+    """Whether the tiles may take the exp path: float32/64 and every |q|, |k| <= ``EXP_TANH_BOUND``. Reading
+    the bound is a host sync on the data, which ``torch.compile(fullgraph=True)`` cannot trace (compiled
+    decoding over a static cache): there the tanh path runs, the same equation without the bound."""
+    if torch.compiler.is_compiling() or q.dtype not in (torch.float32, torch.float64):
+        return False
+    return bool(q.abs().max() <= EXP_TANH_BOUND) and bool(k.abs().max() <= EXP_TANH_BOUND)
 
 
 def _dropout_scale(shape, p: float, seed: int, like: Tensor) -> Tensor:

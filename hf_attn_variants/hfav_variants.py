@@ -283,7 +283,8 @@ def _cache_everything(config) -> CacheRule:
 
 def _cache_everything_compiled(config) -> CacheRule:
     """Every position, and the decoding step compiles fullgraph over a static layer (dense, low_rank: SDPA with a
-    key mask, no data-dependent Python control flow; tests/test_compile_generate.py)."""
+    key mask; additive: its tiles on the tanh path; no data-dependent Python control flow;
+    tests/test_compile_generate.py)."""
     return CacheRule(compileable=True)
 
 
@@ -430,8 +431,9 @@ def _band(m, p: Projected, ctx: Context) -> Result:
 def _band_cache(config) -> CacheRule:
     """The band reads the last w positions and the first g (global): its cache holds only those.
     Held positions decode as if contiguous: the band rule gives the same pairs, since the distance
-    to the query is kept within the tail and the first g are global."""
-    return CacheRule(window=config.attention_window, global_tokens=config.attention_global_tokens)
+    to the query is kept within the tail and the first g are global. Compiled decoding over a static
+    cache keeps them in a ring (``caching.VariantRingLayer``)."""
+    return CacheRule(window=config.attention_window, global_tokens=config.attention_global_tokens, compileable=True)
 
 
 def _band_flops(config, seq_len: int, pairs: Callable[[bool], int]) -> int:
@@ -601,6 +603,7 @@ class Additive(ScoringSpec):
     paper = "bahdanau2015"
     settings = ("additive_dim",)
     forward = _additive
+    cache = _cache_everything_compiled  # under torch.compile its tiles take the tanh path (no data-dependent bound)
     kernels = ((additive_attention, additive_attention_reference),)
     projections = _additive_shapes
     parameters = _additive_parameters

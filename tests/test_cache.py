@@ -26,6 +26,7 @@ from hf_attn_variants.hfav_caching import (
     LSTMNLayer,
     VariantCache,
     VariantLayer,
+    VariantRingLayer,
     VariantStaticLayer,
     layer_for,
 )
@@ -261,7 +262,7 @@ def test_lstmn_layer_keeps_its_tapes_beside_the_stock_views():
 def test_variant_cache_from_config_follows_the_specs():
     config = tiny_model("gpt2", "dense", layer_variants=["band", "lstmn"], attention_global_tokens=2).config
     cache = VariantCache(config=config)
-    assert cache.layers[0].rule == CacheRule(window=3, global_tokens=2) and cache.layers[0].is_sliding
+    assert cache.layers[0].rule == CacheRule(window=3, global_tokens=2, compileable=True) and cache.layers[0].is_sliding
     assert isinstance(cache.layers[1], LSTMNLayer) and cache.is_sliding == [True, False]
 
 
@@ -298,6 +299,9 @@ def test_generate_with_static_cache(variant, fields, g):
     assert isinstance(layer, VariantStaticLayer) and static.cache.get_seq_length() == 15 and length >= 15
     scratch = int(layer.is_compileable)  # compiled decoding's scratch slot (dense, low_rank: VariantStaticLayer)
     windowed = length + scratch if rule.window is None else min(length, rule.global_tokens + rule.window)
+    if isinstance(layer, VariantRingLayer):  # band: the globals and a ring of w + 1
+        windowed = rule.global_tokens + rule.window + 1
+    assert isinstance(layer, VariantRingLayer) == (rule.window is not None and rule.compileable)
     assert layer.keys.shape[2] == windowed
     assert layer.values.shape[2] == (windowed if layer.windows("values") else length + scratch)
 
@@ -318,6 +322,52 @@ def test_static_layer_writes_in_place_and_crops_within_its_window():
         layer.activate_past_recording()
     with pytest.raises(ValueError, match="max_cache_len=8"):
         layer.extend(kv[:, :, :2], kv[:, :, :2])
+
+
+@pytest.mark.parametrize("g, w", [(0, 0), (0, 2), (1, 2), (3, 1)])
+def test_ring_layer_hands_the_window_in_order_and_keeps_it_in_its_slots(g, w):
+    """Eager steps of any size (the prompt, then single tokens): the ring layer hands the attention what the
+    dynamic layer of the same rule hands (held positions in order, then the new), and each held position sits
+    in its slot (g + (q - g) mod (w + 1) for q >= g)."""
+    rule = CacheRule(window=w, global_tokens=g, compileable=True)
+    ring, dynamic = VariantRingLayer(20, rule=rule), VariantLayer(rule=rule)
+    assert isinstance(layer_for(rule, 20), VariantRingLayer) and ring.is_compileable
+    kv = torch.arange(1.0, 21.0).view(1, 1, 20, 1)  # the value of position q is q + 1 (never 0: 0 is unwritten)
+    seen = 0
+    for n in (5, 1, 1, 3, 1, 1, 1):
+        new = kv[:, :, seen:seen + n]
+        got, want = ring.extend(new, -new), dynamic.extend(new, -new)
+        seen += n
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+        assert ring.positions == dynamic.positions and ring.seen == seen
+        mask = torch.arange(seen)[None] % 3 != 1
+        assert torch.equal(ring.held_view(mask), dynamic.held_view(mask))
+        assert ring.keys.shape == (1, 1, g + w + 1, 1)
+        for q in ring.positions:
+            assert float(ring.keys[0, 0, int(ring.slot_of(torch.tensor(q)))]) == q + 1
+
+
+@pytest.mark.parametrize("g, w", [(0, 0), (0, 2), (1, 2), (3, 1)])
+def test_ring_layer_compiled_step_mask_reads_exactly_the_band(g, w, monkeypatch):
+    """A compiled step (``torch.compiler.is_compiling()``): the new token goes to its slot at a tensor index and
+    the key mask over all slots (``held_view`` of the step's mask over positions + the scratch column) selects
+    exactly the positions the band rule lets it read, the globals and p - w .. p, less the padding."""
+    length = 16
+    rule = CacheRule(window=w, global_tokens=g, compileable=True)
+    layer = VariantRingLayer(length, rule=rule)
+    kv = torch.arange(1.0, length + 1).view(1, 1, length, 1)
+    padding = torch.ones(1, length, dtype=torch.bool)
+    padding[0, [1, 6]] = False  # two padded positions
+    layer.extend(kv[:, :, :3], kv[:, :, :3])  # the prompt runs eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for p in range(3, length):
+        step = torch.cat([(torch.arange(length) < p)[None] & padding, torch.ones(1, 1, dtype=torch.bool)], 1)
+        keys, _, _ = layer.extend(kv[:, :, p:p + 1], kv[:, :, p:p + 1])
+        assert keys is layer.keys and int(layer.cumulative_length) == p + 1
+        read = sorted(int(k) - 1 for k in keys[0, 0, :, 0][layer.held_view(step)[0]])
+        band = [j for j in range(p + 1) if (j < g or p - j <= w) and (padding[0, j] or j == p)]
+        assert read == band, p
 
 
 @pytest.mark.parametrize("family", FAMILIES)

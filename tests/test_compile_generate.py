@@ -1,9 +1,9 @@
 """Fullgraph-compiled generation (transformers' ``test_generate_compile_model_forward_fullgraph`` and
 ``test_static_cache_no_recompile_with_smaller_length``): with ``cache_implementation="static"`` and a compile
 config, ``generate`` compiles the decoding forward of the variants whose spec declares a compileable cache rule
-(dense, low_rank: ``_can_compile_fullgraph``), with no graph break, one graph for every step and every prompt of
-the batch shape, and the tokens and scores of eager generation. The others keep the flag off and decode eager
-over the same static cache (reasons in docs/compat.md).
+(dense, low_rank, additive, band over its ring layer: ``_can_compile_fullgraph``), with no graph break, one graph
+for every step and every prompt of the batch shape, and the tokens and scores of eager generation. The others
+keep the flag off and decode eager over the same static cache (reasons in docs/compat.md).
 
 The checks compile with ``backend="eager"`` (dynamo's tracing and guards, no code generation: fast); one slow
 test runs inductor, generate's default."""
@@ -42,13 +42,14 @@ def assert_same_generation(eager, compiled):
 
 
 def test_the_flag_follows_the_registry():
-    """_can_compile_fullgraph is per model: dense and low_rank decode compiled; every other variant (windowed
-    static layers, data-dependent kernels, LSTMN's recurrence) keeps it off, and so does a mixed stack."""
+    """_can_compile_fullgraph is per model: dense, low_rank, additive and band (its ring layer) decode compiled;
+    low_rank_band (a window over keys alone) and lstmn (a recurrence) keep it off, and so does a mixed stack."""
     flags = {name: lm(name, fields)._can_compile_fullgraph for name, fields in CASES}
-    assert {name for name, on in flags.items() if on} == {"dense", "low_rank"}
+    assert {name for name, on in flags.items() if on} == {"dense", "low_rank", "additive", "band"}
     for name, fields in CASES:
         assert flags[name] == compiles_fullgraph(lm(name, fields).config)
-    assert not lm("dense", {"layer_variants": ["dense", "band"]})._can_compile_fullgraph
+    assert not lm("dense", {"layer_variants": ["dense", "low_rank_band"]})._can_compile_fullgraph
+    assert lm("dense", {"layer_variants": ["dense", "band"]})._can_compile_fullgraph
     assert lm("dense", {"layer_variants": ["dense", "low_rank"]})._can_compile_fullgraph
 
 
@@ -82,6 +83,31 @@ def test_generate_compiles_the_decoding_forward_fullgraph(case):
         assert not torch._dynamo.utils.counters["graph_break"]
 
 
+@pytest.mark.parametrize("g, w", [(0, 1), (2, 3)])
+@pytest.mark.parametrize("layers", [None, ["band", "dense"]])
+def test_band_decodes_compiled_over_its_ring(g, w, layers):
+    """band (alone, and in a stack with dense): compiled decoding over the ring layers (a prompt shorter and
+    longer than g + w, left padding, enough new tokens for the ring to wrap several times) gives the tokens
+    and scores of eager decoding with the dynamic cache, in one graph."""
+    model = lm("band", {"attention_window": w, "attention_global_tokens": g, "layer_variants": layers})
+    assert model._can_compile_fullgraph
+    ids, mask = random_batch(4, 7, "left", seed=5)
+    mask[1, :5] = 0  # one row's prompt has 2 real tokens
+    batches = [{"input_ids": ids[i:i + 2], "attention_mask": mask[i:i + 2]} for i in (0, 2)]
+    kw = dict(KW, max_new_tokens=12)
+    eager = [model.generate(**batch, **kw) for batch in batches]
+    torch.compiler.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = [model.generate(**batches[0], cache_implementation="static", compile_config=compile_config(), **kw)]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled.append(model.generate(**batches[1], cache_implementation="static", compile_config=compile_config(),
+                                       **kw))
+    for a, b in zip(eager, compiled):
+        assert_same_generation(a, b)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
 def test_no_recompile_with_a_smaller_prompt():
     """transformers' test_static_cache_no_recompile_with_smaller_length: with the static cache's size fixed
     (max_length), a shorter prompt decodes with the graph compiled for a longer one."""
@@ -99,6 +125,29 @@ def test_no_recompile_with_a_smaller_prompt():
                                           **dict(KW, max_new_tokens=None, max_length=14)), short)
 
 
+@pytest.mark.parametrize("scale", [0.5, 30.0])  # within the exp path's bound, and beyond it
+def test_additive_under_compile_takes_the_tanh_path_and_equals_the_reference(scale, monkeypatch):
+    """Under torch.compile the additive tiles never read the data to choose the exp path (a host sync that
+    fullgraph cannot trace): the tanh path runs, forward and gradients equal to the reference."""
+    from hf_attn_variants import hfav_kernels_additive as kernels_additive
+
+    g = torch.Generator().manual_seed(int(scale))
+    q, k = (scale * torch.randn(2, 3, 9, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    q, k = q.requires_grad_(), k.requires_grad_()
+    v = torch.randn(2, 3, 9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.arange(9)[None] < torch.tensor([[9], [6]])
+    assert kernels_additive._exp_trick(q, k) == (scale < 1)  # eager: the exp path within the bound
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels_additive._exp_trick(q, k)
+    out = kernels_additive.additive_attention(q, k, v, w, causal=True, key_mask=key_mask)
+    ref = kernels_additive.additive_attention_reference(q, k, v, w, causal=True, key_mask=key_mask)[0]
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v, w)),
+                    torch.autograd.grad(ref.square().sum(), (q, k, v, w))):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
 def test_a_compiled_step_refuses_what_it_cannot_honour():
     """A compiled forward over a compileable static cache takes one token per step and the mask over the slots."""
     model = lm("dense", {})
@@ -114,9 +163,10 @@ def test_a_compiled_step_refuses_what_it_cannot_honour():
 
 
 @pytest.mark.slow
-def test_generate_compiled_with_inductor():
+@pytest.mark.parametrize("variant, fields", [("dense", {}), ("band", {"attention_global_tokens": 1})])
+def test_generate_compiled_with_inductor(variant, fields):
     """generate's default backend (inductor): the same tokens and scores as eager generation."""
-    model = lm("dense", {})
+    model = lm(variant, fields)
     ids, mask = random_batch(2, 6, "left", seed=4)
     torch.compiler.reset()
     compiled = model.generate(input_ids=ids, attention_mask=mask, cache_implementation="static",
