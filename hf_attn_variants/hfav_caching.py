@@ -30,8 +30,9 @@ longer holds raises a ValueError before anything changes. The attention reads th
 mask of the positions it was handed with ``held_view``.
 
 ``cache_implementation="static"``: ``VariantStaticLayer``, the same rule in preallocated tensors
-(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); band's ``VariantRingLayer``
-(g + w + 1 slots, a ring: its decoding steps compile); lstmn layers refuse it.
+(max_cache_len positions, or min(max_cache_len, g + w) for windowed ones); band's and low_rank_band's
+``VariantRingLayer`` (the window in g + w + 1 slots: globals, a ring, the newest; their decoding steps
+compile); lstmn layers refuse it.
 
 Hub code: imports only torch and transformers.
 """
@@ -547,31 +548,35 @@ class VariantStaticLayer(VariantLayer):
 
 
 class VariantRingLayer(VariantStaticLayer):
-    """The static layer of a window rule whose variant decodes compiled (band): the first g positions in
-    slots [0, g) and the last w + 1 in a ring of w + 1 slots after them (position q >= g at slot
-    g + (q - g) mod (w + 1)), g + w + 1 slots in all, written in place.
+    """The static layer of a window rule whose variant decodes compiled (band, low_rank_band).
 
-    Compiled decoding step (one new token at position p): its keys and values go to p's slot at a
-    tensor index, and the attention reads all g + w + 1 slots with ``held_view``'s key mask (slots
-    written, not padding). The kernels place the query after the last slot, so the band rule reads every
-    slot: the globals, and from slot g on the w + 1 slots within w of it. The ring holds exactly what p
-    may read (the globals, positions p - w .. p), and a softmax over a set of keys does not depend on
-    their order: the positions are in the keys (learned absolute position embeddings). No shape, Python
+    Each tensor the rule windows has g + w + 1 slots: the first g positions in slots [0, g) (their home), a
+    ring of w slots after them (position q >= g at home g + (q - g) mod w), and a last, scratch slot that
+    holds the newest position. The others (low_rank_band's values and low-rank keys) hold every position
+    and a scratch slot, as the compileable ``VariantStaticLayer``. Everything is written in place.
+
+    Compiled decoding step (one new token at position p): the scratch slot's token p - 1 goes home (where
+    it overwrites p - 1 - w, which p no longer reads), then p goes to the scratch slot; the attention reads
+    all g + w + 1 slots with ``held_view``'s key mask (slots written, not padding), values outside the
+    window gathered from the same positions (``held_view(v, dim=2)``). The kernels place the query on the
+    last slot, where p sits (a query always reads its own position), and from there the band rule reads
+    every slot: the globals, and the w ring slots within w of it. The ring holds exactly what p may read
+    besides itself (the globals, positions p - w .. p - 1), and a softmax over a set of keys does not depend
+    on their order: the positions are in the keys (learned absolute position embeddings). No shape, Python
     int or data-dependent branch changes between steps: one graph for every step.
 
-    Eager steps (the prompt, uncompiled decoding) hand the attention the held positions in order (a
-    gather of their slots) and the new ones, as ``VariantStaticLayer``; ``head`` and ``start`` follow
-    from ``seen`` (compiled steps move only the tensor count). Keys and values only (band): a rule
-    that windows some tensors and not others (low_rank_band) keeps ``VariantStaticLayer``.
+    Eager steps (the prompt, uncompiled decoding) hand the attention the held positions in order (gathered
+    from their slots) and the new ones, as ``VariantStaticLayer``, and leave the newest in the scratch slot;
+    ``head`` and ``start`` follow from ``seen`` (compiled steps move only the tensor count).
     """
 
     def __init__(self, max_cache_len: int, sliding_window: int | None = None, *, rule: CacheRule | None = None,
                  **kwargs):
         super().__init__(max_cache_len, sliding_window, rule=rule)
-        if self.rule.window is None or set(self.rule.windowed) != {"keys", "values"} or not self.rule.compileable:
-            raise ValueError(f"a ring layer holds a compileable window over keys and values, not {self.rule}")
-        self.ring = self.rule.window + 1
-        self.slots = self.rule.global_tokens + self.ring
+        if self.rule.window is None or "keys" not in self.rule.windowed or not self.rule.compileable:
+            raise ValueError(f"a ring layer holds a compileable window over the keys, not {self.rule}")
+        self.scratch = self.rule.global_tokens + self.rule.window  # the last slot
+        self.slots = self.scratch + 1
 
     @property
     def is_compileable(self) -> bool:
@@ -591,74 +596,113 @@ class VariantRingLayer(VariantStaticLayer):
         if name not in ("head", "start"):
             super().__setattr__(name, value)
 
-    def slot_of(self, positions: Tensor) -> Tensor:
-        """The slot of each position (a global's own slot, or its place in the ring)."""
-        g = self.rule.global_tokens
-        return torch.where(positions < g, positions, g + (positions - g) % self.ring)
+    def home(self, positions: Tensor) -> Tensor:
+        """The home slot of each position in a windowed tensor: a global's own slot, or its place in the ring
+        (w = 0: no ring; the scratch slot, which the next token overwrites)."""
+        g, w = self.rule.global_tokens, self.rule.window
+        ring = g + (positions - g) % w if w > 0 else torch.full_like(positions, self.scratch)
+        return torch.where(positions < g, positions, ring)
 
     def _allocate(self, new: dict[str, Tensor], states: dict[str, Tensor] | None) -> None:
         self.device = new["keys"].device
-        self.keys, self.values = (t.new_zeros(*t.shape[:2], self.slots, t.shape[3])
-                                  for t in (new["keys"], new["values"]))
+        for name, t in new.items():
+            size = self.slots if self.windows(name) else self.max_cache_len + 1  # (+ the scratch slot)
+            VariantLayer._set(self, name, t.new_zeros(*t.shape[:2], size, t.shape[3]))
+        self.time_states.update(states or {})
         self.cumulative_length = self.cumulative_length.to(self.device)
         self.is_initialized = True
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {"keys": self.keys, "values": self.values} if self.is_initialized else {}
+        if not self.is_initialized:
+            return {}
+        return {"keys": self.keys, "values": self.values, **{name: self.states[name] for name in self.time_states}}
+
+    def _windowed(self) -> list[Tensor]:
+        return [t for name, t in self._tensors().items() if self.windows(name)]
+
+    def _send_home(self, last: Tensor) -> None:
+        """The scratch slot's token (position ``last``, a 1-element tensor) to its home slot."""
+        for buffer in self._windowed():
+            buffer.index_copy_(2, self.home(last), buffer.narrow(2, self.scratch, 1).clone())
 
     def extend(self, key_states: Tensor, value_states: Tensor,
                states: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        if states:
-            raise ValueError(f"a ring cache layer holds keys and values only, not {sorted(states)}")
+        new = {"keys": key_states, "values": value_states, **(states or {})}
         if not self.is_initialized:
-            self._allocate({"keys": key_states, "values": value_states}, None)
-        if torch.compiler.is_compiling():
-            return self._step(key_states, value_states)
-        n, seen = key_states.shape[2], self.seen
+            self._allocate(new, states)
+        full = self._step(new) if torch.compiler.is_compiling() else self._eager(new)
+        return full["keys"], full["values"], {name: full[name] for name in states or {}}
+
+    def _eager(self, new: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Any number of new tokens: the held positions in order (windowed tensors: gathered from their
+        slots) and the new, as the attention reads them; then what later steps read is written in place,
+        the newest into the scratch slot."""
+        n, seen = new["keys"].shape[2], self.seen
         if seen + n > self.max_cache_len:
             raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} positions: cannot add {n} "
                              f"after {seen}; pass a larger max_cache_len or max_new_tokens")
-        held = self.slot_of(torch.tensor(self.positions, dtype=torch.long, device=self.device))
-        full = [torch.cat([buffer.index_select(2, held), new], dim=2)  # held positions in order, then the new
-                for buffer, new in ((self.keys, key_states), (self.values, value_states))]
+        if seen > 0:
+            self._send_home(torch.tensor([seen - 1], device=self.device))
+        held = self.home(torch.tensor(self.positions, dtype=torch.long, device=self.device))
+        g, w, end = self.rule.global_tokens, self.rule.window, seen + n
+        kept = torch.tensor(list(range(seen, min(end - 1, g))) + list(range(max(seen, g, end - 1 - w), end - 1)),
+                            dtype=torch.long, device=self.device)  # what later steps read, but the newest
+        full = {}
+        for name, t in new.items():
+            buffer = self._buffer(name)
+            if self.windows(name):
+                full[name] = torch.cat([buffer.index_select(2, held), t], dim=2)
+                buffer.index_copy_(2, self.home(kept), t.index_select(2, kept - seen))
+                buffer.narrow(2, self.scratch, 1).copy_(t.narrow(2, n - 1, 1))
+            else:
+                buffer.narrow(2, seen, n).copy_(t)
+                full[name] = buffer.narrow(2, 0, end)
         self._handed = (self.head, self.start)
-        g, end = self.rule.global_tokens, seen + n
-        kept = list(range(seen, min(end, g))) + list(range(max(seen, g, end - self.ring), end))  # what the next
-        if kept:                                                                                   # steps read
-            index = torch.tensor(kept, dtype=torch.long, device=self.device)
-            for buffer, new in ((self.keys, key_states), (self.values, value_states)):
-                buffer.index_copy_(2, self.slot_of(index), new.index_select(2, index - seen))
         self.seen = end
-        return full[0], full[1], {}
+        return full
 
-    def _step(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The compiled step: the new token into its slot, the whole slots handed to the attention."""
-        n = key_states.shape[2]
+    def _step(self, new: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The compiled step (one token at p = ``cumulative_length``): p - 1 from the scratch slot home, p into
+        the scratch slot of the windowed tensors and into slot p and the scratch slot of the others; the whole
+        buffers handed to the attention."""
+        n = new["keys"].shape[2]
         if n != 1:
             raise ValueError(f"a compiled step over a static cache layer takes one new token (got {n})")
-        slot = self.slot_of(self.cumulative_length).view(1)
-        self.keys.index_copy_(2, slot, key_states)
-        self.values.index_copy_(2, slot, value_states)
+        p = self.cumulative_length.view(1)
+        self._send_home((p - 1).clamp(min=0))  # (p = 0: position 0's home, rewritten below if it is global)
+        for name, t in new.items():
+            buffer = self._buffer(name)
+            if not self.windows(name):
+                buffer.index_copy_(2, p, t)
+            buffer.narrow(2, buffer.shape[2] - 1, 1).copy_(t)
         self.cumulative_length.add_(1)
-        return self.keys, self.values, {}
+        return {name: self._buffer(name) for name in new}
 
     def held_view(self, t: Tensor | None, dim: int = 1) -> Tensor | None:
-        """Eager: as ``VariantLayer``. Compiled step: the key mask (B, g + w + 1) of the slots, from the step's
-        mask t (B, max_cache_len + 1) over positions and the scratch column (``static_step_inputs``): a slot
-        counts when it holds a position written so far and that position is not padding."""
+        """Eager: as ``VariantLayer``. Compiled step, from t laid out over the positions and the scratch slot
+        (the step's key mask (B, max_cache_len + 1), or values (B, H, max_cache_len + 1, D)): the entries of the
+        positions the windowed slots hold, in slot order (B, g + w + 1[, ...]); for the key mask, a slot counts
+        when it holds a position written so far and that position is not padding."""
         if t is None or not torch.compiler.is_compiling():
             return super().held_view(t, dim)
+        p = self.cumulative_length - 1  # the new token's position, in the scratch slot
+        g, w, s = self.rule.global_tokens, self.rule.window, torch.arange(self.slots, device=t.device)
+        ring = (p - 1) - (p - 1 - s) % max(w, 1)  # the latest position before p sent to ring slot s
+        held = torch.where(s < g, s, torch.where(s == self.scratch, p, ring))
+        written = torch.where(s < g, s < p, (s == self.scratch) | (held >= g))
+        column = torch.where(s == self.scratch, t.shape[dim] - 1, held.clamp(min=0))  # p: the scratch column
         if dim != 1:
-            raise ValueError("a compiled ring layer hands its own values; held_view takes the key mask (dim=1)")
-        p = self.cumulative_length - 1  # the new token's position
-        g, s = self.rule.global_tokens, torch.arange(self.slots, device=t.device)
-        held = torch.where(s < g, s, p - (p - s) % self.ring)  # the latest position written to each slot
-        written = torch.where(s < g, s <= p, held >= g)
-        column = torch.where(held == p, t.shape[1] - 1, held.clamp(min=0))  # the new token: the scratch column
+            return t.index_select(dim, column)
         return t.index_select(1, column) & written
 
     def _hold(self, head: int, start: int, seen: int) -> None:
-        self.seen = seen  # a crop within the window: the slots stay; the positions follow from seen
+        """A crop within the window (``crop_error`` allows no other): the slots stay, the newest kept position
+        back into the scratch slot."""
+        if 0 < seen < self.seen:
+            for buffer in self._windowed():
+                buffer.narrow(2, self.scratch, 1).copy_(buffer.index_select(2, self.home(
+                    torch.tensor([seen - 1], device=self.device))))
+        self.seen = seen
 
     def reset(self) -> None:
         for t in self._tensors().values():
@@ -677,7 +721,7 @@ def layer_for(rule: CacheRule, max_cache_len: int | None = None) -> VariantLayer
     if max_cache_len is not None:
         if rule.recurrent:
             raise ValueError(STATIC_REFUSED)
-        ring = rule.compileable and rule.window is not None and set(rule.windowed) == {"keys", "values"}
+        ring = rule.compileable and rule.window is not None
         return (VariantRingLayer if ring else VariantStaticLayer)(max_cache_len, rule=rule)
     return LSTMNLayer(rule=rule) if rule.recurrent else VariantLayer(rule=rule)
 

@@ -523,7 +523,7 @@ def _low_rank_band_parameters(module) -> dict:
 def _low_rank_band_cache(config) -> CacheRule:
     """Band keys in the window; values (read by the low-rank module too) and low-rank keys at every position."""
     return CacheRule(window=config.attention_window, global_tokens=config.attention_global_tokens,
-                     windowed=("keys",))
+                     windowed=("keys",), compileable=True)
 
 
 def _lstmn_cache(config) -> CacheRule:

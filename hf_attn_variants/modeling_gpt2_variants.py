@@ -365,7 +365,7 @@ class VariantGPT2LMHeadModel(VariantGPT2PreTrainedModel, GenerationMixin):
     """Causal LM head tied to the token embeddings. The loss follows Trainer's ``num_items_in_batch``.
 
     ``_can_compile_fullgraph`` is per model (the class cannot know its variants): True when every layer's
-    variant decodes compiled over a static cache (``variants.compiles_fullgraph``: not low_rank_band, lstmn); then
+    variant decodes compiled over a static cache (``variants.compiles_fullgraph``: every variant but lstmn); then
     ``generate(cache_implementation="static")`` compiles the decoding forward, as for stock GPT-2."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}

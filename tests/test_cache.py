@@ -324,50 +324,66 @@ def test_static_layer_writes_in_place_and_crops_within_its_window():
         layer.extend(kv[:, :, :2], kv[:, :, :2])
 
 
-@pytest.mark.parametrize("g, w", [(0, 0), (0, 2), (1, 2), (3, 1)])
-def test_ring_layer_hands_the_window_in_order_and_keeps_it_in_its_slots(g, w):
+RING_RULES = [(0, 0, ("keys", "values")), (0, 2, ("keys", "values")), (1, 2, ("keys", "values")),
+              (3, 1, ("keys", "values")), (1, 2, ("keys",)), (0, 1, ("keys",))]  # ("keys",): low_rank_band's
+
+
+@pytest.mark.parametrize("g, w, windowed", RING_RULES)
+def test_ring_layer_hands_the_window_in_order_and_keeps_it_in_its_slots(g, w, windowed):
     """Eager steps of any size (the prompt, then single tokens): the ring layer hands the attention what the
-    dynamic layer of the same rule hands (held positions in order, then the new), and each held position sits
-    in its slot (g + (q - g) mod (w + 1) for q >= g)."""
-    rule = CacheRule(window=w, global_tokens=g, compileable=True)
+    dynamic layer of the same rule hands (held positions in order, then the new; the tensors outside the
+    window: every position), and each held position of a windowed tensor sits in its slot: the newest in the
+    scratch slot, the others at home (g + (q - g) mod w for q >= g)."""
+    rule = CacheRule(window=w, global_tokens=g, windowed=windowed, compileable=True)
     ring, dynamic = VariantRingLayer(20, rule=rule), VariantLayer(rule=rule)
     assert isinstance(layer_for(rule, 20), VariantRingLayer) and ring.is_compileable
     kv = torch.arange(1.0, 21.0).view(1, 1, 20, 1)  # the value of position q is q + 1 (never 0: 0 is unwritten)
     seen = 0
     for n in (5, 1, 1, 3, 1, 1, 1):
         new = kv[:, :, seen:seen + n]
-        got, want = ring.extend(new, -new), dynamic.extend(new, -new)
+        got = ring.extend(new, -new, {"keys_low_rank": 2 * new})
+        want = dynamic.extend(new, -new, {"keys_low_rank": 2 * new})
         seen += n
-        torch.testing.assert_close(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1])
+        for a, b in ((got[0], want[0]), (got[1], want[1]), (got[2]["keys_low_rank"], want[2]["keys_low_rank"])):
+            torch.testing.assert_close(a, b)
         assert ring.positions == dynamic.positions and ring.seen == seen
         mask = torch.arange(seen)[None] % 3 != 1
         assert torch.equal(ring.held_view(mask), dynamic.held_view(mask))
+        values = torch.arange(seen, dtype=torch.float).view(1, 1, seen, 1)
+        assert torch.equal(ring.held_view(values, dim=2), dynamic.held_view(values, dim=2))
         assert ring.keys.shape == (1, 1, g + w + 1, 1)
-        for q in ring.positions:
-            assert float(ring.keys[0, 0, int(ring.slot_of(torch.tensor(q)))]) == q + 1
+        assert ring.values.shape[2] == (g + w + 1 if "values" in windowed else 21)  # 20 and the scratch slot
+        for q in ring.positions:  # the newest in the scratch slot, the others at home
+            slot = ring.scratch if q == seen - 1 else int(ring.home(torch.tensor(q)))
+            assert float(ring.keys[0, 0, slot]) == q + 1
 
 
-@pytest.mark.parametrize("g, w", [(0, 0), (0, 2), (1, 2), (3, 1)])
-def test_ring_layer_compiled_step_mask_reads_exactly_the_band(g, w, monkeypatch):
-    """A compiled step (``torch.compiler.is_compiling()``): the new token goes to its slot at a tensor index and
-    the key mask over all slots (``held_view`` of the step's mask over positions + the scratch column) selects
-    exactly the positions the band rule lets it read, the globals and p - w .. p, less the padding."""
+@pytest.mark.parametrize("g, w, windowed", RING_RULES)
+def test_ring_layer_compiled_step_mask_reads_exactly_the_band(g, w, windowed, monkeypatch):
+    """A compiled step (``torch.compiler.is_compiling()``): the previous token goes home and the new one to the
+    scratch slot, where the kernels place the query; the key mask over all slots (``held_view`` of the step's
+    mask over positions + the scratch column) selects exactly the positions the band rule lets it read, the
+    globals and p - w .. p, less the padding; values outside the window (low_rank_band) are gathered from the
+    same positions, the new token's from the scratch."""
     length = 16
-    rule = CacheRule(window=w, global_tokens=g, compileable=True)
+    rule = CacheRule(window=w, global_tokens=g, windowed=windowed, compileable=True)
     layer = VariantRingLayer(length, rule=rule)
     kv = torch.arange(1.0, length + 1).view(1, 1, length, 1)
     padding = torch.ones(1, length, dtype=torch.bool)
     padding[0, [1, 6]] = False  # two padded positions
-    layer.extend(kv[:, :, :3], kv[:, :, :3])  # the prompt runs eager
+    layer.extend(kv[:, :, :3], -kv[:, :, :3])  # the prompt runs eager
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for p in range(3, length):
         step = torch.cat([(torch.arange(length) < p)[None] & padding, torch.ones(1, 1, dtype=torch.bool)], 1)
-        keys, _, _ = layer.extend(kv[:, :, p:p + 1], kv[:, :, p:p + 1])
-        assert keys is layer.keys and int(layer.cumulative_length) == p + 1
-        read = sorted(int(k) - 1 for k in keys[0, 0, :, 0][layer.held_view(step)[0]])
+        keys, values, _ = layer.extend(kv[:, :, p:p + 1], -kv[:, :, p:p + 1])
+        assert keys is layer.keys and values is layer.values and int(layer.cumulative_length) == p + 1
+        assert int(keys[0, 0, -1, 0]) == p + 1  # the query's own key on the last slot, where the kernels place it
+        mask = layer.held_view(step)[0]
+        read = sorted(int(k) - 1 for k in keys[0, 0, :, 0][mask])
         band = [j for j in range(p + 1) if (j < g or p - j <= w) and (padding[0, j] or j == p)]
         assert read == band, p
+        band_values = values if "values" in windowed else layer.held_view(values, dim=2)
+        assert torch.equal(band_values[0, 0, :, 0][mask], -keys[0, 0, :, 0][mask])  # each key with its value
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -379,7 +395,7 @@ def test_cache_rules_for_both_families(family):
                         **extra).config
     cache = VariantCache(config=config)
     assert [layer.rule for layer in cache.layers] == [
-        CacheRule(window=3, global_tokens=1, windowed=("keys",)), CacheRule(compileable=True)]
+        CacheRule(window=3, global_tokens=1, windowed=("keys",), compileable=True), CacheRule(compileable=True)]
     static = VariantCache(config=config, max_cache_len=7)
     assert all(isinstance(layer, VariantStaticLayer) and layer.get_max_length() == 7 for layer in static.layers)
 

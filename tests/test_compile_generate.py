@@ -1,9 +1,9 @@
 """Fullgraph-compiled generation (transformers' ``test_generate_compile_model_forward_fullgraph`` and
 ``test_static_cache_no_recompile_with_smaller_length``): with ``cache_implementation="static"`` and a compile
 config, ``generate`` compiles the decoding forward of the variants whose spec declares a compileable cache rule
-(dense, low_rank, additive, band over its ring layer: ``_can_compile_fullgraph``), with no graph break, one graph
-for every step and every prompt of the batch shape, and the tokens and scores of eager generation. The others
-keep the flag off and decode eager over the same static cache (reasons in docs/compat.md).
+(every variant but lstmn; band and low_rank_band over their ring layers: ``_can_compile_fullgraph``), with no
+graph break, one graph for every step and every prompt of the batch shape, and the tokens and scores of eager
+generation. lstmn keeps the flag off and refuses a static cache (the reason in docs/compat.md).
 
 The checks compile with ``backend="eager"`` (dynamo's tracing and guards, no code generation: fast); one slow
 test runs inductor, generate's default."""
@@ -42,13 +42,13 @@ def assert_same_generation(eager, compiled):
 
 
 def test_the_flag_follows_the_registry():
-    """_can_compile_fullgraph is per model: dense, low_rank, additive and band (its ring layer) decode compiled;
-    low_rank_band (a window over keys alone) and lstmn (a recurrence) keep it off, and so does a mixed stack."""
+    """_can_compile_fullgraph is per model: every variant but lstmn decodes compiled (band and low_rank_band over
+    their ring layers); lstmn (a recurrence, no static cache) keeps it off, and so does a stack with it."""
     flags = {name: lm(name, fields)._can_compile_fullgraph for name, fields in CASES}
-    assert {name for name, on in flags.items() if on} == {"dense", "low_rank", "additive", "band"}
+    assert {name for name, on in flags.items() if not on} == {"lstmn"}
     for name, fields in CASES:
         assert flags[name] == compiles_fullgraph(lm(name, fields).config)
-    assert not lm("dense", {"layer_variants": ["dense", "low_rank_band"]})._can_compile_fullgraph
+    assert not lm("dense", {"layer_variants": ["dense", "lstmn"]})._can_compile_fullgraph
     assert lm("dense", {"layer_variants": ["dense", "band"]})._can_compile_fullgraph
     assert lm("dense", {"layer_variants": ["dense", "low_rank"]})._can_compile_fullgraph
 
@@ -83,13 +83,18 @@ def test_generate_compiles_the_decoding_forward_fullgraph(case):
         assert not torch._dynamo.utils.counters["graph_break"]
 
 
+RING_CASES = [(name, fields) for name, fields in VARIANT_CASES if name in ("band", "low_rank_band")]
+
+
 @pytest.mark.parametrize("g, w", [(0, 1), (2, 3)])
-@pytest.mark.parametrize("layers", [None, ["band", "dense"]])
-def test_band_decodes_compiled_over_its_ring(g, w, layers):
-    """band (alone, and in a stack with dense): compiled decoding over the ring layers (a prompt shorter and
-    longer than g + w, left padding, enough new tokens for the ring to wrap several times) gives the tokens
-    and scores of eager decoding with the dynamic cache, in one graph."""
-    model = lm("band", {"attention_window": w, "attention_global_tokens": g, "layer_variants": layers})
+@pytest.mark.parametrize("case", RING_CASES + [("band", {"layer_variants": ["band", "dense"]})],
+                         ids=[v + "".join(f"-{x}" for x in f.values()) for v, f in RING_CASES] + ["band+dense"])
+def test_windowed_variants_decode_compiled_over_their_ring(g, w, case):
+    """band and low_rank_band (every way of combining), alone and in a stack with dense: compiled decoding over
+    the ring layers (a prompt shorter and longer than g + w, left padding, enough new tokens for the ring to
+    wrap several times) gives the tokens and scores of eager decoding with the dynamic cache, in one graph."""
+    variant, fields = case
+    model = lm(variant, {**fields, "attention_window": w, "attention_global_tokens": g})
     assert model._can_compile_fullgraph
     ids, mask = random_batch(4, 7, "left", seed=5)
     mask[1, :5] = 0  # one row's prompt has 2 real tokens
@@ -163,7 +168,8 @@ def test_a_compiled_step_refuses_what_it_cannot_honour():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant, fields", [("dense", {}), ("band", {"attention_global_tokens": 1})])
+@pytest.mark.parametrize("variant, fields", [("dense", {}), ("band", {"attention_global_tokens": 1}),
+                                             ("low_rank_band", {"attention_global_tokens": 1})])
 def test_generate_compiled_with_inductor(variant, fields):
     """generate's default backend (inductor): the same tokens and scores as eager generation."""
     model = lm(variant, fields)
