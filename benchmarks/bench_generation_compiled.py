@@ -32,7 +32,8 @@ from hf_attn_variants.hfav_variants import compiles_fullgraph
 RESULTS = Path(__file__).parent / "results"
 SIZE = dict(vocab_size=1000, n_embd=256, n_layer=4, n_head=4)
 FIELDS = {"dense": {}, "low_rank": {"attention_rank": 16}, "additive": {"additive_dim": 64},
-          "band": {"attention_window": 64}}
+          "band": {"attention_window": 64},
+          "low_rank_band": {"attention_rank": 16, "attention_window": 64, "band_combine": "sum"}}
 STOCK = "stock GPT-2 (transformers)"
 WARMUP = 4  # steps not timed: compiling, and the first calls of a compiled graph
 
@@ -103,9 +104,9 @@ def main() -> None:
     cols = [(c, m) for c in contexts for m in ("eager", "compiled")]
     lines = [
         f"Decoding, GPT-2-style LM ({SIZE['n_embd']} wide, {SIZE['n_layer']} layers, {SIZE['n_head']} heads; band "
-        "w = 64, low_rank r = 16, additive a = 64), batch 1, fp32: median ms per new token over "
-        f"{args.steps} tokens after an eager prefill of T tokens and {WARMUP} warm-up steps. eager: the dynamic "
-        "cache, eager forward (generate's default); compiled: the static cache, the forward compiled with "
+        "w = 64, low_rank r = 16, low_rank_band their sum, additive a = 64), batch 1, fp32: median ms per new "
+        f"token over {args.steps} tokens after an eager prefill of T tokens and {WARMUP} warm-up steps. eager: the "
+        "dynamic cache, eager forward (generate's default); compiled: the static cache, the forward compiled with "
         "`torch.compile(fullgraph=True, dynamic=False)` (inductor), one graph for every step. Anchor: "
         "transformers' own GPT2LMHeadModel with its StaticCache, compiled the same way.",
         f"Machine: {torch.get_num_threads()} threads, torch {torch.__version__}. Command: "
