@@ -67,20 +67,27 @@ def test_generate_compiles_the_decoding_forward_fullgraph(case):
         with pytest.raises(ValueError, match="cannot use a static cache"):
             model.generate(**batches[0], cache_implementation="static", compile_config=compile_config(), **KW)
         return
-    eager = [model.generate(**batch, **KW) for batch in batches]
+    compiled = compiled_equals_eager(model, batches, KW)
+    assert hasattr(model, "_compiled_call") == model._can_compile_fullgraph == compiled[0].cache.is_compileable
+
+
+def compiled_equals_eager(model, batches: list[dict], kw: dict) -> list:
+    """Generate each batch eager (dynamic cache), then compiled over the static cache, the second batch with
+    recompiling forbidden: the same tokens and scores; one graph, no graph break (when the model compiles)."""
+    eager = [model.generate(**batch, **kw) for batch in batches]
     torch.compiler.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = [model.generate(**batches[0], cache_implementation="static", compile_config=compile_config(), **KW)]
+    compiled = [model.generate(**batches[0], cache_implementation="static", compile_config=compile_config(), **kw)]
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled.append(model.generate(**batches[1], cache_implementation="static", compile_config=compile_config(),
-                                       **KW))
+                                       **kw))
     for a, b in zip(eager, compiled):
         assert_same_generation(a, b)
         assert isinstance(b.cache, VariantCache)
-    assert hasattr(model, "_compiled_call") == model._can_compile_fullgraph == compiled[0].cache.is_compileable
     if model._can_compile_fullgraph:
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
         assert not torch._dynamo.utils.counters["graph_break"]
+    return compiled
 
 
 RING_CASES = [(name, fields) for name, fields in VARIANT_CASES if name in ("band", "low_rank_band")]
@@ -99,18 +106,7 @@ def test_windowed_variants_decode_compiled_over_their_ring(g, w, case):
     ids, mask = random_batch(4, 7, "left", seed=5)
     mask[1, :5] = 0  # one row's prompt has 2 real tokens
     batches = [{"input_ids": ids[i:i + 2], "attention_mask": mask[i:i + 2]} for i in (0, 2)]
-    kw = dict(KW, max_new_tokens=12)
-    eager = [model.generate(**batch, **kw) for batch in batches]
-    torch.compiler.reset()
-    torch._dynamo.utils.counters.clear()
-    compiled = [model.generate(**batches[0], cache_implementation="static", compile_config=compile_config(), **kw)]
-    with torch.compiler.set_stance("fail_on_recompile"):
-        compiled.append(model.generate(**batches[1], cache_implementation="static", compile_config=compile_config(),
-                                       **kw))
-    for a, b in zip(eager, compiled):
-        assert_same_generation(a, b)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    assert not torch._dynamo.utils.counters["graph_break"]
+    compiled_equals_eager(model, batches, dict(KW, max_new_tokens=12))
 
 
 def test_no_recompile_with_a_smaller_prompt():
