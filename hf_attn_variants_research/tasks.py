@@ -65,20 +65,41 @@ def _texts(data: DatasetDict, columns: list[str], batch: int = 1000) -> Iterable
             yield [t for t in rows[column] if t]
 
 
+def continuing_alphabet(batches: list[list[str]], normalizer, pre_tokenizer) -> list[str]:
+    """"##x" for every character x that continues a word in ``batches``, sorted.
+
+    tokenizers' WordPiece trainer numbers these continuing-subword tokens as it meets them in a hash map,
+    whose order changes from one training to the next; the numbers break ties between equally frequent
+    merges, so the same texts gave different vocabularies (30 of 30 trainings differed on a small
+    corpus; huggingface/tokenizers#1794, unfixed in 0.23.3). Declared up front, in sorted order, they are
+    numbered before training and the vocabulary is the same every time (``tests/test_data.py``).
+    """
+    chars = {c for batch in batches for text in batch
+             for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)) for c in word[1:]}
+    return ["##" + c for c in sorted(chars)]
+
+
 def train_tokenizer(texts: Iterable[list[str]], family: str, vocab_size: int, lowercase: bool = True,
                     max_length: int = 512) -> PreTrainedTokenizerFast:
-    """A WordPiece (bert) or byte-level BPE (gpt2) tokenizer trained on ``texts`` with ``tokenizers``."""
+    """A WordPiece (bert) or byte-level BPE (gpt2) tokenizer trained on ``texts`` with ``tokenizers``; the same
+    texts give the same tokenizer (WordPiece: ``continuing_alphabet``; byte-level BPE numbers its alphabet
+    sorted and has no continuing-subword prefix)."""
     family = TOKENIZER_FAMILY.get(family, family)
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if family == "bert":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-        tok.train_from_iterator(texts, trainer=trainer)
+        normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+        batches = list(texts)
+        trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trained.normalizer, trained.pre_tokenizer = normalizer, pre_tokenizer
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                            special_tokens=specials + continuing_alphabet(batches, normalizer,
+                                                                                          pre_tokenizer))
+        trained.train_from_iterator(batches, trainer=trainer)
+        # the vocabulary in a plain WordPiece model: the "##x" declared above are ordinary tokens, not special ones
+        tok = Tokenizer(models.WordPiece(vocab=trained.get_vocab(), unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

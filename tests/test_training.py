@@ -260,6 +260,38 @@ def test_tokenizer_fingerprint_is_content_based():
     assert tasks.text_digest(three, ["text"]) != tasks.text_digest(one, ["text"])
 
 
+def test_trained_wordpiece_is_the_same_every_time():
+    """tokenizers' WordPiece trainer gives a different vocabulary from one training to the next (ties between
+    merges broken by hash-map order, huggingface/tokenizers#1794; here 30 of 30 differ on this corpus); ours,
+    with the continuing-subword alphabet declared up front, is the same every time, has the asked size, and
+    its "##x" entries are ordinary tokens that encode and decode as the stock one does."""
+    import random
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from hf_attn_variants_research import tasks
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 7))) for _ in range(300)]
+    texts = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(200)]
+
+    def stock_vocab() -> str:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer, tok.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]"]))
+        return json.dumps(sorted(tok.get_vocab().items()))
+
+    assert len({stock_vocab() for _ in range(10)}) > 1  # the upstream trainer alone: not reproducible
+    ours = [tasks.train_tokenizer([texts], "bert", 120) for _ in range(10)]
+    assert len({json.dumps(sorted(t.get_vocab().items())) for t in ours}) == 1
+    tok = ours[0]
+    assert len(tok) == 120 and tok.all_special_tokens == ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"]
+    ids = tok(texts[0])["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert any(tok.convert_ids_to_tokens(i).startswith("##") for i in ids)  # words split into pieces
+    assert tok.decode(ids, skip_special_tokens=True) == texts[0]  # the "##x" pieces are not dropped as specials
+
+
 # ----------------------------------------------------------------------------- subprocess runs
 
 def _env() -> dict[str, str]:
