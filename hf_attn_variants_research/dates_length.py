@@ -338,10 +338,11 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
         ax.set_xticks(ks)
-    axes[1].legend(fontsize=8, loc="upper right")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=len(MODELS),
+               frameon=False)  # below the panels: inside, it covered a curve
     fig.suptitle("Attention (additive) against a fixed summary (mean) as inputs grow; bands: 95 % t interval "
                  "over seeds", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=130)
     plt.close(fig)
