@@ -165,9 +165,11 @@ def summary(verifications: list[dict], suite: str, recorded_hash: str, current_h
     same = [v for v in runs if v["identical"]]
     models = sorted({v["model"] for v in runs})
     where = sorted({f"torch {v['rerun']['torch']} on {v['rerun']['device']}" for v in runs})
-    text = (f"{len(runs)} of its jobs ({', '.join(models)}) were rerun on code version `{current_hash}` "
-            f"({'; '.join(where)}; `hf-attn-variants experiments verify`, `verifications.jsonl`): "
-            f"{len(same)} of {len(runs)} reproduced every recorded number and per-example result exactly")
+    jobs = len({v["id"] for v in runs})
+    text = (f"{jobs} of its jobs ({', '.join(models)}) were rerun on code version `{current_hash}`"
+            + (f", {len(runs)} reruns in all" if len(runs) > jobs else "")
+            + f" ({'; '.join(where)}; `hf-attn-variants experiments verify`, `verifications.jsonl`): "
+            f"{len(same)} of {len(runs)} reruns reproduced every recorded number and per-example result exactly")
     changed = [v for v in runs if not v["identical"]]
     if changed:
         worst = max(v["max_abs_diff"] for v in changed)

@@ -510,7 +510,7 @@ def _verify_reruns_and_the_page_cites_them(path, res, mr_records):
         assert experiments.main(["aggregate", str(path), "--quick"]) == 0
         page = (res / "mr.md").read_text()
         assert "made on code version `later0000000000`, which differs; 1 of its jobs (dense) were rerun" in page
-        assert "1 of 1 reproduced every recorded number and per-example result exactly" in page
+        assert "1 of 1 reruns reproduced every recorded number and per-example result exactly" in page
         # a record that the code no longer reproduces (here: its test metric edited) is reported, and fails
         record_file = mr_records / "bilstm__lr=0.001__seed=0.json"
         record = json.loads(record_file.read_text())
@@ -518,8 +518,14 @@ def _verify_reruns_and_the_page_cites_them(path, res, mr_records):
         assert experiments.main(["aggregate", str(path), "--quick"]) == 0  # packs the edited record
         assert experiments.main(["verify", str(path), "--quick", "--ids", "mr/bilstm__lr=0.001__seed=0"]) == 1
         page = (res / "mr.md").read_text()
-        assert "1 of 2 reproduced" in page and "1 differ (bilstm__lr=0.001__seed=0; largest difference 0.25)" in page
-    last = exp_verify.load_verifications({"results": str(res)})[-1]
+        assert "2 of its jobs (bilstm, dense) were rerun" in page and "1 of 2 reruns reproduced" in page
+        assert "1 differ (bilstm__lr=0.001__seed=0; largest difference 0.25)" in page
+        # the same job rerun again counts once among the jobs, twice among the reruns
+        assert experiments.main(["verify", str(path), "--quick", "--ids", "mr/dense__lr=0.001__seed=1"]) == 0
+        page = (res / "mr.md").read_text()
+        assert "2 of its jobs (bilstm, dense) were rerun on code version `later0000000000`, 3 reruns in all" in page
+        assert "2 of 3 reruns reproduced" in page
+    last = [v for v in exp_verify.load_verifications({"results": str(res)}) if not v["identical"]][-1]
     assert last["differing"] == ["test"] and last["max_abs_diff"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match=r"no current record for \['mr/dense__lr=9'\]"):
         experiments.main(["verify", str(path), "--quick", "--ids", "mr/dense__lr=9"])
