@@ -262,7 +262,7 @@ def test_tokenizer_fingerprint_is_content_based():
 
 def test_trained_wordpiece_is_the_same_every_time():
     """tokenizers' WordPiece trainer gives a different vocabulary from one training to the next (ties between
-    merges broken by hash-map order, huggingface/tokenizers#1794; here 30 of 30 differ on this corpus); ours,
+    merges broken by hash-map order, huggingface/tokenizers#1794; 30 of 30 differed on this corpus); ours,
     with the continuing-subword alphabet declared up front, is the same every time, has the asked size, and
     its "##x" entries are ordinary tokens that encode and decode as the stock one does."""
     import random
@@ -281,7 +281,9 @@ def test_trained_wordpiece_is_the_same_every_time():
         tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]"]))
         return json.dumps(sorted(tok.get_vocab().items()))
 
-    assert len({stock_vocab() for _ in range(10)}) > 1  # the upstream trainer alone: not reproducible
+    # the upstream trainer alone gave 10 different vocabularies in 10 trainings here (tokenizers 0.23.3); not
+    # asserted, so that a release that fixes it does not fail this test
+    print(f"stock WordPiece trainer: {len({stock_vocab() for _ in range(10)})} vocabularies in 10 trainings")
     ours = [tasks.train_tokenizer([texts], "bert", 120) for _ in range(10)]
     assert len({json.dumps(sorted(t.get_vocab().items())) for t in ours}) == 1
     tok = ours[0]
